@@ -1,0 +1,37 @@
+# Two entry points for a fresh machine with Python 3.11 and the package registries:
+#   make demo   set up .venv, then pretrain -> probe -> cluster report on the embedded digits
+#   make test   set up .venv, then run the test suite (what CI runs)
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+# torch/torchvision are pinned to the builds this project is tested with; override on other platforms,
+# e.g. make test TORCH_SPEC="torch torchvision"
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+BIN := $(VENV)/bin
+DEMO_OUT ?= runs/demo
+
+.PHONY: demo test test-all setup data clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install $(TORCH_SPEC)
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(BIN)/python -m ssl_rep.demo --out $(DEMO_OUT)
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-all: setup
+	$(BIN)/python -m pytest -m "slow or not slow"
+
+# Fashion-MNIST, the real CPU benchmark data (Debian/Ubuntu; needs root)
+data:
+	apt-get update && apt-get install -y dataset-fashion-mnist
+
+clean:
+	rm -rf $(VENV) runs *.egg-info

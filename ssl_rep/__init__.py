@@ -1,0 +1,6 @@
+"""ssl_rep: self-supervised representation learning on images, from pretext task to evaluation."""
+from .data import build_dataset
+from .encoders import create_encoder, list_encoders
+
+__version__ = "0.1.0"
+__all__ = ["build_dataset", "create_encoder", "list_encoders"]

@@ -1,0 +1,61 @@
+"""In-memory image datasets: one uint8 array, one label array, one transform."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .transforms import to_tensor
+
+
+class ArrayImageDataset(Dataset):
+    """Images held as a uint8 array ``(N, H, W, 3)`` (numpy or a numpy memmap).
+
+    ``dataset[i]`` is ``(transform(PIL RGB image), label)``; without a transform the image is a
+    float32 tensor ``(3, H, W)`` in [0, 1]. Labels are int64, -1 where there is none.
+    ``images``/``labels`` stay public so a GPU-resident data path can move them in one copy.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray | None, transform: Callable | None = None,
+                 name: str = "array", classes: Sequence[str] | None = None):
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"{name}: expected uint8 images of shape (N, H, W, 3), "
+                             f"got {images.dtype} {tuple(images.shape)}")
+        if labels is None:
+            labels = np.full(len(images), -1, dtype=np.int64)
+        labels = np.asarray(labels, dtype=np.int64)
+        if len(labels) != len(images):
+            raise ValueError(f"{name}: {len(images)} images but {len(labels)} labels")
+        self.images, self.labels = images, labels
+        self.transform = transform
+        self.name = name
+        self.classes = list(classes) if classes is not None else None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        img = Image.fromarray(np.asarray(self.images[index]), mode="RGB")
+        x = self.transform(img) if self.transform is not None else to_tensor(img)
+        return x, int(self.labels[index])
+
+    def tensor(self) -> torch.Tensor:
+        """All images as one uint8 tensor ``(N, 3, H, W)`` (for a device-resident data path)."""
+        return torch.from_numpy(np.ascontiguousarray(self.images)).permute(0, 3, 1, 2)
+
+    def __repr__(self) -> str:
+        h, w = self.images.shape[1:3]
+        return f"{type(self).__name__}({self.name!r}, n={len(self)}, size={h}x{w})"
+
+
+def gray_to_rgb(images: np.ndarray) -> np.ndarray:
+    """``(N, H, W)`` uint8 grayscale -> ``(N, H, W, 3)`` by channel repetition."""
+    return np.repeat(images[..., None], 3, axis=-1)
+
+
+def check_split(dataset: str, split: str, valid: Sequence[str]) -> None:
+    if split not in valid:
+        raise ValueError(f"{dataset}: unknown split {split!r}; valid splits: {', '.join(valid)}")

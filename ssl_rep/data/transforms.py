@@ -1,0 +1,119 @@
+"""Augmentations from the ResNet papers, by name, plus the SimCLR recipe and a multi-view wrapper.
+
+Every transform takes an RGB ``PIL.Image`` and returns a float32 tensor ``(3, H, W)``
+(``ten_crop``: ``(10, 3, H, W)``), normalised with the statistics of the named dataset.
+
+========================  ======================================================================
+``cifar_train``           zero-pad 4, random ``size`` crop, horizontal flip (He et al. 2016, 4.2)
+``imagenet_train``        shorter side uniform in [256, 480], random 224 crop, flip (He et al. 3.4)
+``imagenet_rrc``          RandomResizedCrop(224) + flip: the modern alternative
+``eval``                  shorter side to 256, true center 224 crop; ``resize=None`` keeps the size
+``ten_crop``              4 corners + center of the 256-resized image, and their flips
+``simclr``                RandomResizedCrop, flip, colour jitter 0.8, grayscale 0.2 (Chen et al. 2020)
+========================  ======================================================================
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torchvision.transforms import v2 as T
+
+# Per-channel mean/std of the training split, pixel values in [0, 1]. digits and fashion-mnist
+# were computed with ssl_rep's own loaders (tests/test_transforms.py recomputes them).
+DATASET_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "digits": ((0.3057, 0.3057, 0.3057), (0.3235, 0.3235, 0.3235)),
+    "fashion-mnist": ((0.2860, 0.2860, 0.2860), (0.3530, 0.3530, 0.3530)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "stl10": ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+TRANSFORMS = ("cifar_train", "imagenet_train", "imagenet_rrc", "eval", "ten_crop", "simclr", "none")
+
+_to_tensor = T.Compose([T.ToImage(), T.ToDtype(torch.float32, scale=True)])
+
+
+def to_tensor(img) -> torch.Tensor:
+    """RGB PIL image -> float32 tensor ``(3, H, W)`` in [0, 1]."""
+    return _to_tensor(img)
+
+
+def normalization(stats: str | None) -> list[Callable]:
+    if stats is None:
+        return []
+    if stats not in DATASET_STATS:
+        raise ValueError(f"no normalisation statistics for {stats!r}; known: {', '.join(DATASET_STATS)} "
+                         f"(or pass stats=None)")
+    mean, std = DATASET_STATS[stats]
+    return [T.Normalize(mean, std)]
+
+
+def stats_for(dataset: str) -> str | None:
+    """Statistics to use for a dataset name; a folder path falls back to ImageNet's."""
+    key = dataset.replace("_", "-").lower()
+    return key if key in DATASET_STATS else "imagenet"
+
+
+class TenCropStack:
+    """Apply TenCrop and stack: ``(10, 3, size, size)``; order as torchvision (corners, center, flips)."""
+
+    def __init__(self, size: int, post: Callable):
+        self.crop, self.post = T.TenCrop(size), post
+
+    def __call__(self, img) -> torch.Tensor:
+        return torch.stack([self.post(c) for c in self.crop(img)])
+
+
+def build_transform(name: str, stats: str | None = "imagenet", size: int | None = None,
+                    resize: int | None = 256, padding: int = 4, scale_range: tuple[int, int] = (256, 480),
+                    min_scale: float = 0.08, strength: float = 1.0) -> Callable:
+    """Build a named transform (table in the module docstring); ``stats`` picks the normalisation."""
+    post = [T.ToImage(), T.ToDtype(torch.float32, scale=True), *normalization(stats)]
+    if name == "cifar_train":
+        ops = [T.RandomCrop(size or 32, padding=padding, fill=0, padding_mode="constant"),
+               T.RandomHorizontalFlip()]
+    elif name == "imagenet_train":
+        lo, hi = scale_range
+        ops = [T.RandomShortestSize(min_size=list(range(lo, hi + 1)), antialias=True),
+               T.RandomCrop(size or 224), T.RandomHorizontalFlip()]
+    elif name == "imagenet_rrc":
+        ops = [T.RandomResizedCrop(size or 224, scale=(min_scale, 1.0), antialias=True), T.RandomHorizontalFlip()]
+    elif name == "eval":
+        ops = ([T.Resize(resize, antialias=True)] if resize else []) + ([T.CenterCrop(size)] if size else [])
+    elif name == "ten_crop":
+        pre = [T.Resize(resize, antialias=True)] if resize else []
+        return T.Compose([*pre, TenCropStack(size or 224, T.Compose(post))])
+    elif name == "simclr":
+        s = strength
+        ops = [T.RandomResizedCrop(size or 32, scale=(min_scale, 1.0), antialias=True),
+               T.RandomHorizontalFlip(),
+               T.RandomApply([T.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=0.8),
+               T.RandomGrayscale(p=0.2)]
+        if (size or 32) >= 96:  # blur helps at ImageNet/STL resolution, hurts on 32 px (SimCLR B.9)
+            kernel = (size // 10) | 1
+            ops.append(T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
+    elif name == "none":
+        ops = []
+    else:
+        raise ValueError(f"unknown transform {name!r}; valid: {', '.join(TRANSFORMS)}")
+    return T.Compose([*ops, *post])
+
+
+class MultiView:
+    """``n_views`` independent draws of ``transform`` on one image -> a list of tensors.
+
+    Used by contrastive methods: ``MultiView(build_transform("simclr", ...), 2)``; a DataLoader
+    then yields ``([view0 (B,3,H,W), view1 (B,3,H,W)], labels)``.
+    """
+
+    def __init__(self, transform: Callable, n_views: int = 2):
+        if n_views < 1:
+            raise ValueError(f"n_views must be >= 1, got {n_views}")
+        self.transform, self.n_views = transform, n_views
+
+    def __call__(self, img) -> list[torch.Tensor]:
+        return [self.transform(img) for _ in range(self.n_views)]
+
+    def __repr__(self) -> str:
+        return f"MultiView(n_views={self.n_views}, transform={self.transform!r})"

@@ -1,0 +1,40 @@
+"""Encoder registry: ``create_encoder(name, **kw)`` and ``list_encoders()``, like timm's."""
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+from .base import NORMS, Encoder, make_norm
+from .cifar_resnet import CifarResNet
+from .timm_encoder import TimmEncoder
+from .torchvision_resnet import TorchvisionResNet
+
+_REGISTRY: dict[str, Callable[..., Encoder]] = {
+    **{f"resnet{d}": partial(CifarResNet, d) for d in (20, 32, 44, 56, 110)},
+    **{a: partial(TorchvisionResNet, a) for a in ("resnet18", "resnet34", "resnet50")},
+}
+
+
+def list_encoders() -> list[str]:
+    """Registered names, CIFAR ResNets first, then torchvision's, then the timm pattern."""
+    return list(_REGISTRY) + ["timm:<name>"]
+
+
+def create_encoder(name: str, **kwargs) -> Encoder:
+    """Build an encoder by name. CIFAR ResNets take ``shortcut`` ("A"/"B"), ``norm``, ``in_chans``;
+    torchvision ResNets take ``stem`` ("imagenet"/"cifar"), ``norm``, ``in_chans``;
+    ``timm:<model>`` passes keyword arguments to ``timm.create_model``."""
+    if name.startswith("timm:"):
+        encoder = TimmEncoder(name[len("timm:"):], **kwargs)
+    elif name in _REGISTRY:
+        try:
+            encoder = _REGISTRY[name](**kwargs)
+        except TypeError as exc:
+            raise TypeError(f"create_encoder({name!r}): {exc}") from exc
+    else:
+        raise ValueError(f"unknown encoder {name!r}; valid names: {', '.join(list_encoders())}")
+    encoder.encoder_name, encoder.encoder_kwargs = name, dict(kwargs)
+    return encoder
+
+
+__all__ = ["NORMS", "Encoder", "create_encoder", "list_encoders", "make_norm"]

@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ssl_rep.data import DATASET_STATS, MultiView, build_dataset, build_transform
+
+
+def ramp_image(w, h):
+    """Pixel (x, y) has red = x and green = y (mod 256), so a crop reveals where it was taken."""
+    xs, ys = np.meshgrid(np.arange(w), np.arange(h))
+    arr = np.stack([xs % 256, ys % 256, np.zeros_like(xs)], axis=-1).astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+def test_cifar_train_is_a_translation_with_zero_padding_and_flip():
+    torch.manual_seed(0)
+    img = Image.fromarray(np.full((32, 32, 3), 200, np.uint8))
+    t = build_transform("cifar_train", stats=None)
+    saw_padding = False
+    for _ in range(50):
+        x = t(img)
+        assert x.shape == (3, 32, 32)
+        inside = torch.isclose(x, torch.tensor(200 / 255))
+        zero = x == 0
+        assert (inside | zero).all()  # only original pixels or zero padding
+        # the padding forms at most 4 full rows and 4 full columns, and nothing else is zero
+        zero_rows, zero_cols = zero.all(dim=(0, 2)), zero.all(dim=(0, 1))
+        assert zero_rows.sum() <= 4 and zero_cols.sum() <= 4
+        assert torch.equal(zero[0], zero_rows[:, None] | zero_cols[None, :])
+        saw_padding |= bool(zero.any())
+    assert saw_padding
+
+
+def test_cifar_train_flips_sometimes():
+    torch.manual_seed(0)
+    img = ramp_image(32, 32)
+    t = build_transform("cifar_train", stats=None, padding=0)
+    flips = [bool(t(img)[0, 0, 0] > t(img)[0, 0, -1]) for _ in range(40)]
+    assert 5 < sum(flips) < 35
+
+
+def test_imagenet_train_scale_jitter_range_and_crop():
+    from torchvision.transforms import v2 as T
+    torch.manual_seed(0)
+    img = ramp_image(400, 300)
+    t = build_transform("imagenet_train", stats=None)
+    assert t(img).shape == (3, 224, 224)
+    jitter = t.transforms[0]
+    assert isinstance(jitter, T.RandomShortestSize)
+    sides = {min(jitter(img).size) for _ in range(200)}
+    assert min(sides) >= 256 and max(sides) <= 480 and len(sides) > 50
+
+
+def test_eval_is_resize_256_then_true_center_crop():
+    img = ramp_image(512, 256)  # already 256 on the short side, so the resize is the identity
+    x = build_transform("eval", stats=None, size=224)(img)
+    assert x.shape == (3, 224, 224)
+    left, top = (512 - 224) // 2, (256 - 224) // 2
+    assert x[0, 0, 0] * 255 == pytest.approx(left % 256, abs=0.5)
+    assert x[1, 0, 0] * 255 == pytest.approx(top, abs=0.5)
+    assert x[1, -1, 0] * 255 == pytest.approx(top + 223, abs=0.5)
+    small = build_transform("eval", stats=None, resize=None)(ramp_image(32, 32))
+    assert small.shape == (3, 32, 32)
+
+
+def test_ten_crop_corners_center_and_flips():
+    img = ramp_image(256, 256)
+    x = build_transform("ten_crop", stats=None, size=224)(img)
+    assert x.shape == (10, 3, 224, 224)
+    # the last five are the five crops of the mirrored image: tl' = flip(tr), tr' = flip(tl), ...
+    for flipped, original in zip(range(5, 10), (1, 0, 3, 2, 4)):
+        assert torch.equal(x[flipped], x[original].flip(-1))
+    assert x[0, 0, 0, 0] == 0 and x[0, 1, 0, 0] == 0  # top-left corner
+    assert x[1, 0, 0, 0] * 255 == pytest.approx(32)  # top-right starts at x = 256 - 224
+    assert x[4, 0, 0, 0] * 255 == pytest.approx(16)  # center
+
+
+def test_normalisation_uses_dataset_statistics():
+    img = Image.fromarray(np.full((8, 8, 3), 255, np.uint8))
+    x = build_transform("eval", stats="cifar10", resize=None)(img)
+    mean, std = DATASET_STATS["cifar10"]
+    assert torch.allclose(x[:, 0, 0], (1 - torch.tensor(mean)) / torch.tensor(std))
+    with pytest.raises(ValueError, match="known: digits"):
+        build_transform("eval", stats="mnist")
+    with pytest.raises(ValueError, match="valid: cifar_train"):
+        build_transform("autoaugment")
+
+
+def test_digits_statistics_match_the_data():
+    images = build_dataset("digits").images / 255.0
+    mean, std = DATASET_STATS["digits"]
+    assert images.mean() == pytest.approx(mean[0], abs=1e-3)
+    assert images.std() == pytest.approx(std[0], abs=1e-3)
+
+
+def test_multiview_gives_independent_augmentations():
+    torch.manual_seed(0)
+    ds = build_dataset("digits", transform=MultiView(build_transform("simclr", stats="digits", size=32), 2))
+    views, label = ds[0]
+    assert len(views) == 2 and views[0].shape == (3, 32, 32)
+    assert not torch.allclose(views[0], views[1])
+    loader = torch.utils.data.DataLoader(ds, batch_size=4)
+    (v0, v1), y = next(iter(loader))
+    assert v0.shape == v1.shape == (4, 3, 32, 32) and y.shape == (4,)
