@@ -1,0 +1,134 @@
+"""Autoencoder reconstruction: plain (Hinton & Salakhutdinov 2006), denoising (Vincent et al. 2008)
+and masked (hide patches, predict them; cf. Pathak et al. 2016, He et al. 2022)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Method
+
+MODES = ("plain", "denoising", "masked")
+NOISES = ("gaussian", "masking")
+
+
+class Decoder(nn.Module):
+    """``(B, C, h, w)`` feature map -> ``(B, out_chans, H, W)``: a 1x1 conv, then ``n_up`` blocks of
+    (nearest x2 upsample, 3x3 conv, BatchNorm, ReLU), a 3x3 conv to pixels, and a final resize when
+    ``H`` is not ``h * 2 ** n_up`` exactly."""
+
+    def __init__(self, in_chans: int, out_size: tuple[int, int], map_size: tuple[int, int],
+                 out_chans: int = 3, width: int = 128):
+        super().__init__()
+        n_up = max(0, round(math.log2(max(out_size[0] / map_size[0], 1))))
+        layers: list[nn.Module] = [nn.Conv2d(in_chans, width, 1), nn.ReLU(inplace=True)]
+        ch = width
+        for _ in range(n_up):
+            nxt = max(32, ch // 2)
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, nxt, 3, padding=1, bias=False),
+                       nn.BatchNorm2d(nxt), nn.ReLU(inplace=True)]
+            ch = nxt
+        layers.append(nn.Conv2d(ch, out_chans, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+        self.out_size = tuple(out_size)
+
+    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+        out = self.net(fmap)
+        if out.shape[-2:] != self.out_size:
+            out = F.interpolate(out, size=self.out_size, mode="bilinear", align_corners=False)
+        return out
+
+
+class Autoencoder(Method):
+    """Reconstruct the image from the encoder's last feature map.
+
+    batch: ``(images (B, 3, H, W), labels)``; ``image_size`` must be ``H`` (sizes the decoder).
+    ``mode``: ``plain``; ``denoising`` (corrupt the input with ``noise`` = ``gaussian`` of std
+    ``noise_std`` or ``masking`` of a ``noise_ratio`` fraction of pixels; the loss is against the
+    clean image); ``masked`` (hide a ``mask_ratio`` fraction of ``patch_size`` patches; the loss
+    counts hidden pixels only).
+    ``loss``: ``mse`` on the (normalised) pixels, or ``bce`` for images in [0, 1] (decoder logits).
+    logs: ``loss``, ``recon_mse`` (on the pixels the loss covers).
+    """
+
+    name = "autoencoder"
+
+    def __init__(self, encoder, image_size: int = 32, mode: str = "plain", noise: str = "gaussian",
+                 noise_std: float = 0.5, noise_ratio: float = 0.3, mask_ratio: float = 0.5, patch_size: int = 4,
+                 loss: str = "mse", decoder_width: int = 128, in_chans: int = 3):
+        super().__init__(encoder)
+        if mode not in MODES:
+            raise ValueError(f"autoencoder mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if noise not in NOISES:
+            raise ValueError(f"autoencoder noise must be one of {', '.join(NOISES)}, got {noise!r}")
+        if loss not in ("mse", "bce"):
+            raise ValueError(f"autoencoder loss must be 'mse' or 'bce', got {loss!r}")
+        self.mode, self.noise, self.loss_kind = mode, noise, loss
+        self.noise_std, self.noise_ratio, self.mask_ratio, self.patch_size = noise_std, noise_ratio, mask_ratio, patch_size
+        self.image_size = image_size
+        was_training = encoder.training
+        with torch.no_grad():
+            encoder.eval()
+            fmap = encoder.feature_map(torch.zeros(1, in_chans, image_size, image_size))
+        encoder.train(was_training)
+        self.decoder = Decoder(fmap.shape[1], (image_size, image_size), tuple(fmap.shape[-2:]),
+                               out_chans=in_chans, width=decoder_width)
+
+    def patch_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, H, W)`` float mask, 1 on hidden patches."""
+        b, _, h, w = x.shape
+        p = self.patch_size
+        grid = torch.rand(b, 1, math.ceil(h / p), math.ceil(w / p), device=x.device) < self.mask_ratio
+        return grid.float().repeat_interleave(p, 2).repeat_interleave(p, 3)[:, :, :h, :w]
+
+    def corrupt(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The encoder's input and the loss mask (None = every pixel)."""
+        if self.mode == "plain" or not self.training:
+            return x, None
+        if self.mode == "denoising":
+            if self.noise == "gaussian":
+                return x + self.noise_std * torch.randn_like(x), None
+            keep = (torch.rand_like(x[:, :1]) >= self.noise_ratio).to(x.dtype)
+            return x * keep, None
+        mask = self.patch_mask(x)
+        return x * (1 - mask), mask
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction in the input's units (sigmoid applied for ``bce``)."""
+        out = self.decoder(self.encoder.feature_map(x))
+        return torch.sigmoid(out) if self.loss_kind == "bce" else out
+
+    @torch.no_grad()
+    def reconstructions(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(originals, reconstructions)`` for a batch, in eval mode (for reports)."""
+        was_training = self.training
+        self.eval()
+        try:
+            return images, self.reconstruct(images)
+        finally:
+            self.train(was_training)
+
+    def forward(self, batch):
+        x = self.images_of(batch)
+        if self.loss_kind == "bce" and (x.min() < 0 or x.max() > 1):
+            raise ValueError("autoencoder loss='bce' needs images in [0, 1]; use loss='mse' for "
+                             "normalised images (or build the transform with stats=None)")
+        inputs, mask = self.corrupt(x)
+        out = self.decoder(self.encoder.feature_map(inputs))
+        if self.loss_kind == "bce":
+            per_pixel = F.binary_cross_entropy_with_logits(out, x, reduction="none")
+            recon = torch.sigmoid(out)
+        else:
+            per_pixel = (out - x) ** 2
+            recon = out
+        with torch.no_grad():
+            sq = (recon.detach() - x) ** 2
+        if mask is None:
+            loss, mse = per_pixel.mean(), sq.mean()
+        else:
+            weight = mask.expand_as(x)
+            denom = weight.sum().clamp_min(1.0)
+            loss, mse = (per_pixel * weight).sum() / denom, (sq * weight).sum() / denom
+        return loss, {"loss": loss.item(), "recon_mse": mse.item()}

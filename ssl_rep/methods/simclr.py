@@ -1,0 +1,49 @@
+"""SimCLR (Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual Representations")."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Method
+from .losses import nt_xent
+
+
+class SimCLR(Method):
+    """Two augmented views -> encoder -> projection MLP -> NT-Xent.
+
+    batch: ``([view0 (B, 3, H, W), view1 (B, 3, H, W)], labels)`` (``MultiView(..., 2)`` makes it).
+    Projection head: ``Linear(D, hidden) [-> BatchNorm1d] -> ReLU -> Linear(hidden, out_dim)``.
+    Each anchor has 2B - 2 negatives (2 x global batch - 2 under torch.distributed). Evaluate the
+    encoder's features (before the head), as the paper does.
+    logs: ``loss``, ``pos_sim`` (mean cosine of positive pairs), ``contrast_acc`` (fraction of
+    anchors whose most similar candidate is their positive).
+    """
+
+    name = "simclr"
+
+    def __init__(self, encoder, temperature: float = 0.5, hidden_dim: int = 512, out_dim: int = 128,
+                 head_batchnorm: bool = True):
+        super().__init__(encoder)
+        d = encoder.num_features
+        self.temperature = temperature
+        self.head = nn.Sequential(nn.Linear(d, hidden_dim, bias=not head_batchnorm),
+                                  nn.BatchNorm1d(hidden_dim) if head_batchnorm else nn.Identity(),
+                                  nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+
+    def forward(self, batch):
+        views = self.images_of(batch)
+        if not isinstance(views, (list, tuple)) or len(views) != 2:
+            raise ValueError("SimCLR needs two views per image: wrap the transform in "
+                             "ssl_rep.data.MultiView(transform, 2)")
+        n = len(views[0])
+        z = self.head(self.encoder(torch.cat(list(views))))  # one pass: BatchNorm sees both views
+        z0, z1 = z[:n], z[n:]
+        loss = nt_xent(z0, z1, self.temperature)
+        with torch.no_grad():
+            zn = nn.functional.normalize(z.float(), dim=1)
+            sim = zn @ zn.T
+            sim.fill_diagonal_(-2.0)
+            positive = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(sim.device)
+            acc = (sim.argmax(dim=1) == positive).float().mean()
+            pos_sim = (zn[:n] * zn[n:]).sum(dim=1).mean()
+        return loss, {"loss": loss.item(), "pos_sim": pos_sim.item(), "contrast_acc": acc.item()}

@@ -1,0 +1,221 @@
+import pytest
+import torch
+from torch import nn
+
+import ssl_rep
+from ssl_rep.data import MultiView, build_dataset, build_transform
+from ssl_rep.methods import CPC, create_method
+from ssl_rep.methods.context import create_context
+
+
+@pytest.fixture(scope="module")
+def digits_batch():
+    ds = build_dataset("digits", transform=build_transform("eval", stats="digits", resize=None))
+    x = torch.stack([ds[i][0] for i in range(32)])
+    y = torch.tensor([ds[i][1] for i in range(32)])
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def digits_views():
+    ds = build_dataset("digits", transform=MultiView(build_transform("simclr", stats="digits", size=32), 2))
+    torch.manual_seed(0)
+    items = [ds[i] for i in range(32)]
+    views = [torch.stack([it[0][v] for it in items]) for v in range(2)]
+    return views, torch.tensor([it[1] for it in items])
+
+
+def train_steps(method, batch, steps, lr=1e-3):
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(method.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss, logs = method(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        assert logs["loss"] == pytest.approx(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("name,kwargs,steps,drop", [
+    ("autoencoder", {}, 25, 0.2),
+    ("autoencoder", {"mode": "denoising"}, 25, 0.3),
+    ("autoencoder", {"mode": "denoising", "noise": "masking"}, 25, 0.3),
+    ("autoencoder", {"mode": "masked"}, 25, 0.3),
+    ("cpc", {"context": "pixelcnn"}, 25, 0.9),
+    ("cpc", {"context": "gru"}, 25, 0.9),
+    ("cpc", {"context": "attention"}, 25, 0.95),
+    ("supervised", {}, 25, 0.2),
+])
+def test_loss_falls_on_a_fixed_digits_batch(digits_batch, name, kwargs, steps, drop):
+    torch.manual_seed(0)
+    x, y = digits_batch
+    batch = (x[:16], y[:16]) if name == "cpc" else (x, y)
+    method = create_method(name, ssl_rep.create_encoder("resnet20"), **kwargs)
+    losses = train_steps(method, batch, steps)
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < drop * first, losses
+
+
+def test_simclr_loss_falls_and_contrast_accuracy_rises(digits_views):
+    torch.manual_seed(0)
+    method = create_method("simclr", ssl_rep.create_encoder("resnet20"))
+    _, logs0 = method(digits_views)
+    losses = train_steps(method, digits_views, 25)
+    _, logs1 = method(digits_views)
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
+    assert logs1["contrast_acc"] > logs0["contrast_acc"]
+
+
+def test_simclr_needs_two_views(digits_batch):
+    with pytest.raises(ValueError, match="MultiView"):
+        create_method("simclr", ssl_rep.create_encoder("resnet20"))(digits_batch)
+
+
+def test_unknown_method_lists_valid_names():
+    with pytest.raises(ValueError, match="autoencoder, cpc, simclr, supervised"):
+        create_method("byol", ssl_rep.create_encoder("resnet20"))
+    with pytest.raises(TypeError, match="create_method"):
+        create_method("cpc", ssl_rep.create_encoder("resnet20"), no_such_option=1)
+
+
+# ------------------------------------------------------------------ CPC
+@pytest.mark.parametrize("context", ["pixelcnn", "gru", "attention"])
+def test_cpc_context_is_causal_top_to_bottom(context):
+    """d prediction(row i) / d patch(row u > i) is exactly zero, through encoder and context."""
+    torch.manual_seed(0)
+    method = create_method("cpc", ssl_rep.create_encoder("resnet20"), context=context).train()
+    x = torch.randn(2, 3, 32, 32)
+    patches = method.patchify(x).detach().requires_grad_(True)   # (2, 7, 7, 3, 8, 8)
+    z = method.encode_patches(patches)
+    c = method.context(z)
+    gh = z.shape[2]
+    for i in (0, 3):
+        pred = method.predict(c, 1)[:, i]                      # predictions made at row i
+        (grad,) = torch.autograd.grad(pred.sum(), patches, retain_graph=True)
+        assert torch.count_nonzero(grad[:, i + 1:]) == 0
+        assert torch.count_nonzero(grad[:, : i + 1]) > 0       # it does use the rows above
+    assert gh == 7
+
+
+def test_cpc_grid_and_norm_replacement():
+    enc = ssl_rep.create_encoder("resnet20")
+    method = CPC(enc)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in method.encoder.modules())
+    assert method.encoder.encoder_kwargs["norm"] == "layer"
+    assert method.patchify(torch.zeros(1, 3, 32, 32)).shape == (1, 7, 7, 3, 8, 8)
+    big = CPC(ssl_rep.create_encoder("resnet18"), patch_size=64, stride=32)
+    assert big.patchify(torch.zeros(1, 3, 256, 256)).shape == (1, 7, 7, 3, 64, 64)
+    kept = CPC(ssl_rep.create_encoder("resnet20"), patch_norm="batch")
+    assert any(isinstance(m, nn.BatchNorm2d) for m in kept.encoder.modules())
+
+
+def test_cpc_loss_is_equal_weight_mean_over_all_predictions():
+    torch.manual_seed(0)
+    method = create_method("cpc", ssl_rep.create_encoder("resnet20", norm="none"), prediction_steps=3).eval()
+    x = torch.randn(2, 3, 32, 32)
+    loss, _ = method((x, None))
+    z = method.encode_patches(method.patchify(x))
+    c = method.context(z)
+    per_prediction = []
+    for k in (1, 2, 3):
+        preds = method.predict(c, k).reshape(-1, z.shape[1])
+        targets = z[:, :, k:].permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        logits = preds @ targets.T
+        per_prediction.append(-(logits.diag() - torch.logsumexp(logits, dim=1)))
+    expected = torch.cat(per_prediction).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_cpc_patch_colour_dropping_keeps_one_channel():
+    torch.manual_seed(0)
+    method = create_method("cpc", ssl_rep.create_encoder("resnet20"), patch_aug=1.0)
+    patches = torch.ones(2, 7, 7, 3, 8, 8)
+    dropped = method.colour_drop(patches)
+    per_patch_channels = (dropped.sum(dim=(-1, -2)) > 0).sum(dim=-1)
+    assert torch.all(per_patch_channels == 1)
+
+
+def test_context_rejects_unknown_kind():
+    with pytest.raises(ValueError, match="pixelcnn, gru, attention"):
+        create_context("lstm", 64)
+
+
+# ------------------------------------------------------------------ autoencoder
+def test_masked_autoencoder_loss_ignores_visible_pixels(digits_batch):
+    torch.manual_seed(0)
+    x, y = digits_batch
+    method = create_method("autoencoder", ssl_rep.create_encoder("resnet20"), mode="masked").train()
+    mask = method.patch_mask(x)
+    assert 0.3 < mask.mean() < 0.7
+    method.patch_mask = lambda _x: mask
+    loss_a, _ = method((x, y))
+    # the visible pixels of the input are all the model sees; corrupting hidden pixels of the
+    # input changes nothing, and the target at visible pixels is not part of the loss
+    x2 = x + 5.0 * mask
+    with torch.no_grad():
+        out = method.decoder(method.encoder.feature_map(x * (1 - mask)))
+    manual = (((out - x) ** 2) * mask.expand_as(x)).sum() / mask.expand_as(x).sum()
+    assert loss_a.item() == pytest.approx(manual.item(), rel=1e-5)
+    loss_b, _ = method((x2 * (1 - mask) + x * mask, y))
+    assert loss_b.item() == pytest.approx(loss_a.item(), rel=1e-5)
+
+
+def test_autoencoder_bce_needs_unit_range_and_reconstructions_helper(digits_batch):
+    x, y = digits_batch
+    with pytest.raises(ValueError, match="bce"):
+        create_method("autoencoder", ssl_rep.create_encoder("resnet20"), loss="bce")((x, y))
+    unit = (x - x.min()) / (x.max() - x.min())
+    method = create_method("autoencoder", ssl_rep.create_encoder("resnet20"), loss="bce")
+    loss, logs = method((unit, y))
+    assert loss.item() > 0 and logs["recon_mse"] > 0
+    originals, recon = method.reconstructions(unit[:4])
+    assert recon.shape == originals.shape == (4, 3, 32, 32) and 0 <= recon.min() and recon.max() <= 1
+    assert method.training
+
+
+@pytest.mark.parametrize("encoder,kw,size", [("resnet20", {}, 28), ("resnet18", {"stem": "cifar"}, 96),
+                                             ("resnet18", {}, 224)])
+def test_decoder_restores_input_size(encoder, kw, size):
+    method = create_method("autoencoder", ssl_rep.create_encoder(encoder, **kw), image_size=size).eval()
+    with torch.no_grad():
+        assert method.reconstruct(torch.randn(1, 3, size, size)).shape == (1, 3, size, size)
+
+
+# ------------------------------------------------------------------ supervised
+def test_l2_term_equals_coupled_weight_decay_with_plain_sgd(digits_batch):
+    """Plain SGD: loss + wd/2 |w|^2 gives exactly SGD's (coupled) weight_decay=wd update."""
+    x, y = digits_batch
+    torch.manual_seed(0)
+    a = create_method("supervised", ssl_rep.create_encoder("resnet20"), l2_weight_decay=1e-2)
+    b = create_method("supervised", ssl_rep.create_encoder("resnet20"))
+    b.load_state_dict(a.state_dict())
+    decay = [p for p in b.parameters() if p.ndim > 1]
+    rest = [p for p in b.parameters() if p.ndim <= 1]
+    opt_a = torch.optim.SGD(a.parameters(), lr=0.1)
+    opt_b = torch.optim.SGD([{"params": decay, "weight_decay": 1e-2}, {"params": rest}], lr=0.1)
+    for method, opt in ((a, opt_a), (b, opt_b)):
+        loss, _ = method((x, y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-5)
+
+
+def test_supervised_rejects_missing_labels(digits_batch):
+    x, _ = digits_batch
+    with pytest.raises(ValueError, match="unlabeled data has -1"):
+        create_method("supervised", ssl_rep.create_encoder("resnet20"))((x, torch.full((32,), -1)))
+
+
+def test_batchnorm_patch_encoder_would_leak_across_rows():
+    """The causality test has teeth: with BatchNorm kept, lower rows reach row 0's prediction."""
+    torch.manual_seed(0)
+    method = create_method("cpc", ssl_rep.create_encoder("resnet20"), patch_norm="batch").train()
+    patches = method.patchify(torch.randn(2, 3, 32, 32)).detach().requires_grad_(True)
+    pred = method.predict(method.context(method.encode_patches(patches)), 1)[:, 0]
+    (grad,) = torch.autograd.grad(pred.sum(), patches)
+    assert torch.count_nonzero(grad[:, 1:]) > 0
