@@ -104,7 +104,13 @@ def test_cpc_grid_and_norm_replacement():
     enc = ssl_rep.create_encoder("resnet20")
     method = CPC(enc)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in method.encoder.modules())
-    assert method.encoder.encoder_kwargs["norm"] == "layer"
+    assert method.encoder.encoder_kwargs["encoder_kwargs"]["norm"] == "layer"
+    assert method.encoder.inner is enc
+    rebuilt = ssl_rep.create_encoder(method.encoder.encoder_name, **method.encoder.encoder_kwargs)
+    rebuilt.load_state_dict(method.encoder.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(rebuilt(x), method.encoder(x))
+    torch.testing.assert_close(method.encoder(x), method.encoder.feature_map(x).mean(dim=(2, 3)))
     assert method.patchify(torch.zeros(1, 3, 32, 32)).shape == (1, 7, 7, 3, 8, 8)
     big = CPC(ssl_rep.create_encoder("resnet18"), patch_size=64, stride=32)
     assert big.patchify(torch.zeros(1, 3, 256, 256)).shape == (1, 7, 7, 3, 64, 64)

@@ -6,6 +6,7 @@ from typing import Callable
 
 from .base import NORMS, Encoder, make_norm
 from .cifar_resnet import CifarResNet
+from .patch_grid import PatchGridEncoder
 from .timm_encoder import TimmEncoder
 from .torchvision_resnet import TorchvisionResNet
 
@@ -23,7 +24,13 @@ def list_encoders() -> list[str]:
 def create_encoder(name: str, **kwargs) -> Encoder:
     """Build an encoder by name. CIFAR ResNets take ``shortcut`` ("A"/"B"), ``norm``, ``in_chans``;
     torchvision ResNets take ``stem`` ("imagenet"/"cifar"), ``norm``, ``in_chans``;
-    ``timm:<model>`` passes keyword arguments to ``timm.create_model``."""
+    ``timm:<model>`` passes keyword arguments to ``timm.create_model``.
+    ``patch_grid`` (not listed; CPC's evaluation encoder) takes ``encoder``, ``encoder_kwargs``,
+    ``patch_size`` and ``stride`` and applies that encoder to each patch of a grid."""
+    if name == "patch_grid":
+        kwargs = dict(kwargs)
+        inner = create_encoder(kwargs.pop("encoder"), **kwargs.pop("encoder_kwargs", {}))
+        return PatchGridEncoder(inner, **kwargs)
     if name.startswith("timm:"):
         encoder = TimmEncoder(name[len("timm:"):], **kwargs)
     elif name in _REGISTRY:
@@ -37,4 +44,4 @@ def create_encoder(name: str, **kwargs) -> Encoder:
     return encoder
 
 
-__all__ = ["NORMS", "Encoder", "create_encoder", "list_encoders", "make_norm"]
+__all__ = ["NORMS", "Encoder", "PatchGridEncoder", "create_encoder", "list_encoders", "make_norm"]

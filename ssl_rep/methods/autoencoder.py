@@ -116,7 +116,9 @@ class Autoencoder(Method):
             raise ValueError("autoencoder loss='bce' needs images in [0, 1]; use loss='mse' for "
                              "normalised images (or build the transform with stats=None)")
         inputs, mask = self.corrupt(x)
-        out = self.decoder(self.encoder.feature_map(inputs))
+        fmap = self.encoder.feature_map(inputs)
+        self.probe_features = fmap.detach().mean(dim=(2, 3))
+        out = self.decoder(fmap)
         if self.loss_kind == "bce":
             per_pixel = F.binary_cross_entropy_with_logits(out, x, reduction="none")
             recon = torch.sigmoid(out)

@@ -10,7 +10,12 @@ from ..encoders import Encoder
 class Method(nn.Module):
     """Base class. ``forward(batch) -> (loss, logs)``: ``loss`` a scalar tensor to backpropagate,
     ``logs`` a dict of floats. ``batch`` is what a DataLoader over an ssl_rep dataset yields:
-    ``(images, labels)`` with ``images`` a tensor ``(B, 3, H, W)`` or a list of views."""
+    ``(images, labels)`` with ``images`` a tensor ``(B, 3, H, W)`` or a list of views.
+
+    After each forward, ``probe_features`` holds the batch's pooled encoder features ``(B, D)``
+    (first view), detached: the trainer's online linear probe reads them at no extra cost."""
+
+    probe_features: torch.Tensor | None = None
 
     name = ""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..encoders import PatchGridEncoder
 from .base import Method, replace_batchnorm
 from .context import create_context
 from .losses import info_nce
@@ -28,6 +29,8 @@ class CPC(Method):
        and all positions of the other images. The loss is the mean over every valid
        ``(image, k, i, j)`` prediction, each weighing the same.
 
+    ``method.encoder`` is a :class:`~ssl_rep.encoders.PatchGridEncoder` around the encoder given:
+    its features are the mean of the patch vectors over the grid, as CPC v2 evaluates them.
     Batch statistics would leak information between the patches of one image, so the encoder's
     BatchNorm layers are replaced with ``patch_norm`` (``layer`` by default, as CPC v2; also
     ``group`` or ``none``) when the method is built; pass ``patch_norm="batch"`` to keep them.
@@ -41,10 +44,10 @@ class CPC(Method):
     def __init__(self, encoder, patch_size: int = 8, stride: int = 4, context: str = "pixelcnn",
                  context_dim: int = 256, prediction_steps: int = 5, patch_norm: str = "layer",
                  patch_aug: float = 0.0, temperature: float = 1.0):
-        super().__init__(encoder)
         if patch_norm != "batch":
             replace_batchnorm(encoder, patch_norm)
-        self.patch_size, self.stride, self.prediction_steps = patch_size, stride, prediction_steps
+        super().__init__(PatchGridEncoder(encoder, patch_size, stride))
+        self.prediction_steps = prediction_steps
         self.patch_aug, self.temperature = patch_aug, temperature
         self.context = create_context(context, encoder.num_features, context_dim)
         self.predictors = nn.ModuleList(nn.Linear(self.context.out_dim, encoder.num_features, bias=False)
@@ -52,10 +55,7 @@ class CPC(Method):
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` -> ``(B, gh, gw, C, P, P)``."""
-        p, s = self.patch_size, self.stride
-        if x.shape[-2] < p or x.shape[-1] < p:
-            raise ValueError(f"CPC: image {tuple(x.shape[-2:])} is smaller than patch_size={p}")
-        return x.unfold(2, p, s).unfold(3, p, s).permute(0, 2, 3, 1, 4, 5)
+        return self.encoder.patchify(x)
 
     def colour_drop(self, patches: torch.Tensor) -> torch.Tensor:
         b, gh, gw, c = patches.shape[:4]
@@ -66,9 +66,7 @@ class CPC(Method):
 
     def encode_patches(self, patches: torch.Tensor) -> torch.Tensor:
         """``(B, gh, gw, C, P, P)`` -> ``z`` ``(B, D, gh, gw)``."""
-        b, gh, gw = patches.shape[:3]
-        z = self.encoder(patches.reshape(b * gh * gw, *patches.shape[3:]))
-        return z.reshape(b, gh, gw, -1).permute(0, 3, 1, 2)
+        return self.encoder.encode_patches(patches)
 
     def predict(self, c: torch.Tensor, k: int) -> torch.Tensor:
         """Predictions of ``z[i + k]`` from ``c[i]``: ``(B, gh - k, gw, D)``."""
@@ -80,6 +78,7 @@ class CPC(Method):
         if self.training and self.patch_aug > 0:
             patches = self.colour_drop(patches)
         z = self.encode_patches(patches)
+        self.probe_features = z.detach().mean(dim=(2, 3))
         c = self.context(z)
         gh = z.shape[2]
         steps = range(1, min(self.prediction_steps, gh - 1) + 1)

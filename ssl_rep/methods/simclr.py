@@ -36,7 +36,9 @@ class SimCLR(Method):
             raise ValueError("SimCLR needs two views per image: wrap the transform in "
                              "ssl_rep.data.MultiView(transform, 2)")
         n = len(views[0])
-        z = self.head(self.encoder(torch.cat(list(views))))  # one pass: BatchNorm sees both views
+        h = self.encoder(torch.cat(list(views)))  # one pass: BatchNorm sees both views
+        self.probe_features = h[:n].detach()
+        z = self.head(h)
         z0, z1 = z[:n], z[n:]
         loss = nt_xent(z0, z1, self.temperature)
         with torch.no_grad():

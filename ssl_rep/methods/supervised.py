@@ -43,7 +43,9 @@ class Supervised(Method):
         if (labels < 0).any() or (labels >= self.num_classes).any():
             raise ValueError(f"supervised: labels must be in [0, {self.num_classes}); got "
                              f"min {labels.min().item()} max {labels.max().item()} (unlabeled data has -1)")
-        logits = self.classifier(self.encoder(images))
+        feats = self.encoder(images)
+        self.probe_features = feats.detach()
+        logits = self.classifier(feats)
         ce = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         loss = ce + self.l2_penalty() if self.l2_weight_decay else ce
         acc = (logits.argmax(dim=1) == labels).float().mean()

@@ -1,0 +1,1 @@
+"""Command lines: thin wrappers over the library (ssl-pretrain, ssl-probe, ssl-cluster)."""

@@ -1,0 +1,33 @@
+"""ssl-pretrain CONFIG [key=value ...] [--resume]"""
+from __future__ import annotations
+
+import argparse
+
+from ..train import CheckpointError, ConfigError, NonFiniteLossError, load_config, train
+from ..train.config import CONFIG_DIR
+from .common import friendly_errors, setup_logging
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="ssl-pretrain", description="Pretrain an encoder with a pretext task.",
+        epilog=f"CONFIG is a YAML file or a name in {CONFIG_DIR} (e.g. simclr_digits). Overrides: "
+               "key=value, e.g. optim.lr=0.3 trainer.epochs=5 out_dir=runs/x method.temperature=0.2")
+    parser.add_argument("config", help="YAML path or config name")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    args = parser.parse_args(argv)
+    setup_logging()
+    with friendly_errors("ssl-pretrain", ConfigError, CheckpointError, NonFiniteLossError, FileNotFoundError):
+        cfg = load_config(args.config, args.overrides)
+        result = train(cfg, resume=args.resume)
+    probe = f", online probe accuracy {result.online_probe_acc:.4f}" if result.online_probe_acc is not None else ""
+    data = cfg.data.dataset
+    print(f"\nfinished {result.steps} steps, final loss {result.final_loss:.4f}{probe}\n"
+          f"  checkpoint: {result.checkpoint}\n  encoder:    {result.encoder_path}\n"
+          f"next:\n  ssl-probe --checkpoint {result.checkpoint} --data {data} --out {result.out_dir}\n"
+          f"  ssl-cluster --checkpoint {result.checkpoint} --data {data} --out {result.out_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""Run configuration: frozen dataclasses that YAML files and ``key=value`` overrides map onto.
+
+Every key is checked before any work starts: an unknown key, a value of the wrong type or out of
+range is a :class:`ConfigError` naming the key and listing the valid keys or choices. Encoder and
+method options (``encoder.shortcut``, ``method.context``, ...) are checked against the signature of
+the encoder or method they go to.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, explained for a person (key, value, valid choices)."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "digits"          # a dataset name (ssl_rep.data.DATASETS) or a folder path
+    root: Optional[str] = None       # where the dataset's files are
+    split: str = "train"             # split to pretrain on
+    eval_split: Optional[str] = "test"  # labelled split for the online probe's end-of-epoch score
+    batch_size: int = 256            # per process (global batch = batch_size x world size)
+    num_workers: int = 2
+    transform: str = "auto"          # auto | cifar_train | imagenet_train | imagenet_rrc | simclr | eval | none
+    image_size: Optional[int] = None  # crop size; None = the dataset's own size (224 for folders)
+    gpu_resident: str = "auto"       # auto | on | off: keep uint8 images on the GPU, augment there
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    name: str = "resnet20"
+    options: dict = field(default_factory=dict)   # keyword arguments of create_encoder
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: str = "simclr"
+    options: dict = field(default_factory=dict)   # keyword arguments of the method's constructor
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "sgd"                # sgd | adamw | lars
+    lr: float = 0.1                  # peak learning rate, used as given (no batch-size scaling)
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: tuple = (0.9, 0.999)
+    weight_decay: float = 5e-4       # decoupled; not applied to biases and norm parameters
+    decay_norm_and_bias: bool = False
+    grad_clip: Optional[float] = None  # max global gradient norm
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    name: str = "cosine"             # cosine | step | constant
+    warmup_steps: int = 0            # linear warmup from 0, in optimiser steps
+    min_lr: float = 0.0              # cosine floor
+    milestones: tuple = ()           # step decay: optimiser steps at which lr *= gamma
+    gamma: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    epochs: int = 10
+    max_steps: Optional[int] = None  # stop after this many optimiser steps (overrides epochs)
+    checkpoint_every: int = 500      # optimiser steps between checkpoints (and one at the end)
+    keep_checkpoints: int = 2        # step-numbered checkpoints kept beside last.pt
+    log_every: int = 10              # optimiser steps between metrics.jsonl lines
+    deterministic: bool = False
+    device: str = "auto"             # auto | cpu | cuda | cuda:N
+    precision: str = "auto"          # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    channels_last: bool = False
+    compile: bool = False
+    online_probe: bool = True        # linear head on detached features when labels exist
+
+
+@dataclass(frozen=True)
+class Config:
+    out_dir: str = "runs/default"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+CHOICES = {
+    "data.transform": ("auto", "cifar_train", "imagenet_train", "imagenet_rrc", "simclr", "eval", "none"),
+    "data.gpu_resident": ("auto", "on", "off"),
+    "optim.name": ("sgd", "adamw", "lars"),
+    "schedule.name": ("cosine", "step", "constant"),
+    "trainer.precision": ("auto", "bf16", "fp32"),
+}
+POSITIVE = {"data.batch_size", "optim.lr", "trainer.epochs", "trainer.max_steps", "trainer.checkpoint_every",
+            "trainer.log_every", "trainer.keep_checkpoints"}
+NON_NEGATIVE = {"data.num_workers", "optim.weight_decay", "optim.momentum", "schedule.warmup_steps",
+                "schedule.min_lr", "optim.grad_clip", "schedule.gamma"}
+OPEN_SECTIONS = ("encoder", "method")  # extra keys become options, checked against a signature
+
+
+def valid_keys(cls=Config, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            keys += valid_keys(f.default_factory, f"{prefix}{f.name}.")
+        elif f.name != "options":
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(typ)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif typ is tuple:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                     for v in value):
+            return tuple(value)
+    elif typ is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    name = getattr(typ, "__name__", str(typ))
+    raise ConfigError(f"{key}: expected {name}, got {value!r} ({type(value).__name__})")
+
+
+def _check_value(key: str, value: Any) -> None:
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{key}: {value!r} is not a valid choice; valid: {', '.join(CHOICES[key])}")
+    if value is None or isinstance(value, (str, bool, tuple)):
+        return
+    if key in POSITIVE and value <= 0:
+        raise ConfigError(f"{key}: must be > 0, got {value!r}")
+    if key in NON_NEGATIVE and value < 0:
+        raise ConfigError(f"{key}: must be >= 0, got {value!r}")
+
+
+def _build(cls, values: dict, prefix: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs, extra = {}, {}
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in names or key == "options":
+            if prefix.rstrip(".") in OPEN_SECTIONS:
+                extra[key] = value
+                continue
+            here = [k for k in valid_keys() if k.startswith(prefix)] if prefix else valid_keys()
+            raise ConfigError(f"unknown key {full!r}; valid keys{' in ' + prefix.rstrip('.') if prefix else ''}: "
+                              f"{', '.join(here)}")
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            kwargs[key] = _build(typ, value or {}, f"{full}.")
+        else:
+            kwargs[key] = _coerce(full, value, typ)
+            _check_value(full, kwargs[key])
+    if extra:
+        kwargs["options"] = extra
+    return cls(**kwargs)
+
+
+def _signature_keys(section: str, name: str) -> dict[str, Any] | None:
+    """Options accepted by the encoder or method called ``name`` with their defaults; None if any."""
+    if section == "method":
+        from ..methods import METHODS
+        if name not in METHODS:
+            raise ConfigError(f"method.name: unknown method {name!r}; valid: {', '.join(METHODS)}")
+        fn = METHODS[name].__init__
+        skip = {"self", "encoder"}
+    else:
+        from ..encoders import _REGISTRY, list_encoders
+        if name.startswith("timm:"):
+            return None
+        if name not in _REGISTRY:
+            raise ConfigError(f"encoder.name: unknown encoder {name!r}; valid: {', '.join(list_encoders())}")
+        fn = _REGISTRY[name].func.__init__
+        skip = {"self", "depth", "arch"}
+    return {n: p.default for n, p in inspect.signature(fn).parameters.items() if n not in skip}
+
+
+def _check_options(config: Config) -> None:
+    for section in OPEN_SECTIONS:
+        sub = getattr(config, section)
+        accepted = _signature_keys(section, sub.name)
+        if accepted is None:
+            continue
+        for key, value in sub.options.items():
+            if key not in accepted:
+                raise ConfigError(f"unknown key '{section}.{key}' for {section} {sub.name!r}; valid options: "
+                                  f"{', '.join(accepted)}")
+            default = accepted[key]
+            if isinstance(default, (bool, int, float, str)):
+                coerced = _coerce(f"{section}.{key}", value, type(default))
+                allowed = _option_choices(section, sub.name, key)
+                if allowed and coerced not in allowed:
+                    raise ConfigError(f"{section}.{key}: {coerced!r} is not a valid choice; valid: {', '.join(allowed)}")
+                sub.options[key] = coerced
+
+
+def _option_choices(section: str, name: str, key: str) -> tuple:
+    from ..encoders import NORMS
+    from ..methods.autoencoder import MODES, NOISES
+    from ..methods.context import CONTEXTS
+    table = {("method", "context"): CONTEXTS, ("method", "mode"): MODES, ("method", "noise"): NOISES,
+             ("method", "loss"): ("mse", "bce"), ("method", "patch_norm"): NORMS, ("encoder", "norm"): NORMS,
+             ("encoder", "shortcut"): ("A", "B"), ("encoder", "stem"): ("imagenet", "cifar")}
+    return table.get((section, key), ())
+
+
+def config_from_dict(values: dict) -> Config:
+    config = _build(Config, values, "")
+    _check_options(config)
+    return config
+
+
+def config_to_dict(config: Config) -> dict:
+    """Plain nested dict (tuples as lists), options merged into their section: YAML-ready."""
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            section = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(value).items()}
+            options = section.pop("options", {})
+            out[f.name] = {**section, **options}
+        else:
+            out[f.name] = value
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=0.3"`` -> ``(["optim", "lr"], 0.3)``; values are read as YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value (e.g. optim.lr=0.3)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part.isidentifier() for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: {key!r} is not a dotted key like optim.lr")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, (dict, set)) or (value is not None and not isinstance(value, (str, int, float, bool, list))):
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    values = yaml.safe_load(yaml.safe_dump(values)) or {}  # deep copy of plain data
+    for text in overrides:
+        path, value = parse_override(text)
+        node = values
+        for part in path[:-1]:
+            existing = node.get(part)
+            if existing is None:
+                existing = node[part] = {}
+            if not isinstance(existing, dict):
+                raise ConfigError(f"override {text!r}: {'.'.join(path[:-1])} is not a section")
+            node = existing
+        node[path[-1]] = value
+    return values
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    for candidate in (CONFIG_DIR / f"{name_or_path}.yaml", CONFIG_DIR / name_or_path):
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
+    raise ConfigError(f"config {name_or_path!r}: no such file, and not a name in {CONFIG_DIR}; "
+                      f"known names: {', '.join(known) or 'none'}")
+
+
+def load_config(name_or_path: str | None = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML file (or a name in configs/), apply ``key=value`` overrides, validate."""
+    values: dict = {}
+    if name_or_path is not None:
+        path = resolve_config_path(name_or_path)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: YAML syntax error: {exc}") from exc
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(values).__name__}")
+    return config_from_dict(apply_overrides(values, list(overrides)))
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))

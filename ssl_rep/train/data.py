@@ -1,0 +1,139 @@
+"""Pretraining data: the dataset, its augmentation, and a reproducible, resumable order.
+
+Order: epoch ``e`` visits ``randperm(N)`` drawn from a generator seeded with ``(seed, e)``, so a
+resumed run can start in the middle of an epoch by skipping what was done (no data is read for
+the skipped part). Augmentation: sample ``i`` of epoch ``e`` is augmented under its own seed
+``(seed, e, i)``, so the same images come out whatever the number of workers and wherever a run
+was resumed.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..data import MultiView, build_dataset, build_transform, stats_for
+from ..data.base import ArrayImageDataset
+from .config import Config, ConfigError
+
+log = logging.getLogger("ssl_rep.train")
+
+
+def mix_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
+
+
+class SeededAugment(Dataset):
+    """Wraps a dataset; item ``epoch * N + i`` is item ``i`` augmented under seed ``(seed, epoch, i)``."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, code: int):
+        epoch, index = divmod(int(code), len(self.dataset))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(mix_seed(self.seed, epoch, index))
+            return self.dataset[index]
+
+
+class EpochSampler(Sampler):
+    """One epoch of ``epoch * N + i`` codes in the seeded order, from batch ``skip_batches`` on."""
+
+    def __init__(self, n: int, seed: int, batch_size: int):
+        self.n, self.seed, self.batch_size = n, seed, batch_size
+        self.epoch, self.skip_batches = 0, 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip_batches = epoch, skip_batches
+
+    def order(self, epoch: int) -> torch.Tensor:
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch)))
+
+    def __iter__(self):
+        start = self.skip_batches * self.batch_size
+        yield from (self.epoch * self.n + self.order(self.epoch)[start:]).tolist()
+
+    def __len__(self) -> int:
+        return self.n - self.skip_batches * self.batch_size
+
+
+def image_size_of(dataset) -> int:
+    if isinstance(dataset, ArrayImageDataset):
+        return int(dataset.images.shape[1])
+    return 224
+
+
+def choose_transform(cfg: Config, size: int):
+    name = cfg.data.transform
+    method = cfg.method.name
+    if name == "auto":
+        if method == "simclr":
+            name = "simclr"
+        elif size <= 64:
+            name = "cifar_train"
+        elif cfg.data.dataset.lower() == "imagenet":
+            name = "imagenet_train"
+        else:
+            name = "imagenet_rrc"
+    stats = stats_for(cfg.data.dataset)
+    kwargs = {"stats": stats, "size": size}
+    if name == "cifar_train":
+        kwargs["padding"] = max(1, size // 8)
+    if name == "eval":
+        kwargs["resize"] = None if size <= 64 else int(size * 256 / 224)
+    transform = build_transform(name, **kwargs)
+    if method == "simclr":
+        transform = MultiView(transform, 2)
+    return transform, name
+
+
+def eval_transform(cfg: Config, size: int):
+    return build_transform("eval", stats=stats_for(cfg.data.dataset), size=size,
+                           resize=None if size <= 64 else int(size * 256 / 224))
+
+
+def build_train_dataset(cfg: Config):
+    """The dataset with the chosen training transform, plus its image size and number of classes."""
+    try:
+        raw = build_dataset(cfg.data.dataset, split=cfg.data.split, root=cfg.data.root)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"data.dataset={cfg.data.dataset!r}: {exc}") from exc
+    size = cfg.data.image_size or image_size_of(raw)
+    raw.transform, transform_name = choose_transform(cfg, size)
+    labels = np.asarray(raw.labels)
+    num_classes = len(raw.classes) if getattr(raw, "classes", None) else int(labels.max()) + 1
+    return raw, size, num_classes, transform_name
+
+
+def build_eval_dataset(cfg: Config, size: int):
+    """The labelled split for the online probe's end-of-epoch score, or None."""
+    split = cfg.data.eval_split
+    if not split or split == cfg.data.split:
+        return None
+    source = cfg.data.dataset
+    if Path(source).is_dir() and not (Path(source) / split).is_dir():
+        return None  # a plain folder has no held-out split
+    try:
+        ds = build_dataset(source, split=split, root=cfg.data.root, transform=eval_transform(cfg, size))
+    except (FileNotFoundError, ValueError) as exc:
+        log.warning("online probe: no %r split (%s); reporting training accuracy only", split, exc)
+        return None
+    return ds if (np.asarray(ds.labels) >= 0).any() else None
+
+
+def build_loader(dataset, cfg: Config, device: torch.device, seed: int):
+    if len(dataset) < cfg.data.batch_size:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the dataset "
+                          f"({len(dataset)} images in {cfg.data.dataset}/{cfg.data.split})")
+    sampler = EpochSampler(len(dataset), seed, cfg.data.batch_size)
+    workers = cfg.data.num_workers
+    loader = DataLoader(SeededAugment(dataset, seed), batch_size=cfg.data.batch_size, sampler=sampler,
+                        drop_last=True, num_workers=workers, pin_memory=device.type == "cuda",
+                        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+    return loader, sampler

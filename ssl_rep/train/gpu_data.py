@@ -1,0 +1,140 @@
+"""A GPU-resident data path: uint8 images live on the device, augmentation runs there in batches.
+
+For datasets that fit in device memory (digits, Fashion-MNIST, CIFAR, STL-10 at 96 px) this
+removes the CPU from the data path, as airbench does for CIFAR. Order and randomness match the
+DataLoader path's contract: epoch ``e`` visits ``randperm`` seeded with ``(seed, e)``; batch ``b``
+of epoch ``e`` is augmented by a generator seeded with ``(seed, e, b)``, so resume is exact.
+
+Augmentations: ``cifar_train`` (zero-pad + random crop + flip), ``simclr`` (random resized crop +
+flip via one ``grid_sample``, colour jitter with brightness/contrast/saturation and a hue rotation
+in YIQ space, random grayscale), ``eval``/``none`` (normalise only).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..data.transforms import DATASET_STATS
+from .data import EpochSampler, mix_seed
+
+GPU_TRANSFORMS = ("cifar_train", "simclr", "eval", "none")
+_GRAY = (0.299, 0.587, 0.114)
+
+
+def _rand(gen: torch.Generator, n: int, lo: float, hi: float, device) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=gen, device=device)
+
+
+def crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Zero-pad by ``pad``, take a random crop of the original size per image, flip half."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    flip = torch.rand(n, generator=gen, device=x.device) < 0.5
+    cols = torch.where(flip[:, None, None, None], cols.flip(-1), cols)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+def resized_crop_flip(x: torch.Tensor, size: int, gen: torch.Generator, min_scale: float = 0.08) -> torch.Tensor:
+    """RandomResizedCrop(scale=(min_scale, 1), ratio=(3/4, 4/3)) + horizontal flip, one grid_sample."""
+    n, dev = len(x), x.device
+    area = _rand(gen, n, min_scale, 1.0, dev)
+    log_ratio = _rand(gen, n, math.log(3 / 4), math.log(4 / 3), dev)
+    w = torch.sqrt(area * torch.exp(log_ratio)).clamp(max=1.0)
+    h = torch.sqrt(area / torch.exp(log_ratio)).clamp(max=1.0)
+    cx = (2 * torch.rand(n, generator=gen, device=dev) - 1) * (1 - w)
+    cy = (2 * torch.rand(n, generator=gen, device=dev) - 1) * (1 - h)
+    sign = torch.where(torch.rand(n, generator=gen, device=dev) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3, device=dev)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w * sign, cx, h, cy
+    grid = F.affine_grid(theta, (n, x.shape[1], size, size), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    weights = torch.tensor(_GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * weights).sum(dim=1, keepdim=True)
+
+
+def colour_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0, p: float = 0.8,
+                  p_gray: float = 0.2) -> torch.Tensor:
+    """SimCLR's colour distortion on [0, 1] images, per image: jitter with probability ``p``
+    (brightness, contrast, saturation 0.8s, hue 0.2s), then grayscale with probability ``p_gray``."""
+    n, dev = len(x), x.device
+    s = strength
+    apply = (torch.rand(n, generator=gen, device=dev) < p).view(n, 1, 1, 1)
+    b = _rand(gen, n, 1 - 0.8 * s, 1 + 0.8 * s, dev).view(n, 1, 1, 1)
+    c = _rand(gen, n, 1 - 0.8 * s, 1 + 0.8 * s, dev).view(n, 1, 1, 1)
+    sat = _rand(gen, n, 1 - 0.8 * s, 1 + 0.8 * s, dev).view(n, 1, 1, 1)
+    hue = _rand(gen, n, -0.2 * s, 0.2 * s, dev) * 2 * math.pi
+    y = (x * b).clamp(0, 1)
+    mean = _gray(y).mean(dim=(2, 3), keepdim=True)
+    y = ((y - mean) * c + mean).clamp(0, 1)
+    gray = _gray(y)
+    y = ((y - gray) * sat + gray).clamp(0, 1)
+    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], device=dev)
+    cos, sin = torch.cos(hue), torch.sin(hue)
+    rot = torch.zeros(n, 3, 3, device=dev)
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
+    mix = torch.linalg.inv(to_yiq) @ rot @ to_yiq                       # (n, 3, 3)
+    y = torch.einsum("nij,njhw->nihw", mix, y).clamp(0, 1)
+    x = torch.where(apply, y, x)
+    make_gray = (torch.rand(n, generator=gen, device=dev) < p_gray).view(n, 1, 1, 1)
+    return torch.where(make_gray, _gray(x).expand_as(x), x)
+
+
+class GPUResidentLoader:
+    """Iterates ``(images, labels)`` batches like the DataLoader path, from tensors on ``device``.
+
+    ``images``: uint8 ``(N, 3, H, W)``; ``labels``: int64 ``(N,)``. Yields float32 normalised
+    ``(B, 3, size, size)`` (or a list of ``n_views`` of them) and labels, ``drop_last`` style.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int, transform: str,
+                 stats: str | None, size: int, n_views: int = 1, device="cuda"):
+        if transform not in GPU_TRANSFORMS:
+            raise ValueError(f"GPU-resident data supports transforms {', '.join(GPU_TRANSFORMS)}, not {transform!r}")
+        self.device = torch.device(device)
+        self.images = images.to(self.device, non_blocking=True)
+        self.labels = labels.to(self.device)
+        self.batch_size, self.seed, self.transform = batch_size, seed, transform
+        self.size, self.n_views = size, n_views
+        mean, std = DATASET_STATS[stats] if stats else ((0.0,) * 3, (1.0,) * 3)
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        self.sampler = EpochSampler(len(images), seed, batch_size)
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.sampler.set_epoch(epoch, skip_batches)
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+    def augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        x = x.float() / 255.0
+        if self.transform == "cifar_train":
+            x = crop_flip(x, max(1, self.size // 8), gen)
+        elif self.transform == "simclr":
+            x = colour_jitter(resized_crop_flip(x, self.size, gen), gen)
+        elif x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        return (x - self.mean) / self.std
+
+    def __iter__(self):
+        epoch, skip = self.sampler.epoch, self.sampler.skip_batches
+        order = self.sampler.order(epoch).to(self.device)
+        n_batches = len(order) // self.batch_size
+        for b in range(skip, n_batches):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            gen = torch.Generator(device=self.device).manual_seed(mix_seed(self.seed, epoch, b))
+            raw = self.images[idx]
+            views = [self.augment(raw, gen) for _ in range(self.n_views)]
+            yield (views if self.n_views > 1 else views[0]), self.labels[idx]

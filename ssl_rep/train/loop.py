@@ -1,0 +1,273 @@
+"""The training loop: one function, :func:`train`, from a Config to a checkpointed encoder."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data.base import ArrayImageDataset
+from ..data.transforms import stats_for
+from ..encoders import create_encoder
+from ..methods import create_method
+from .checkpoint import CheckpointError, atomic_save, encoder_payload, load_checkpoint, save_checkpoint, set_rng_state
+from .config import Config, ConfigError, config_to_dict, save_config
+from .data import build_eval_dataset, build_loader, build_train_dataset
+from .gpu_data import GPU_TRANSFORMS, GPUResidentLoader
+from .metrics import MetricsLog
+from .optim import build_optimizer
+from .schedule import lr_at
+
+log = logging.getLogger("ssl_rep.train")
+GPU_RESIDENT_MAX_BYTES = 4 << 30
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    checkpoint: Path
+    encoder_path: Path
+    steps: int
+    final_loss: float
+    online_probe_acc: float | None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={name!r} but no CUDA GPU is available; use trainer.device=cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"trainer.device={name!r} is not a device (auto, cpu, cuda, cuda:N)") from exc
+
+
+def seed_everything(seed: int, deterministic: bool, device: torch.device) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def method_options(cfg: Config, size: int, num_classes: int) -> dict:
+    options = dict(cfg.method.options)
+    if cfg.method.name == "autoencoder":
+        options.setdefault("image_size", size)
+    if cfg.method.name == "supervised":
+        options.setdefault("num_classes", num_classes)
+    return options
+
+
+def check_resume_config(cfg: Config, saved: dict, path: Path) -> None:
+    current = config_to_dict(cfg)
+    changed = [f"{section}.{k}" if isinstance(current.get(section), dict) else section
+               for section in current if section not in ("trainer", "out_dir")
+               for k in (current[section] if isinstance(current[section], dict) else [None])
+               if (current[section].get(k) if k else current[section]) !=
+               ((saved.get(section) or {}).get(k) if k else saved.get(section))]
+    if changed:
+        raise ConfigError(f"--resume: the config differs from the one in {path} at {', '.join(changed)}; "
+                          f"resume with the same config (only trainer.* may change) or use a new out_dir")
+
+
+def use_gpu_resident(cfg: Config, dataset, device: torch.device, transform_name: str) -> bool:
+    possible = (device.type == "cuda" and isinstance(dataset, ArrayImageDataset)
+                and transform_name in GPU_TRANSFORMS)
+    if cfg.data.gpu_resident == "on" and not possible:
+        raise ConfigError("data.gpu_resident=on needs a CUDA device, an in-memory dataset (digits, fashion-mnist, "
+                          f"cifar, stl10) and a transform among {', '.join(GPU_TRANSFORMS)}")
+    if cfg.data.gpu_resident == "off" or not possible:
+        return False
+    return cfg.data.gpu_resident == "on" or int(np.prod(dataset.images.shape)) <= GPU_RESIDENT_MAX_BYTES
+
+
+@torch.no_grad()
+def probe_accuracy(encoder: nn.Module, head: nn.Linear, dataset, device, batch_size: int, autocast) -> float:
+    """Accuracy of the online linear head on a held-out split (encoder in eval mode, first 10k images)."""
+    was_training = encoder.training
+    encoder.eval()
+    n = min(len(dataset), 10_000)
+    correct = 0
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=batch_size)
+    for x, y in loader:
+        with autocast():
+            feats = encoder(x.to(device))
+        correct += (head(feats.float()).argmax(1).cpu() == y).sum().item()
+    encoder.train(was_training)
+    return correct / n
+
+
+def to_device(batch, device: torch.device, channels_last: bool):
+    images, labels = batch
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    move = lambda t: t.to(device, non_blocking=True, memory_format=fmt)  # noqa: E731
+    images = [move(v) for v in images] if isinstance(images, (list, tuple)) else move(images)
+    return images, labels.to(device, non_blocking=True)
+
+
+def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> TrainResult:
+    """Pretrain ``cfg.encoder`` with ``cfg.method`` on ``cfg.data``; writes everything under ``cfg.out_dir``.
+
+    Writes ``config.yaml``, ``metrics.jsonl``, ``checkpoints/last.pt`` (every
+    ``trainer.checkpoint_every`` steps and at the end) and ``encoder.pt``. With ``resume`` it
+    continues from ``checkpoints/last.pt`` exactly where that run stopped.
+    """
+    out = Path(cfg.out_dir)
+    device = resolve_device(cfg.trainer.device)
+    state = None
+    if resume:
+        last = out / "checkpoints" / "last.pt"
+        if not last.is_file():
+            raise CheckpointError(f"--resume: no checkpoint at {last}; start without --resume")
+        state = load_checkpoint(last)
+        check_resume_config(cfg, state["config"], last)
+    seed_everything(cfg.seed, cfg.trainer.deterministic, device)
+
+    dataset, size, num_classes, transform_name = build_train_dataset(cfg)
+    has_labels = bool((np.asarray(dataset.labels) >= 0).any())
+    encoder = create_encoder(cfg.encoder.name, **cfg.encoder.options)
+    method = create_method(cfg.method.name, encoder, **method_options(cfg, size, num_classes)).to(device)
+    if cfg.trainer.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(method, cfg.optim)
+    probe = probe_opt = None
+    if cfg.trainer.online_probe and has_labels:
+        probe = nn.Linear(method.encoder.num_features, num_classes).to(device)
+        probe_opt = torch.optim.Adam(probe.parameters(), lr=1e-3)
+    eval_set = build_eval_dataset(cfg, size) if probe is not None else None
+
+    if use_gpu_resident(cfg, dataset, device, transform_name):
+        loader = GPUResidentLoader(dataset.tensor(), torch.as_tensor(dataset.labels), cfg.data.batch_size, cfg.seed,
+                                   transform_name, stats_for(cfg.data.dataset), size,
+                                   n_views=2 if cfg.method.name == "simclr" else 1, device=device)
+        sampler = loader
+    else:
+        loader, sampler = build_loader(dataset, cfg, device, cfg.seed)
+    steps_per_epoch = len(dataset) // cfg.data.batch_size
+    total = cfg.trainer.max_steps or cfg.trainer.epochs * steps_per_epoch
+
+    step, epoch, batch_in_epoch = 0, 0, 0
+    if state is not None:
+        method.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if probe is not None and state.get("probe"):
+            probe.load_state_dict(state["probe"])
+            probe_opt.load_state_dict(state["probe_optimizer"])
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        set_rng_state(state["rng"])
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    metrics = MetricsLog(out, resume_step=step if state is not None else None)
+    model = torch.compile(method) if cfg.trainer.compile else method
+    use_bf16 = cfg.trainer.precision == "bf16" or (cfg.trainer.precision == "auto" and device.type == "cuda")
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+
+    def checkpoint_state() -> dict:
+        return {"model": method.state_dict(), "optimizer": optimizer.state_dict(),
+                "probe": probe.state_dict() if probe is not None else {},
+                "probe_optimizer": probe_opt.state_dict() if probe is not None else {},
+                "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "config": config_to_dict(cfg)}
+
+    interactive = progress if progress is not None else sys.stderr.isatty()
+    bar = tqdm(total=total, initial=step, desc=f"{cfg.method.name}/{cfg.encoder.name}", unit="step",
+               disable=not interactive, dynamic_ncols=True)
+    print_every = max(1, total // 20)
+    start_time, window_time, window_images, window_losses = time.time(), time.time(), 0, []
+    probe_correct = probe_seen = 0
+    last_loss, probe_acc = float("nan"), None
+    method.train()
+    try:
+        while step < total:
+            sampler.set_epoch(epoch, batch_in_epoch)
+            for batch in loader:
+                lr = lr_at(step, cfg.optim.lr, total, cfg.schedule)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                images, labels = to_device(batch, device, cfg.trainer.channels_last)
+                with autocast():
+                    loss, logs = model((images, labels))
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"loss became {loss.item()} at step {step + 1} (epoch {epoch}); stopped. The last good "
+                        f"checkpoint is kept in {out / 'checkpoints'}. Try a lower optim.lr (now {cfg.optim.lr}), "
+                        f"optim.grad_clip, or trainer.precision=fp32")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.optim.grad_clip:
+                    nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.grad_clip)
+                optimizer.step()
+                if probe is not None and method.probe_features is not None:
+                    known = labels >= 0
+                    if known.any():
+                        logits = probe(method.probe_features[known].float())
+                        probe_loss = F.cross_entropy(logits, labels[known])
+                        probe_opt.zero_grad(set_to_none=True)
+                        probe_loss.backward()
+                        probe_opt.step()
+                        probe_correct += (logits.argmax(1) == labels[known]).sum().item()
+                        probe_seen += int(known.sum())
+                step += 1
+                batch_in_epoch += 1
+                last_loss = logs["loss"]
+                window_losses.append(last_loss)
+                window_images += cfg.data.batch_size
+                record = None
+                if step % cfg.trainer.log_every == 0 or step == total or step == 1:
+                    now = time.time()
+                    record = {"step": step, "epoch": epoch, "loss": sum(window_losses) / len(window_losses),
+                              "lr": lr, "images_per_s": window_images / max(now - window_time, 1e-9),
+                              "elapsed": now - start_time,
+                              **{k: v for k, v in logs.items() if k != "loss"}}
+                    window_time, window_images, window_losses = now, 0, []
+                if batch_in_epoch == steps_per_epoch:  # epoch done: score the online probe, roll over
+                    epoch_record = {"step": step, "epoch": epoch}
+                    if probe_seen:
+                        epoch_record["online_probe_train_acc"] = probe_correct / probe_seen
+                        probe_acc = epoch_record["online_probe_train_acc"]
+                    if eval_set is not None:
+                        probe_acc = probe_accuracy(method.encoder, probe, eval_set, device, cfg.data.batch_size,
+                                                   autocast)
+                        epoch_record["online_probe_acc"] = probe_acc
+                    record = {**(record or {"step": step, "epoch": epoch, "loss": last_loss}), **epoch_record}
+                    probe_correct = probe_seen = 0
+                    epoch, batch_in_epoch = epoch + 1, 0
+                if record is not None:
+                    metrics.write(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.3g}", refresh=False)
+                if not interactive and (step % print_every == 0 or step == total):
+                    print(f"step {step}/{total} epoch {epoch} loss {last_loss:.4f} lr {lr:.4g} "
+                          f"elapsed {time.time() - start_time:.0f}s", flush=True)
+                if step % cfg.trainer.checkpoint_every == 0 and step < total:
+                    save_checkpoint(out, checkpoint_state(), step, cfg.trainer.keep_checkpoints)
+                if step >= total:
+                    break
+        checkpoint = save_checkpoint(out, checkpoint_state(), step, cfg.trainer.keep_checkpoints)
+        atomic_save(encoder_payload(method.encoder), out / "encoder.pt")
+    finally:
+        bar.close()
+        metrics.close()
+    if not math.isfinite(last_loss):
+        last_loss = float("nan")
+    return TrainResult(out, checkpoint, out / "encoder.pt", step, last_loss, probe_acc)
