@@ -1,13 +1,28 @@
-"""What the command lines share: logging setup and turning known errors into one clear line."""
+"""What the command lines share: logging, friendly errors, and turning CKPT/DATA into features."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import build_dataset, build_transform, stats_for
+from ..data.base import ArrayImageDataset
+from ..data.decode import load_rgb
+from ..encoders import CheckpointError, create_encoder, load_encoder
+from ..eval import extract_features
+
+DEFAULT_CACHE = Path(os.environ.get("SSL_REP_CACHE", Path.home() / ".cache" / "ssl_rep" / "features"))
 
 
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("faiss", "faiss.loader", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @contextmanager
@@ -18,3 +33,69 @@ def friendly_errors(prog: str, *error_types):
     except error_types as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+EXPECTED_ERRORS = (CheckpointError, FileNotFoundError, ValueError, MemoryError, ImportError)
+
+
+def add_encoder_and_data_args(parser) -> None:
+    parser.add_argument("--checkpoint", required=True,
+                        help="OUT/checkpoints/last.pt, OUT/encoder.pt, or random:<encoder> for a random-init baseline")
+    parser.add_argument("--data", required=True, help="dataset name (digits, fashion-mnist, cifar10, ...) or folder")
+    parser.add_argument("--root", default=None, help="where the dataset's files are")
+    parser.add_argument("--out", default=None, help="output folder (default: next to the checkpoint)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="evaluation crop (default: the dataset's size; 224 after resize-256 for folders/imagenet)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="feature cache ('none' to disable)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def resolve_encoder(spec: str, seed: int = 0) -> torch.nn.Module:
+    if spec.startswith("random:"):
+        torch.manual_seed(seed)
+        name, _, rest = spec[len("random:"):].partition("?")
+        kwargs = dict(kv.split("=", 1) for kv in rest.split("&") if kv) if rest else {}
+        return create_encoder(name, **kwargs).eval()
+    return load_encoder(spec)
+
+
+def default_out(args) -> Path:
+    if args.out:
+        return Path(args.out)
+    if args.checkpoint.startswith("random:"):
+        return Path("runs") / f"random_{args.checkpoint[len('random:'):].replace(':', '_')}"
+    path = Path(args.checkpoint).resolve()
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+def eval_dataset(data: str, split: str, root, image_size, ten_crop: bool = False):
+    probe_ds = build_dataset(data, split=split, root=root)
+    small = isinstance(probe_ds, ArrayImageDataset) and probe_ds.images.shape[1] <= 96
+    size = image_size or (None if small else 224)
+    resize = None if small and image_size is None else (int(size * 256 / 224) if size else None)
+    name = "ten_crop" if ten_crop and not small else "eval"
+    probe_ds.transform = build_transform(name, stats=stats_for(data), size=size, resize=resize)
+    return probe_ds
+
+
+def features_for(encoder, data: str, split: str, args, ten_crop: bool = False):
+    dataset = eval_dataset(data, split, args.root, args.image_size, ten_crop)
+    cache = None if args.cache_dir == "none" else args.cache_dir
+    X, y = extract_features(encoder, dataset, batch_size=args.batch_size, device=args.device, ten_crop=ten_crop,
+                            num_workers=args.workers, cache_dir=cache, progress=sys.stderr.isatty())
+    return np.asarray(X), y, dataset
+
+
+def image_getter(dataset):
+    """``i -> uint8 (H, W, 3)`` thumbnails for reports, without the evaluation transform."""
+    if isinstance(dataset, ArrayImageDataset):
+        return lambda i: np.asarray(dataset.images[i])
+
+    def load(i):
+        img = load_rgb(dataset.samples[i][0])
+        img.thumbnail((96, 96))
+        return np.asarray(img)
+    return load

@@ -44,4 +44,6 @@ def create_encoder(name: str, **kwargs) -> Encoder:
     return encoder
 
 
-__all__ = ["NORMS", "Encoder", "PatchGridEncoder", "create_encoder", "list_encoders", "make_norm"]
+from .io import CheckpointError, load_encoder  # noqa: E402  (io needs create_encoder defined)
+
+__all__ = ["NORMS", "CheckpointError", "Encoder", "PatchGridEncoder", "load_encoder", "create_encoder", "list_encoders", "make_norm"]

@@ -19,12 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-CHECKPOINT_FORMAT = "ssl_rep.checkpoint/1"
-ENCODER_FORMAT = "ssl_rep.encoder/1"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be written or read; the message names the file."""
+from ..encoders.io import CHECKPOINT_FORMAT, CheckpointError, encoder_payload, safe_load  # noqa: F401
 
 
 def atomic_save(obj, path: str | Path) -> None:
@@ -45,21 +40,6 @@ def atomic_save(obj, path: str | Path) -> None:
         raise
 
 
-def safe_load(path: str | Path, map_location="cpu") -> dict:
-    """Load with ``weights_only=True`` (no code runs from the file); errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # pickle payloads, truncation, foreign formats all land here
-        raise CheckpointError(f"{path}: not a loadable ssl_rep checkpoint ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
-    return obj
-
-
 def git_revision() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
@@ -73,7 +53,7 @@ def library_versions() -> dict:
     import torchvision
 
     import ssl_rep
-    return {"ssl_rep": ssl_rep.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+    return {"ssl_rep": ssl_rep.__version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
             "numpy": np.__version__, "python": platform.python_version()}
 
 
@@ -96,12 +76,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def encoder_payload(encoder) -> dict:
-    return {"format": ENCODER_FORMAT, "name": encoder.encoder_name, "kwargs": dict(encoder.encoder_kwargs),
-            "num_features": encoder.num_features,
-            "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()}}
 
 
 def save_checkpoint(out_dir: Path, state: dict, step: int, keep: int) -> Path:

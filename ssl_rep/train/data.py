@@ -133,7 +133,9 @@ def build_loader(dataset, cfg: Config, device: torch.device, seed: int):
                           f"({len(dataset)} images in {cfg.data.dataset}/{cfg.data.split})")
     sampler = EpochSampler(len(dataset), seed, cfg.data.batch_size)
     workers = cfg.data.num_workers
+    # A private generator: creating an iterator (each epoch, and on resume) must not consume the
+    # global RNG, or a resumed run's model-side randomness would drift from the uninterrupted run's.
     loader = DataLoader(SeededAugment(dataset, seed), batch_size=cfg.data.batch_size, sampler=sampler,
-                        drop_last=True, num_workers=workers, pin_memory=device.type == "cuda",
+                        drop_last=True, generator=torch.Generator().manual_seed(seed), num_workers=workers, pin_memory=device.type == "cuda",
                         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
     return loader, sampler

@@ -187,7 +187,8 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
         return {"model": method.state_dict(), "optimizer": optimizer.state_dict(),
                 "probe": probe.state_dict() if probe is not None else {},
                 "probe_optimizer": probe_opt.state_dict() if probe is not None else {},
-                "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "config": config_to_dict(cfg)}
+                "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "config": config_to_dict(cfg),
+                "encoder_spec": {"name": method.encoder.encoder_name, "kwargs": dict(method.encoder.encoder_kwargs)}}
 
     interactive = progress if progress is not None else sys.stderr.isatty()
     bar = tqdm(total=total, initial=step, desc=f"{cfg.method.name}/{cfg.encoder.name}", unit="step",

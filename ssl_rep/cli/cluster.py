@@ -1,0 +1,115 @@
+"""ssl-cluster --checkpoint CKPT --data DATA [--methods ...] --out DIR: clustering scores and an HTML report."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+from torchvision.transforms import v2 as T
+
+from ..eval import CLUSTER_METHODS, cluster, clustering_scores, preprocess
+from ..eval.report import write_report
+from .common import EXPECTED_ERRORS, add_encoder_and_data_args, default_out, features_for, friendly_errors, \
+    image_getter, resolve_encoder, setup_logging
+
+# Density-based methods look for dense regions, which high-dimensional features do not have;
+# they run on a PCA projection unless --pca says otherwise.
+DENSITY_METHODS = ("meanshift", "dbscan")
+DENSITY_PCA = 10
+
+
+def autoencoder_reconstructions(checkpoint: str, dataset, n: int = 10):
+    """(originals, reconstructions) as uint8 images when CKPT is an autoencoder training checkpoint."""
+    if checkpoint.startswith("random:") or not checkpoint.endswith(".pt"):
+        return None
+    from ..methods import create_method
+    from ..train.checkpoint import load_checkpoint
+
+    try:
+        state = load_checkpoint(checkpoint)
+    except Exception:  # encoder.pt or a foreign file: no method to reconstruct with
+        return None
+    method_cfg = state["config"]["method"]
+    if method_cfg.get("name") != "autoencoder":
+        return None
+    from ..encoders import create_encoder
+
+    enc_cfg = dict(state["config"]["encoder"])
+    x = torch.stack([dataset[i][0] for i in range(n)])
+    options = {k: v for k, v in method_cfg.items() if k != "name"}
+    options.setdefault("image_size", x.shape[-1])
+    method = create_method("autoencoder", create_encoder(enc_cfg.pop("name"), **enc_cfg), **options)
+    method.load_state_dict(state["model"])
+    originals, recon = method.reconstructions(x)
+    norm = next((t for t in getattr(dataset.transform, "transforms", []) if isinstance(t, T.Normalize)), None)
+    mean = torch.tensor(norm.mean if norm else (0.0,) * 3).view(1, 3, 1, 1)
+    std = torch.tensor(norm.std if norm else (1.0,) * 3).view(1, 3, 1, 1)
+    to_uint8 = lambda t: ((t * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()  # noqa: E731
+    return to_uint8(originals), to_uint8(recon)
+
+
+def run_cluster(args) -> tuple[dict, dict, np.ndarray, np.ndarray | None, object]:
+    encoder = resolve_encoder(args.checkpoint, args.seed)
+    X, y, dataset = features_for(encoder, args.data, args.split, args)
+    n_clusters = args.n_clusters or (len(np.unique(y)) if y is not None else 10)
+    results, labels = {}, {}
+    for method in args.methods:
+        pca = args.pca if args.pca is not None else (DENSITY_PCA if method in DENSITY_METHODS else None)
+        params = {"l2_normalize": args.l2, "pca": pca}
+        start = time.time()
+        try:
+            Z = preprocess(X, l2_normalize=args.l2, pca=pca, seed=args.seed)
+            pred = cluster(Z, method, n_clusters=n_clusters, seed=args.seed, max_samples=args.max_samples,
+                           max_memory_gb=args.max_memory_gb)
+        except (MemoryError, ValueError) as exc:
+            results[method] = {"params": params, "error": str(exc)}
+            print(f"  {method:14s} skipped: {exc}")
+            continue
+        seconds = time.time() - start
+        scores = clustering_scores(y, pred, X, seed=args.seed) if y is not None else {
+            "n_clusters": int(len(np.unique(pred[pred >= 0]))), "noise_fraction": float((pred < 0).mean())}
+        results[method] = {"params": {**params, "n_clusters": n_clusters}, "scores": scores, "seconds": seconds}
+        labels[method] = pred
+        shown = "  ".join(f"{k} {scores[k]:.4f}" for k in ("acc", "nmi", "ari", "purity") if k in scores)
+        print(f"  {method:14s} {shown}  clusters {scores['n_clusters']}  ({seconds:.1f}s)")
+    return results, labels, X, y, dataset
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="ssl-cluster", description="Cluster frozen features and write a report.")
+    add_encoder_and_data_args(parser)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--methods", default=",".join(CLUSTER_METHODS),
+                        help=f"comma-separated, from {', '.join(CLUSTER_METHODS)}")
+    parser.add_argument("--n-clusters", type=int, default=None, help="default: the number of classes (else 10)")
+    parser.add_argument("--pca", type=int, default=None,
+                        help=f"PCA dimensions before clustering (default: none; {DENSITY_PCA} for meanshift/dbscan)")
+    parser.add_argument("--l2", action="store_true", help="L2-normalise features before clustering")
+    parser.add_argument("--max-samples", type=int, default=None,
+                        help="cluster a random subsample and assign the rest to the nearest (for O(n^2) methods)")
+    parser.add_argument("--max-memory-gb", type=float, default=4.0, help="refuse runs estimated above this")
+    args = parser.parse_args(argv)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in args.methods if m not in CLUSTER_METHODS]
+    if unknown:
+        parser.error(f"unknown method(s) {', '.join(unknown)}; valid: {', '.join(CLUSTER_METHODS)}")
+    setup_logging()
+    with friendly_errors("ssl-cluster", *EXPECTED_ERRORS):
+        results, labels, X, y, dataset = run_cluster(args)
+        out = default_out(args)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "clusters.json").write_text(json.dumps({"checkpoint": args.checkpoint, "data": args.data,
+                                                      "split": args.split, "methods": results}, indent=2))
+        recon = autoencoder_reconstructions(args.checkpoint, dataset)
+        report = write_report(out / "report.html", results, X, y, labels, image_at=image_getter(dataset),
+                              reconstructions=recon, title=f"Clusters of {args.checkpoint} on {args.data}/{args.split}",
+                              meta={"checkpoint": args.checkpoint, "data": f"{args.data}/{args.split}",
+                                    "points": len(X), "feature dim": X.shape[1]},
+                              class_names=getattr(dataset, "classes", None), seed=args.seed)
+    print(f"wrote {out / 'clusters.json'} and {report}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""ssl-probe --checkpoint CKPT --data DATA [--out DIR]: linear probe (top-1/top-5) and kNN on frozen features."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from ..eval import KNNClassifier, LinearProbe
+from .common import EXPECTED_ERRORS, add_encoder_and_data_args, default_out, features_for, friendly_errors, \
+    resolve_encoder, setup_logging
+
+
+def run_probe(args) -> dict:
+    start = time.time()
+    encoder = resolve_encoder(args.checkpoint, args.seed)
+    X, y, _ = features_for(encoder, args.data, args.train_split, args)
+    Xt, yt, _ = features_for(encoder, args.data, args.test_split, args, ten_crop=args.ten_crop)
+    if y is None or yt is None:
+        raise ValueError(f"{args.data}: the {args.train_split if y is None else args.test_split} split has no labels; "
+                         f"a probe needs labelled train and test splits")
+    probe = LinearProbe(C=args.C, device=args.device, random_state=args.seed).fit(X, y)
+    result = {"checkpoint": args.checkpoint, "data": args.data, "train_split": args.train_split,
+              "test_split": args.test_split, "n_train": len(X), "n_test": len(Xt), "feature_dim": int(X.shape[1]),
+              "top1": probe.score(Xt, yt), "top5": probe.top_k_accuracy(Xt, yt, 5), "C": probe.C_,
+              "val_scores": probe.val_scores_, "knn": {}}
+    for k in args.knn_k:
+        result["knn"][str(k)] = KNNClassifier(k=k).fit(X, y).score(Xt, yt)
+    result["seconds"] = time.time() - start
+    return result
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="ssl-probe", description="Linear probe and kNN on frozen features.")
+    add_encoder_and_data_args(parser)
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--test-split", default="test")
+    parser.add_argument("--C", type=float, default=None, help="fixed inverse regularisation (default: chosen on a held-out 20%%)")
+    parser.add_argument("--knn-k", default="20,200", help="comma-separated k values for kNN")
+    parser.add_argument("--ten-crop", action="store_true", help="average features over 10 crops at test time")
+    args = parser.parse_args(argv)
+    args.knn_k = [int(k) for k in args.knn_k.split(",") if k]
+    setup_logging()
+    with friendly_errors("ssl-probe", *EXPECTED_ERRORS):
+        result = run_probe(args)
+    out = default_out(args)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "probe.json").write_text(json.dumps(result, indent=2))
+    knn = "  ".join(f"kNN@{k} {v:.4f}" for k, v in result["knn"].items())
+    print(f"{args.data}: linear probe top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  (C={result['C']:.3g})  "
+          f"{knn}\nwrote {out / 'probe.json'}")
+
+
+if __name__ == "__main__":
+    main()

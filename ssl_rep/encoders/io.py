@@ -1,0 +1,77 @@
+"""Reading encoders back from files: ``load_encoder`` for ``encoder.pt`` and training checkpoints.
+
+Files are read with ``torch.load(..., weights_only=True)``: a file carrying a pickled code payload
+is refused, never executed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+CHECKPOINT_FORMAT = "ssl_rep.checkpoint/1"
+ENCODER_FORMAT = "ssl_rep.encoder/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or read; the message names the file."""
+
+
+def safe_load(path: str | Path, map_location="cpu") -> dict:
+    """Load with ``weights_only=True`` (no code runs from the file); errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # pickle payloads, truncation, foreign formats all land here
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(f"{path}: not a loadable ssl_rep checkpoint ({type(exc).__name__}: {first_line})") from exc
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+    return obj
+
+
+def encoder_payload(encoder) -> dict:
+    """What ``encoder.pt`` holds: the name and kwargs to rebuild the module, and its weights."""
+    return {"format": ENCODER_FORMAT, "name": encoder.encoder_name, "kwargs": dict(encoder.encoder_kwargs),
+            "num_features": encoder.num_features,
+            "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()}}
+
+
+def encoder_spec_and_weights(obj: dict, path: Path) -> tuple[str, dict, dict]:
+    fmt = obj.get("format")
+    if fmt == ENCODER_FORMAT:
+        return obj["name"], obj["kwargs"], obj["state_dict"]
+    if fmt == CHECKPOINT_FORMAT:
+        spec = obj.get("encoder_spec") or {}
+        prefix = "encoder."
+        weights = {k[len(prefix):]: v for k, v in obj["model"].items() if k.startswith(prefix)}
+        if not spec or not weights:
+            raise CheckpointError(f"{path}: training checkpoint without an encoder spec; use OUT/encoder.pt")
+        return spec["name"], spec["kwargs"], weights
+    raise CheckpointError(f"{path}: not an ssl_rep encoder or checkpoint (format {fmt!r}; expected "
+                          f"{ENCODER_FORMAT!r} or {CHECKPOINT_FORMAT!r})")
+
+
+def load_encoder(path: str | Path, map_location="cpu") -> torch.nn.Module:
+    """Rebuild the encoder saved in ``path`` (``OUT/encoder.pt`` or ``OUT/checkpoints/last.pt``).
+
+    Returns the encoder in eval mode: ``enc(x) -> (N, enc.num_features)``. A file from another
+    encoder, a truncated or foreign file gives a :class:`CheckpointError` naming the file (and the
+    missing/unexpected weights when the architecture differs).
+    """
+    from . import create_encoder
+
+    path = Path(path)
+    name, kwargs, weights = encoder_spec_and_weights(safe_load(path, map_location), path)
+    try:
+        encoder = create_encoder(name, **kwargs)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: cannot rebuild encoder {name!r} with {kwargs}: {exc}") from exc
+    result = encoder.load_state_dict(weights, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(f"{path}: weights do not fit encoder {name!r}: missing {result.missing_keys[:5]}"
+                              f"{'...' if len(result.missing_keys) > 5 else ''}, unexpected "
+                              f"{result.unexpected_keys[:5]}{'...' if len(result.unexpected_keys) > 5 else ''}")
+    return encoder.eval()

@@ -1,0 +1,183 @@
+"""Clustering of frozen features: k-means (faiss), mean-shift, DBSCAN, GMM, agglomerative (scikit-learn).
+
+``cluster(features, method, **params) -> labels`` (``(N,)`` int64, noise = -1). Before an O(n^2)
+method runs, its memory is estimated and a run above ``max_memory_gb`` is refused with the estimate
+and the ways out (``max_samples``, a connectivity graph, k-means).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .checks import check_features
+
+METHODS = ("kmeans", "meanshift", "dbscan", "gmm", "agglomerative")
+
+
+class ClusteringTooLargeError(MemoryError):
+    """An O(n^2) clustering that would not fit; the message holds the estimate and the options."""
+
+
+def preprocess(X, l2_normalize: bool = False, pca: int | None = None, umap: int | None = None, seed: int = 0):
+    """Optional L2 normalisation, PCA to ``pca`` dimensions, UMAP to ``umap`` (needs umap-learn)."""
+    X = np.asarray(X, dtype=np.float32)
+    if l2_normalize:
+        X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    if pca and pca < X.shape[1]:
+        from sklearn.decomposition import PCA
+        X = PCA(n_components=pca, random_state=seed).fit_transform(X).astype(np.float32)
+    if umap:
+        try:
+            import umap as umap_lib
+        except ImportError as exc:
+            raise ImportError("umap=... needs the umap-learn package: pip install umap-learn") from exc
+        X = umap_lib.UMAP(n_components=umap, random_state=seed).fit_transform(X).astype(np.float32)
+    return X
+
+
+def kmeans(X, n_clusters: int, n_init: int = 3, n_iter: int = 50, seed: int = 0, init: str = "k-means++",
+           use_gpu: bool | None = None, init_samples: int = 50_000) -> np.ndarray:
+    """Lloyd's k-means in faiss, seeded with scikit-learn's k-means++ (faiss's own random init
+    lands in clearly worse optima); the best of ``n_init`` restarts by inertia. Sets
+    ``kmeans.last_inertia`` for inspection."""  # noqa: D401
+    import faiss
+    from sklearn.cluster import kmeans_plusplus
+
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    n, d = X.shape
+    if n_clusters > n:
+        raise ValueError(f"kmeans: n_clusters={n_clusters} is more than the {n} points")
+    gpu = use_gpu is not False and faiss.get_num_gpus() > 0
+    rng = np.random.default_rng(seed)
+    best_inertia, best_labels = np.inf, None
+    for restart in range(n_init):
+        km = faiss.Kmeans(d, n_clusters, niter=n_iter, seed=seed + restart, gpu=gpu, verbose=False,
+                          max_points_per_centroid=n // n_clusters + 1, min_points_per_centroid=1)
+        if init == "k-means++":
+            sample = X if n <= init_samples else X[rng.choice(n, init_samples, replace=False)]
+            centers, _ = kmeans_plusplus(sample, n_clusters, random_state=seed + restart)
+            km.train(X, init_centroids=np.ascontiguousarray(centers, dtype=np.float32))
+        elif init == "random":
+            km.train(X)
+        else:
+            raise ValueError(f"kmeans init must be 'k-means++' or 'random', got {init!r}")
+        dist, labels = km.index.search(X, 1)
+        inertia = float(dist.sum())
+        if inertia < best_inertia:
+            best_inertia, best_labels = inertia, labels.ravel().astype(np.int64)
+    kmeans.last_inertia = best_inertia
+    return best_labels
+
+
+def knee_eps(X, min_samples: int) -> float:
+    """DBSCAN radius at the knee of the sorted k-distance curve (k = ``min_samples``): the point
+    farthest from the straight line between the curve's ends (Kneedle-style)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    dist, _ = NearestNeighbors(n_neighbors=min_samples).fit(X).kneighbors(X)
+    curve = np.sort(dist[:, -1])
+    x = np.linspace(0, 1, len(curve))
+    span = curve[-1] - curve[0]
+    y = (curve - curve[0]) / span if span > 0 else np.zeros_like(curve)
+    knee = int(np.argmax(x - y))  # distance below the chord of a convex increasing curve
+    return float(max(curve[knee], 1e-8))
+
+
+def kdistance_quantile(X, min_samples: int, quantile: float) -> float:
+    """DBSCAN radius as a quantile of the k-distances: ``quantile=0.5`` makes about half the points core
+    points (useful when classes touch and the knee sits at the noise threshold)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    dist, _ = NearestNeighbors(n_neighbors=min_samples).fit(X).kneighbors(X)
+    return float(max(np.quantile(dist[:, -1], quantile), 1e-8))
+
+
+def estimate_memory_gb(method: str, n: int, d: int, params: dict) -> float:
+    """Rough peak memory of one run, in GB (the O(n^2) parts dominate)."""
+    if method == "agglomerative" and params.get("connectivity") is None:
+        return n * (n - 1) / 2 * 8 * 2 / 1e9        # condensed distances + linkage work
+    if method == "dbscan" and d > 15:
+        return n * n * 8 / 1e9                       # brute-force neighbourhoods, worst case
+    if method == "meanshift":
+        return n * n * 8 / 1e9 / 4                   # radius queries over all seeds
+    if method == "gmm":
+        k = params.get("n_clusters", 10)
+        return (n * k + k * d * d) * 8 * 4 / 1e9
+    return n * d * 4 * 3 / 1e9
+
+
+def _run(X, method: str, n_clusters: int | None, seed: int, params: dict) -> np.ndarray:
+    from sklearn import cluster as skc
+    from sklearn.mixture import GaussianMixture
+
+    if method == "kmeans":
+        return kmeans(X, n_clusters or 10, seed=seed, **params)
+    if method == "meanshift":
+        bandwidth = params.pop("bandwidth", None)
+        if bandwidth is None:
+            # estimate_bandwidth's own default quantile (0.3) merges neighbouring classes into one
+            # mode; 0.05 (the mean distance to the nearest 5% of points) keeps them apart.
+            bandwidth = skc.estimate_bandwidth(X, quantile=params.pop("quantile", 0.05), n_samples=min(len(X), 2000),
+                                               random_state=seed)
+        # Grid (bin) seeding only works in a few dimensions; above that, seed from a random sample of points.
+        bin_seeding = params.pop("bin_seeding", X.shape[1] <= 8)
+        seeds = params.pop("seeds", None)
+        if seeds is None and not bin_seeding:
+            rng = np.random.default_rng(seed)
+            seeds = X[rng.choice(len(X), min(len(X), params.pop("n_seeds", 500)), replace=False)]
+        return skc.MeanShift(bandwidth=bandwidth, bin_seeding=bin_seeding, seeds=seeds, **params).fit_predict(X)
+    if method == "dbscan":
+        min_samples = params.pop("min_samples", 10)
+        eps, quantile = params.pop("eps", None), params.pop("eps_quantile", None)
+        if eps is None:
+            eps = knee_eps(X, min_samples) if quantile is None else kdistance_quantile(X, min_samples, quantile)
+        return skc.DBSCAN(eps=eps, min_samples=min_samples, **params).fit_predict(X)
+    if method == "gmm":
+        gmm = GaussianMixture(n_components=n_clusters or 10, covariance_type=params.pop("covariance_type", "full"),
+                              random_state=seed, reg_covar=params.pop("reg_covar", 1e-4), **params)
+        return gmm.fit(X).predict(X)
+    if method == "agglomerative":
+        connectivity = params.pop("connectivity", None)
+        if isinstance(connectivity, int):
+            from sklearn.neighbors import kneighbors_graph
+            connectivity = kneighbors_graph(X, connectivity, include_self=False)
+        return skc.AgglomerativeClustering(n_clusters=n_clusters or 10, linkage=params.pop("linkage", "ward"),
+                                           connectivity=connectivity, **params).fit_predict(X)
+    raise ValueError(f"unknown clustering method {method!r}; valid: {', '.join(METHODS)}")
+
+
+def cluster(features, method: str = "kmeans", n_clusters: int | None = None, seed: int = 0,
+            max_samples: int | None = None, max_memory_gb: float = 4.0, **params) -> np.ndarray:
+    """Cluster ``features`` ``(N, D)``; returns labels ``(N,)`` (-1 = noise, DBSCAN only).
+
+    ``n_clusters`` is used by kmeans, gmm and agglomerative (default 10); mean-shift and DBSCAN find
+    their own number. ``max_samples``: fit on a random subsample of that size and give every other
+    point the label of its nearest subsample point. Method options pass through ``params``:
+    kmeans ``n_init``, ``n_iter``, ``init``; meanshift ``bandwidth`` (default: ``estimate_bandwidth``
+    with ``quantile``, 0.05); dbscan ``eps`` (default: the k-distance knee; or ``eps_quantile`` of the
+    k-distances), ``min_samples`` (10); gmm
+    ``covariance_type``; agglomerative ``linkage`` (ward, average, complete, single), ``connectivity``
+    (an int k for a kNN graph).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown clustering method {method!r}; valid: {', '.join(METHODS)}")
+    X = np.ascontiguousarray(check_features(features, "features", min_rows=2), dtype=np.float32)
+    if n_clusters is not None and n_clusters > len(X):
+        raise ValueError(f"{method}: n_clusters={n_clusters} is more than the {len(X)} points")
+    n = min(len(X), max_samples) if max_samples else len(X)
+    needed = estimate_memory_gb(method, n, X.shape[1], {"n_clusters": n_clusters or 10, **params})
+    if needed > max_memory_gb:
+        raise ClusteringTooLargeError(
+            f"{method} on {n} points x {X.shape[1]} dims needs about {needed:.1f} GB (O(n^2)), over the "
+            f"{max_memory_gb:g} GB limit. Options: max_samples=<m> (--max-samples) to cluster a subsample and "
+            f"assign the rest to the nearest; connectivity=<k> for agglomerative; or kmeans, which is O(n k)")
+    if n < len(X):
+        rng = np.random.default_rng(seed)
+        pick = np.sort(rng.choice(len(X), n, replace=False))
+        sub_labels = np.asarray(_run(X[pick], method, n_clusters, seed, dict(params)), dtype=np.int64)
+        import faiss
+
+        index = faiss.IndexFlatL2(X.shape[1])
+        index.add(X[pick])
+        _, nearest = index.search(X, 1)
+        return sub_labels[nearest.ravel()]
+    return np.asarray(_run(X, method, n_clusters, seed, dict(params)), dtype=np.int64)

@@ -1,0 +1,109 @@
+"""Frozen-feature extraction, with an optional memory-mapped on-disk cache."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2 as T
+from tqdm.auto import tqdm
+
+
+def encoder_fingerprint(encoder: torch.nn.Module) -> str:
+    """A hash of the encoder's name, kwargs and weights: the cache key's first part."""
+    h = hashlib.sha1()
+    h.update(json.dumps([getattr(encoder, "encoder_name", type(encoder).__name__),
+                         getattr(encoder, "encoder_kwargs", {})], sort_keys=True, default=str).encode())
+    for key, tensor in encoder.state_dict().items():
+        h.update(key.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _dataset_key(dataset) -> str:
+    transform = getattr(dataset, "transform", None)
+    return json.dumps([getattr(dataset, "name", type(dataset).__name__), len(dataset), repr(transform)])
+
+
+def _ten_crops(x: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W)`` -> ``(B, 10, C, h, h)`` with ``h = H * 224 / 256`` (the 256 -> 224 ratio)."""
+    size = int(round(x.shape[-1] * 224 / 256))
+    crop = T.TenCrop(size)
+    return torch.stack([torch.stack(crop(img)) for img in x])
+
+
+@torch.no_grad()
+def extract_features(encoder: torch.nn.Module, dataset, batch_size: int = 256, device=None, ten_crop: bool = False,
+                     num_workers: int = 0, cache_dir: str | os.PathLike | None = None, progress: bool = True):
+    """Run a frozen encoder over a dataset: ``(features float32 (N, D), labels int64 (N,) or None)``.
+
+    Eval mode, no gradients, bf16 autocast on GPU, a progress bar. ``labels`` is None when the
+    dataset has none (all -1). ``ten_crop``: each sample's features are the mean over 10 crops (the
+    dataset may yield ``(10, C, H, W)`` from the ``ten_crop`` transform, or ``(C, H, W)`` images
+    that are cut here). ``cache_dir``: features are written batch by batch into a memory-mapped
+    ``.npy`` keyed by (encoder weights, dataset, split, transform, ten_crop), and the next call
+    returns that memmap without running the encoder; RAM never has to hold all of them at once.
+    """
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cache = None
+    if cache_dir is not None:
+        key = hashlib.sha1(f"{encoder_fingerprint(encoder)}|{_dataset_key(dataset)}|{ten_crop}".encode()).hexdigest()[:20]
+        cache = Path(cache_dir) / key
+        if (cache / "features.npy").is_file() and (cache / "labels.npy").is_file():
+            feats = np.load(cache / "features.npy", mmap_mode="r")
+            labels = np.load(cache / "labels.npy")
+            return feats, (labels if (labels >= 0).any() else None)
+    was_training = encoder.training
+    encoder = encoder.eval().to(device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    n = len(dataset)
+    out = None
+    labels = np.empty(n, dtype=np.int64)
+    tmp_dir = None
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp_dir = cache.with_name(cache.name + f".tmp{os.getpid()}")
+        tmp_dir.mkdir(exist_ok=True)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    start = 0
+    for x, y in tqdm(loader, desc="extracting features", unit="batch", disable=not progress or len(loader) < 5,
+                     leave=False):
+        x = x.to(device, non_blocking=True)
+        crops = None
+        if ten_crop:
+            crops = x if x.ndim == 5 else _ten_crops(x)
+            x = crops.flatten(0, 1)
+        elif x.ndim == 5:
+            raise ValueError("the dataset yields 10-crop stacks (B, 10, C, H, W); pass ten_crop=True")
+        with autocast:
+            f = encoder(x).float()
+        if crops is not None:
+            f = f.view(crops.shape[0], crops.shape[1], -1).mean(dim=1)
+        f = f.cpu().numpy()
+        if out is None:
+            shape = (n, f.shape[1])
+            out = (np.lib.format.open_memmap(tmp_dir / "features.npy", mode="w+", dtype=np.float32, shape=shape)
+                   if tmp_dir is not None else np.empty(shape, dtype=np.float32))
+        out[start:start + len(f)] = f
+        labels[start:start + len(f)] = np.asarray(y)
+        start += len(f)
+    encoder.train(was_training)
+    if out is None:
+        raise ValueError(f"extract_features: the dataset {getattr(dataset, 'name', '')!r} is empty")
+    if tmp_dir is not None:
+        out.flush()
+        del out
+        np.save(tmp_dir / "labels.npy", labels)
+        (tmp_dir / "key.json").write_text(_dataset_key(dataset))
+        if cache.exists():  # another process finished first; keep theirs
+            import shutil
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        else:
+            os.replace(tmp_dir, cache)
+        out = np.load(cache / "features.npy", mmap_mode="r")
+    return out, (labels if (labels >= 0).any() else None)

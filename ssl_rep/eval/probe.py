@@ -1,0 +1,161 @@
+"""Linear probe: multinomial logistic regression on frozen features, in torch (GPU when present)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import top_k_accuracy_score
+from sklearn.model_selection import train_test_split
+
+from .checks import check_features, check_labels
+
+DEFAULT_CS = tuple(np.logspace(-4, 2, 7))
+FULL_BATCH_MAX_BYTES = 2 << 30
+
+
+class LinearProbe:
+    """Multinomial logistic regression with an L2 penalty, scikit-learn style.
+
+    Objective (the same as ``sklearn.linear_model.LogisticRegression``'s, divided by ``C * N``):
+    ``mean cross-entropy + |W|^2 / (2 C N)``; the intercept is not penalised.
+    ``C=None`` picks ``C`` from ``Cs`` by accuracy on a stratified ``val_fraction`` of the training
+    set, then refits on the whole training set. Features are standardised (``normalize="standard"``),
+    L2-normalised (``"l2"``) or used as they are (``None``).
+    Solver: full-batch L-BFGS when the features fit in ``FULL_BATCH_MAX_BYTES``, else mini-batch
+    Adam (``lr``, cosine-annealed over ``epochs``) streamed in chunks (for memory-mapped features).
+
+    Fitted: ``classes_``, ``coef_`` (K, D), ``intercept_`` (K,), ``C_``, ``val_scores_`` {C: acc},
+    ``mean_``, ``scale_``, ``n_features_in_``.
+    """
+
+    def __init__(self, C: float | None = None, Cs=DEFAULT_CS, normalize: str | None = "standard", max_iter: int = 300,
+                 val_fraction: float = 0.2, device=None, random_state: int = 0, epochs: int = 30,
+                 batch_size: int = 4096, lr: float = 0.01):
+        self.lr = lr
+        self.C, self.Cs, self.normalize, self.max_iter = C, Cs, normalize, max_iter
+        self.val_fraction, self.device, self.random_state = val_fraction, device, random_state
+        self.epochs, self.batch_size = epochs, batch_size
+
+    # ------------------------------------------------------------------ helpers
+    def _device(self) -> torch.device:
+        if self.device is not None:
+            return torch.device(self.device)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def _transform(self, X) -> torch.Tensor:
+        x = torch.tensor(np.asarray(X, dtype=np.float32), device=self._device())  # a copy: X may be a read-only memmap
+        if self.normalize == "standard":
+            x = (x - self._mean_t) / self._scale_t
+        elif self.normalize == "l2":
+            x = F.normalize(x, dim=1)
+        return x
+
+    def _fit_stats(self, X: np.ndarray) -> None:
+        if self.normalize not in ("standard", "l2", None):
+            raise ValueError(f"normalize must be 'standard', 'l2' or None, got {self.normalize!r}")
+        mean = np.zeros(X.shape[1], np.float64)
+        sq = np.zeros(X.shape[1], np.float64)
+        for start in range(0, len(X), 65536):  # chunked, so memory-mapped features stream
+            chunk = np.asarray(X[start:start + 65536], dtype=np.float64)
+            mean += chunk.sum(0)
+            sq += (chunk ** 2).sum(0)
+        mean /= len(X)
+        std = np.sqrt(np.maximum(sq / len(X) - mean ** 2, 0))
+        self.mean_ = mean.astype(np.float32)
+        self.scale_ = np.where(std > 1e-8, std, 1.0).astype(np.float32)  # constant features stay 0
+        dev = self._device()
+        self._mean_t = torch.as_tensor(self.mean_, device=dev)
+        self._scale_t = torch.as_tensor(self.scale_, device=dev)
+
+    def _solve(self, X: np.ndarray, y: np.ndarray, C: float, init=None) -> tuple[torch.Tensor, torch.Tensor]:
+        dev, k, d = self._device(), len(self.classes_), X.shape[1]
+        W = torch.zeros(k, d, device=dev) if init is None else init[0].clone()
+        b = torch.zeros(k, device=dev) if init is None else init[1].clone()
+        W.requires_grad_(True)
+        b.requires_grad_(True)
+        n = len(X)
+        penalty = 1.0 / (2.0 * C * n)
+        if X.nbytes <= FULL_BATCH_MAX_BYTES:
+            x, target = self._transform(X), torch.as_tensor(y, device=dev)
+            opt = torch.optim.LBFGS([W, b], lr=1, max_iter=self.max_iter, history_size=20, tolerance_grad=1e-6,
+                                    tolerance_change=1e-10, line_search_fn="strong_wolfe")
+
+            def closure():
+                opt.zero_grad()
+                loss = F.cross_entropy(x @ W.T + b, target) + penalty * (W * W).sum()
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+        else:
+            opt = torch.optim.Adam([W, b], lr=self.lr)
+            steps = self.epochs * sum(-(-min(1 << 18, n - s) // self.batch_size) for s in range(0, n, 1 << 18))
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
+            rng = np.random.default_rng(self.random_state)
+            for _ in range(self.epochs):
+                for start in range(0, n, 1 << 18):  # shuffle within large chunks: sequential reads from disk
+                    idx = np.arange(start, min(n, start + (1 << 18)))
+                    xc, yc = self._transform(X[idx]), torch.as_tensor(y[idx], device=dev)
+                    perm = torch.as_tensor(rng.permutation(len(idx)), device=dev)
+                    for s in range(0, len(idx), self.batch_size):
+                        j = perm[s:s + self.batch_size]
+                        loss = F.cross_entropy(xc[j] @ W.T + b, yc[j]) + penalty * (W * W).sum()
+                        opt.zero_grad()
+                        loss.backward()
+                        opt.step()
+                        sched.step()
+        return W.detach(), b.detach()
+
+    def _logits(self, X) -> torch.Tensor:
+        X = check_features(X, "features")
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"features have {X.shape[1]} columns; the probe was fit on {self.n_features_in_}")
+        W, b = torch.as_tensor(self.coef_, device=self._device()), torch.as_tensor(self.intercept_, device=self._device())
+        return torch.cat([self._transform(X[s:s + 65536]) @ W.T + b for s in range(0, len(X), 65536)])
+
+    # ------------------------------------------------------------------ sklearn API
+    def fit(self, X, y):
+        X = check_features(X, "features", min_rows=2)
+        y = check_labels(y, len(X))
+        self.classes_, y_idx = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"labels: only one class ({self.classes_[0]}) present; a probe needs at least two")
+        self.n_features_in_ = X.shape[1]
+        self._fit_stats(X)
+        if self.C is None:
+            counts = np.bincount(y_idx)
+            stratify = y_idx if counts.min() >= 2 else None
+            tr, va = train_test_split(np.arange(len(X)), test_size=self.val_fraction, random_state=self.random_state,
+                                      stratify=stratify)
+            tr, va = np.sort(tr), np.sort(va)
+            self.val_scores_, init = {}, None
+            for C in sorted(self.Cs):  # strong to weak regularisation, warm-started
+                init = self._solve(X[tr], y_idx[tr], C, init)
+                W, b = init
+                pred = (self._transform(X[va]) @ W.T + b).argmax(1).cpu().numpy()
+                self.val_scores_[float(C)] = float((pred == y_idx[va]).mean())
+            self.C_ = max(self.val_scores_, key=lambda c: (self.val_scores_[c], -c))
+        else:
+            self.C_, self.val_scores_ = float(self.C), {}
+        W, b = self._solve(X, y_idx, self.C_)
+        self.coef_, self.intercept_ = W.cpu().numpy(), b.cpu().numpy()
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        return self._logits(X).cpu().numpy()
+
+    def predict_proba(self, X) -> np.ndarray:
+        return torch.softmax(self._logits(X), dim=1).cpu().numpy()
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[self._logits(X).argmax(1).cpu().numpy()]
+
+    def score(self, X, y) -> float:
+        """Top-1 accuracy."""
+        return float((self.predict(X) == np.asarray(y)).mean())
+
+    def top_k_accuracy(self, X, y, k: int = 5) -> float:
+        k = min(k, len(self.classes_))
+        if k == len(self.classes_):
+            return 1.0
+        return float(top_k_accuracy_score(np.asarray(y), self.decision_function(X), k=k, labels=self.classes_))

@@ -1,0 +1,174 @@
+"""A self-contained HTML clustering report: scores, feature maps, confusion matrix, cluster samples."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics.cluster import contingency_matrix
+
+SCORE_COLUMNS = ("acc", "nmi", "ari", "purity", "silhouette", "n_clusters", "noise_fraction", "seconds")
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _embeddings(X: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    out = {"PCA": PCA(n_components=2, random_state=seed).fit_transform(X)}
+    if len(X) > 10:
+        perplexity = min(30.0, (len(X) - 1) / 3)
+        out["t-SNE"] = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(X)
+    try:
+        import umap
+        out["UMAP"] = umap.UMAP(n_components=2, random_state=seed).fit_transform(X)
+    except ImportError:
+        pass
+    return out
+
+
+def map_figure(X, y_true, y_pred, method: str, seed: int = 0, max_points: int = 2000) -> str:
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(X), min(len(X), max_points), replace=False))
+    maps = _embeddings(np.asarray(X)[pick], seed)
+    colourings = [(f"clusters ({method})", y_pred[pick])] + ([("true class", y_true[pick])] if y_true is not None else [])
+    fig, axes = plt.subplots(len(colourings), len(maps), figsize=(4.2 * len(maps), 4 * len(colourings)), squeeze=False)
+    for r, (title, colour) in enumerate(colourings):
+        for c, (name, emb) in enumerate(maps.items()):
+            ax = axes[r, c]
+            ax.scatter(emb[:, 0], emb[:, 1], c=colour, cmap="tab20", s=6, linewidths=0)
+            ax.set_title(f"{name}, coloured by {title}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return _png(fig)
+
+
+def confusion_figure(y_true, y_pred, class_names=None) -> str:
+    import matplotlib.pyplot as plt
+
+    keep = y_pred >= 0
+    table = contingency_matrix(y_true[keep], y_pred[keep])
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    order = list(cols[np.argsort(rows)]) + [c for c in range(table.shape[1]) if c not in set(cols)]
+    table = table[:, order]
+    fig, ax = plt.subplots(figsize=(0.45 * table.shape[1] + 2.5, 0.45 * table.shape[0] + 2))
+    ax.imshow(table, cmap="Blues")
+    for (i, j), v in np.ndenumerate(table):
+        if v:
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
+                    color="white" if v > table.max() / 2 else "black")
+    ax.set_xlabel("cluster (matched order)")
+    ax.set_ylabel("true class")
+    ax.set_yticks(range(table.shape[0]))
+    if class_names is not None and len(class_names) == table.shape[0]:
+        ax.set_yticklabels(class_names, fontsize=7)
+    return _png(fig)
+
+
+def samples_figure(image_at, y_pred: np.ndarray, per_cluster: int = 8, max_clusters: int = 20, seed: int = 0) -> str:
+    """A row of sample images for each of the largest clusters; ``image_at(i)`` -> uint8 (H, W, 3)."""
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    ids, counts = np.unique(y_pred, return_counts=True)
+    ids = ids[np.argsort(-counts)][:max_clusters]
+    fig, axes = plt.subplots(len(ids), per_cluster, figsize=(per_cluster * 0.9, len(ids) * 0.95), squeeze=False)
+    for r, cid in enumerate(ids):
+        members = np.nonzero(y_pred == cid)[0]
+        chosen = rng.choice(members, min(per_cluster, len(members)), replace=False)
+        for c in range(per_cluster):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c < len(chosen):
+                ax.imshow(image_at(int(chosen[c])))
+        axes[r, 0].set_title(f"{'noise' if cid < 0 else f'cluster {cid}'} (n={len(members)})", fontsize=7, loc="left")
+    return _png(fig)
+
+
+def reconstructions_figure(originals: np.ndarray, reconstructions: np.ndarray) -> str:
+    import matplotlib.pyplot as plt
+
+    n = len(originals)
+    fig, axes = plt.subplots(2, n, figsize=(n * 0.9, 2), squeeze=False)
+    for i in range(n):
+        for r, img in enumerate((originals[i], reconstructions[i])):
+            axes[r, i].imshow(img)
+            axes[r, i].axis("off")
+    axes[0, 0].set_title("original", fontsize=7, loc="left")
+    axes[1, 0].set_title("reconstruction", fontsize=7, loc="left")
+    return _png(fig)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return html.escape(str(value))
+
+
+def write_report(path: str | Path, results: dict[str, dict], features: np.ndarray, y_true, labels: dict[str, np.ndarray],
+                 image_at=None, reconstructions: tuple[np.ndarray, np.ndarray] | None = None,
+                 title: str = "ssl_rep clustering report", meta: dict | None = None, class_names=None,
+                 seed: int = 0) -> Path:
+    """Write one HTML page (all images embedded) and return its path.
+
+    ``results``: method -> {"scores": {...}, "params": {...}, "seconds": float} (or {"error": str});
+    ``labels``: method -> cluster labels. The best method (highest ``acc``, else silhouette) gets
+    the maps, the confusion matrix and the sample grid (``image_at(i)`` -> uint8 (H, W, 3) image i).
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+
+    ok = {m: r for m, r in results.items() if "scores" in r}
+    key = "acc" if y_true is not None else "silhouette"
+    best = max(ok, key=lambda m: ok[m]["scores"].get(key, -1.0)) if ok else None
+    rows = []
+    for method, r in results.items():
+        if "scores" not in r:
+            rows.append(f"<tr><td>{html.escape(method)}</td><td colspan='{len(SCORE_COLUMNS)}' class='err'>"
+                        f"{html.escape(r.get('error', 'failed'))}</td></tr>")
+            continue
+        cells = "".join(f"<td>{_fmt(r['seconds'] if c == 'seconds' else r['scores'].get(c))}</td>" for c in SCORE_COLUMNS)
+        mark = " class='best'" if method == best else ""
+        rows.append(f"<tr{mark}><td>{html.escape(method)}</td>{cells}</tr>")
+    sections = [f"<h1>{html.escape(title)}</h1>"]
+    if meta:
+        sections.append("<p class='meta'>" + " · ".join(f"<b>{html.escape(str(k))}</b>: {html.escape(str(v))}"
+                                                      for k, v in meta.items()) + "</p>")
+    header = "".join(f"<th>{c}</th>" for c in ("method",) + SCORE_COLUMNS)
+    sections.append(f"<h2>Scores</h2><table><tr>{header}</tr>{''.join(rows)}</table>")
+    if best is not None:
+        pred = labels[best]
+        sections.append(f"<h2>Feature maps</h2><img alt='feature maps' src='{map_figure(features, y_true, pred, best, seed)}'>")
+        if y_true is not None:
+            sections.append(f"<h2>Confusion matrix ({html.escape(best)})</h2>"
+                            f"<img alt='confusion matrix' src='{confusion_figure(y_true, pred, class_names)}'>")
+        if image_at is not None:
+            sections.append(f"<h2>Samples per cluster ({html.escape(best)})</h2>"
+                            f"<img alt='cluster samples' src='{samples_figure(image_at, pred, seed=seed)}'>")
+    if reconstructions is not None:
+        sections.append(f"<h2>Autoencoder reconstructions</h2>"
+                        f"<img alt='reconstructions' src='{reconstructions_figure(*reconstructions)}'>")
+    style = ("body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
+             "tr.best{background:#e8f4e8}.err{color:#a00;text-align:left}.meta{color:#555}img{max-width:100%}")
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(sections)}</body></html>")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path

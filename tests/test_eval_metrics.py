@@ -1,0 +1,153 @@
+import itertools
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_blobs
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+from ssl_rep.eval import ClusteringTooLargeError, KNNClassifier, cluster, clustering_scores
+from ssl_rep.eval.cluster import kmeans, knee_eps
+
+
+def brute_force_acc(y_true, y_pred):
+    """Best accuracy over every injective map of clusters to classes (unmapped clusters are errors)."""
+    clusters, classes = np.unique(y_pred), np.unique(y_true)
+    best = 0
+    for perm in itertools.permutations(classes, min(len(clusters), len(classes))):
+        for chosen in itertools.combinations(clusters, len(perm)):
+            mapping = dict(zip(chosen, perm))
+            hits = sum(mapping.get(p) == t for p, t in zip(y_pred, y_true))
+            best = max(best, hits)
+    return best / len(y_true)
+
+
+def naive_purity(y_true, y_pred):
+    return sum(np.bincount(y_true[y_pred == c]).max() for c in np.unique(y_pred)) / len(y_true)
+
+
+@pytest.mark.parametrize("n_classes,n_clusters", [(3, 3), (4, 3), (3, 5)])
+def test_scores_match_sklearn_and_brute_force(n_classes, n_clusters):
+    rng = np.random.default_rng(n_classes * 10 + n_clusters)
+    for _ in range(5):
+        y_true = rng.integers(0, n_classes, 14)
+        y_pred = rng.integers(0, n_clusters, 14)
+        s = clustering_scores(y_true, y_pred)
+        assert s["acc"] == pytest.approx(brute_force_acc(y_true, y_pred))
+        assert s["nmi"] == pytest.approx(normalized_mutual_info_score(y_true, y_pred))
+        assert s["ari"] == pytest.approx(adjusted_rand_score(y_true, y_pred))
+        assert s["purity"] == pytest.approx(naive_purity(y_true, y_pred))
+        assert s["n_clusters"] == len(np.unique(y_pred)) and s["noise_fraction"] == 0
+
+
+def test_noise_points_count_as_errors_and_relabelling_is_invariant():
+    y_true = np.array([0, 0, 1, 1, 2, 2])
+    assert clustering_scores(y_true, np.array([5, 5, 9, 9, 7, 7]))["acc"] == 1.0
+    s = clustering_scores(y_true, np.array([5, 5, 9, 9, -1, -1]))
+    assert s["acc"] == pytest.approx(4 / 6) and s["noise_fraction"] == pytest.approx(2 / 6)
+    assert s["n_clusters"] == 2 and s["purity"] == pytest.approx(4 / 6)
+
+
+def test_silhouette_is_reported_with_features():
+    X, y = make_blobs(200, centers=3, random_state=0)
+    s = clustering_scores(y, y, X)
+    from sklearn.metrics import silhouette_score
+    assert s["silhouette"] == pytest.approx(silhouette_score(X, y))
+
+
+BLOBS = dict(n_samples=400, centers=4, n_features=5, cluster_std=0.4, center_box=(-10, 10), random_state=3)
+
+
+@pytest.mark.parametrize("method,kwargs", [("kmeans", {"n_clusters": 4}), ("meanshift", {}), ("dbscan", {}),
+                                           ("gmm", {"n_clusters": 4}), ("agglomerative", {"n_clusters": 4}),
+                                           ("agglomerative", {"n_clusters": 4, "connectivity": 10, "linkage": "average"})])
+def test_every_method_recovers_separated_blobs(method, kwargs):
+    X, y = make_blobs(**BLOBS)
+    labels = cluster(X, method, **kwargs)
+    assert labels.shape == (400,) and labels.dtype == np.int64
+    assert adjusted_rand_score(y, labels) > 0.95
+
+
+def test_kmeans_plusplus_seeding_matches_sklearn_inertia():
+    from sklearn.cluster import KMeans
+    X, _ = make_blobs(n_samples=5000, centers=30, n_features=16, cluster_std=1.0, random_state=0)
+    X = X.astype(np.float32)
+    kmeans(X, 30, n_init=3, n_iter=50, seed=0)
+    ours = kmeans.last_inertia
+    theirs = KMeans(30, n_init=3, max_iter=50, random_state=0).fit(X).inertia_
+    assert ours <= theirs * 1.01
+
+
+def test_subsampling_assigns_every_point():
+    X, y = make_blobs(**BLOBS)
+    labels = cluster(X, "agglomerative", n_clusters=4, max_samples=100)
+    assert adjusted_rand_score(y, labels) > 0.95
+
+
+def test_guard_refuses_oversized_quadratic_run_with_the_estimate():
+    X = np.zeros((60_000, 8), np.float32)
+    with pytest.raises(ClusteringTooLargeError) as err:
+        cluster(X, "agglomerative", n_clusters=10)
+    msg = str(err.value)
+    assert "GB" in msg and "28.8" in msg and "max_samples" in msg and "connectivity" in msg and "kmeans" in msg
+
+
+def test_knee_eps_lies_between_within_and_between_cluster_distances():
+    X, _ = make_blobs(**BLOBS)
+    eps = knee_eps(X, 10)
+    assert 0.2 < eps < 5
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.array([[0.0, np.nan], [1.0, 2.0]]), "NaN/inf"),
+    (np.ones(5), "2-D"),
+])
+def test_bad_features_give_clear_errors(bad, match):
+    with pytest.raises(ValueError, match=match):
+        cluster(bad, "kmeans", n_clusters=2)
+
+
+def test_more_clusters_than_points_and_unknown_method():
+    with pytest.raises(ValueError, match="more than the 3 points"):
+        cluster(np.random.rand(3, 2), "kmeans", n_clusters=5)
+    with pytest.raises(ValueError, match="kmeans, meanshift, dbscan, gmm, agglomerative"):
+        cluster(np.random.rand(3, 2), "spectral")
+
+
+def test_constant_features_do_not_crash():
+    labels = cluster(np.ones((50, 4), np.float32), "kmeans", n_clusters=2)
+    assert labels.shape == (50,)
+
+
+# ------------------------------------------------------------------ kNN
+def brute_knn(X, y, Q, k, T):
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    Qn = Q / np.linalg.norm(Q, axis=1, keepdims=True)
+    preds = []
+    for q in Qn:
+        sims = Xn @ q
+        nearest = np.argsort(-sims)[:k]
+        votes = {}
+        for j in nearest:
+            votes[y[j]] = votes.get(y[j], 0) + np.exp(sims[j] / T)
+        preds.append(max(votes, key=votes.get))
+    return np.array(preds)
+
+
+@pytest.mark.parametrize("k", [1, 5, 20])
+def test_knn_equals_brute_force(k):
+    rng = np.random.default_rng(k)
+    X = rng.normal(size=(300, 16)).astype(np.float32)
+    y = rng.integers(0, 5, 300) * 3  # non-contiguous labels
+    Q = rng.normal(size=(50, 16)).astype(np.float32)
+    knn = KNNClassifier(k=k, temperature=0.1).fit(X, y)
+    assert np.array_equal(knn.predict(Q), brute_knn(X, y, Q, k, 0.1))
+    sims, idx = knn.kneighbors(Q[:3])
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    Qn = Q[:3] / np.linalg.norm(Q[:3], axis=1, keepdims=True)
+    assert np.array_equal(idx, np.argsort(-(Qn @ Xn.T), axis=1)[:, :k])
+    np.testing.assert_allclose(knn.predict_proba(Q).sum(1), 1, rtol=1e-6)
+
+
+def test_knn_needs_labels():
+    with pytest.raises(ValueError, match="labelled split"):
+        KNNClassifier().fit(np.ones((4, 2)), None)

@@ -1,0 +1,166 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+import ssl_rep
+from ssl_rep.data import build_dataset, build_transform
+from ssl_rep.encoders import CheckpointError
+from ssl_rep.encoders.io import encoder_payload
+from ssl_rep.eval import LinearProbe, extract_features
+
+
+@pytest.fixture(scope="module")
+def digits_pixels():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    X, y = load_digits(return_X_y=True)
+    return train_test_split(X.astype(np.float32), y, test_size=0.3, random_state=0, stratify=y)
+
+
+@pytest.mark.parametrize("C", [0.01, 1.0])
+def test_probe_matches_sklearn_logistic_regression(digits_pixels, C):
+    X, Xt, y, yt = digits_pixels
+    ours = LinearProbe(C=C, device="cpu").fit(X, y)
+    scaler = StandardScaler().fit(X)
+    ref = LogisticRegression(C=C, max_iter=5000, tol=1e-8).fit(scaler.transform(X), y)
+    assert abs(ours.score(Xt, yt) - ref.score(scaler.transform(Xt), yt)) <= 0.01
+    # same objective, so (nearly) the same probabilities
+    np.testing.assert_allclose(ours.predict_proba(Xt), ref.predict_proba(scaler.transform(Xt)), atol=0.03)
+
+
+def test_probe_chooses_C_on_held_out_split_and_reports_top5(digits_pixels):
+    X, Xt, y, yt = digits_pixels
+    probe = LinearProbe(device="cpu").fit(X, y)
+    assert sorted(probe.val_scores_) == pytest.approx(list(np.logspace(-4, 2, 7)))
+    assert probe.C_ in probe.val_scores_ and probe.val_scores_[probe.C_] == max(probe.val_scores_.values())
+    assert probe.coef_.shape == (10, 64) and probe.intercept_.shape == (10,)
+    top1, top5 = probe.score(Xt, yt), probe.top_k_accuracy(Xt, yt, 5)
+    assert 0.9 < top1 <= top5 <= 1.0
+    from sklearn.metrics import top_k_accuracy_score
+    assert top5 == pytest.approx(top_k_accuracy_score(yt, probe.decision_function(Xt), k=5))
+
+
+def test_probe_minibatch_path_agrees_with_lbfgs(digits_pixels, monkeypatch):
+    X, Xt, y, yt = digits_pixels
+    full = LinearProbe(C=0.1, device="cpu").fit(X, y).score(Xt, yt)
+    monkeypatch.setattr("ssl_rep.eval.probe.FULL_BATCH_MAX_BYTES", 0)
+    streamed = LinearProbe(C=0.1, device="cpu", epochs=60, batch_size=128).fit(X, y).score(Xt, yt)
+    assert abs(full - streamed) <= 0.02
+
+
+def test_probe_input_errors():
+    X = np.random.rand(20, 3).astype(np.float32)
+    with pytest.raises(ValueError, match="only one class"):
+        LinearProbe().fit(X, np.zeros(20, int))
+    with pytest.raises(ValueError, match="labelled split"):
+        LinearProbe().fit(X, None)
+    with pytest.raises(ValueError, match="no label"):
+        LinearProbe().fit(X, np.full(20, -1))
+    bad = X.copy()
+    bad[3, 1] = np.inf
+    with pytest.raises(ValueError, match="NaN/inf values in 1 rows"):
+        LinearProbe().fit(bad, np.arange(20) % 2)
+    const = np.ones((20, 3), np.float32)  # constant features: a probe at chance, not a crash
+    probe = LinearProbe(C=1.0).fit(const, np.arange(20) % 2)
+    assert np.isfinite(probe.coef_).all()
+
+
+# ------------------------------------------------------------------ feature extraction
+@pytest.fixture(scope="module")
+def small_digits():
+    ds = build_dataset("digits", split="test", transform=build_transform("eval", stats="digits", resize=None))
+    return torch.utils.data.Subset(ds, range(40)), ds
+
+
+def test_extract_features_matches_a_manual_forward(small_digits):
+    subset, _ = small_digits
+    torch.manual_seed(0)
+    enc = ssl_rep.create_encoder("resnet20").train()
+    X, y = extract_features(enc, subset, batch_size=16, device="cpu", progress=False)
+    assert X.dtype == np.float32 and X.shape == (40, 64) and y.dtype == np.int64 and y.shape == (40,)
+    assert enc.training  # mode restored
+    with torch.no_grad():
+        ref = enc.eval()(torch.stack([subset[i][0] for i in range(40)])).numpy()
+    np.testing.assert_allclose(X, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_feature_cache_is_a_memmap_and_skips_the_encoder(small_digits, tmp_path):
+    _, ds = small_digits
+    enc = ssl_rep.create_encoder("resnet20")
+    calls = []
+    enc.register_forward_hook(lambda *a: calls.append(1))
+    X1, y1 = extract_features(enc, ds, batch_size=128, device="cpu", cache_dir=tmp_path, progress=False)
+    n_calls = len(calls)
+    X2, y2 = extract_features(enc, ds, batch_size=128, device="cpu", cache_dir=tmp_path, progress=False)
+    assert len(calls) == n_calls > 0
+    assert isinstance(X2, np.memmap) and np.array_equal(np.asarray(X1), np.asarray(X2)) and np.array_equal(y1, y2)
+    with torch.no_grad():
+        enc.conv1.weight.add_(1.0)  # new weights -> new key -> extracted again
+    extract_features(enc, ds, batch_size=128, device="cpu", cache_dir=tmp_path, progress=False)
+    assert len(calls) > n_calls
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_ten_crop_averages_the_crops(small_digits):
+    subset, _ = small_digits
+    enc = ssl_rep.create_encoder("resnet20").eval()
+    X, _ = extract_features(enc, subset, batch_size=8, device="cpu", ten_crop=True, progress=False)
+    from torchvision.transforms import v2 as T
+    img = subset[0][0]
+    crops = torch.stack(T.TenCrop(28)(img))
+    with torch.no_grad():
+        expected = enc(crops).mean(0).numpy()
+    np.testing.assert_allclose(X[0], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_unlabeled_dataset_gives_no_labels(tmp_path):
+    from PIL import Image
+    for i in range(3):
+        Image.new("RGB", (32, 32), (i * 50, 0, 0)).save(tmp_path / f"{i}.png")
+    ds = build_dataset(tmp_path)
+    X, y = extract_features(ssl_rep.create_encoder("resnet20"), ds, device="cpu", progress=False)
+    assert X.shape == (3, 64) and y is None
+
+
+# ------------------------------------------------------------------ load_encoder
+def test_load_encoder_roundtrip_and_errors(tmp_path):
+    torch.manual_seed(0)
+    enc = ssl_rep.create_encoder("resnet20", shortcut="B").eval()
+    torch.save(encoder_payload(enc), tmp_path / "encoder.pt")
+    loaded = ssl_rep.load_encoder(tmp_path / "encoder.pt")
+    assert not loaded.training and loaded.encoder_kwargs == {"shortcut": "B"}
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), enc(x))
+    # weights from another encoder: the error lists what does not fit
+    other = encoder_payload(ssl_rep.create_encoder("resnet20"))
+    other["kwargs"] = {"shortcut": "B"}
+    torch.save(other, tmp_path / "mismatch.pt")
+    with pytest.raises(CheckpointError, match="missing .*shortcut"):
+        ssl_rep.load_encoder(tmp_path / "mismatch.pt")
+    (tmp_path / "trunc.pt").write_bytes((tmp_path / "encoder.pt").read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="trunc.pt"):
+        ssl_rep.load_encoder(tmp_path / "trunc.pt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not an ssl_rep encoder"):
+        ssl_rep.load_encoder(tmp_path / "foreign.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(CheckpointError, match="text.pt"):
+        ssl_rep.load_encoder(tmp_path / "text.pt")
+
+
+def test_malicious_pickle_is_refused_and_does_not_run(tmp_path):
+    marker = tmp_path / "payload_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"format": "ssl_rep.encoder/1", "name": "resnet20", "kwargs": {}, "state_dict": Payload()}, f)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        ssl_rep.load_encoder(tmp_path / "evil.pt")
+    assert not marker.exists()

@@ -1,0 +1,224 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import ssl_rep
+from ssl_rep.train import ConfigError, NonFiniteLossError, load_config, lr_at, train
+from ssl_rep.train.checkpoint import load_checkpoint
+from ssl_rep.train.config import CONFIG_DIR, ScheduleConfig, apply_overrides, config_from_dict
+from ssl_rep.train.data import EpochSampler, SeededAugment
+from ssl_rep.train.metrics import read_metrics
+from ssl_rep.train.optim import LARS, SGDW
+
+FAST = ["data.batch_size=32", "data.num_workers=0", "trainer.log_every=2", "optim.lr=0.002", "optim.name=adamw"]
+
+
+# ------------------------------------------------------------------ schedules and optimisers
+def test_lr_at_warmup_cosine_and_step():
+    cos = ScheduleConfig(name="cosine", warmup_steps=10, min_lr=0.01)
+    assert lr_at(0, 1.0, 110, cos) == pytest.approx(0.1)
+    assert lr_at(9, 1.0, 110, cos) == pytest.approx(1.0)
+    assert lr_at(10, 1.0, 110, cos) == pytest.approx(1.0)
+    assert lr_at(60, 1.0, 110, cos) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert lr_at(110, 1.0, 110, cos) == pytest.approx(0.01)
+    step = ScheduleConfig(name="step", milestones=(32000, 48000), gamma=0.1)
+    assert [lr_at(s, 0.1, 64000, step) for s in (0, 31999, 32000, 48000)] == pytest.approx([0.1, 0.1, 0.01, 0.001])
+    assert lr_at(5, 0.3, 10, ScheduleConfig(name="constant")) == 0.3
+
+
+def test_sgdw_decay_is_decoupled_and_lars_scales_by_trust_ratio():
+    w = torch.nn.Parameter(torch.tensor([2.0, -4.0]))
+    w.grad = torch.tensor([1.0, 1.0])
+    SGDW([{"params": [w], "weight_decay": 0.1}], lr=0.5).step()
+    assert torch.allclose(w.detach(), torch.tensor([2.0, -4.0]) * (1 - 0.05) - 0.5)
+    v = torch.nn.Parameter(torch.tensor([3.0, 4.0]))   # |v| = 5
+    v.grad = torch.tensor([0.0, 2.0])                  # |g| = 2
+    LARS([{"params": [v], "weight_decay": 0.0, "lars_adapt": True}], lr=1.0, momentum=0.0, eta=0.1).step()
+    assert torch.allclose(v.detach(), torch.tensor([3.0, 4.0]) - 0.1 * 5 / 2 * torch.tensor([0.0, 2.0]))
+
+
+# ------------------------------------------------------------------ configs
+def test_every_shipped_config_loads():
+    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    for required in ("ae_digits", "cpc_digits", "simclr_digits", "supervised_digits", "ae_fashion_mnist",
+                     "cpc_fashion_mnist", "simclr_fashion_mnist", "supervised_fashion_mnist",
+                     "supervised_resnet20_cifar10", "simclr_cifar10", "cpc_cifar10", "simclr_stl10",
+                     "simclr_imagenet"):
+        assert required in names
+    for name in names:
+        load_config(name)
+    paper = load_config("supervised_resnet20_cifar10")
+    assert paper.schedule.milestones == (32000, 48000) and paper.trainer.max_steps == 64000
+    assert paper.data.batch_size == 128 and paper.method.options["l2_weight_decay"] == 1e-4
+
+
+def test_overrides_are_typed():
+    cfg = load_config("simclr_digits", ["optim.lr=0.3", "trainer.epochs=5", "trainer.deterministic=true",
+                                        "method.temperature=0.2", "schedule.milestones=[10, 20]", "out_dir=runs/x"])
+    assert cfg.optim.lr == 0.3 and cfg.trainer.epochs == 5 and cfg.trainer.deterministic is True
+    assert cfg.method.options["temperature"] == 0.2 and cfg.schedule.milestones == (10, 20)
+    assert cfg.out_dir == "runs/x"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optim.lrr=0.1", "unknown key 'optim.lrr'; valid keys in optim: optim.name, optim.lr"),
+    ("bogus=1", "unknown key 'bogus'; valid keys: out_dir, seed"),
+    ("optim.lr=fast", "optim.lr: expected float, got 'fast'"),
+    ("trainer.epochs=2.5", "trainer.epochs: expected int"),
+    ("optim.lr=-1", "optim.lr: must be > 0"),
+    ("data.batch_size=0", "data.batch_size: must be > 0"),
+    ("optim.name=adam", "valid: sgd, adamw, lars"),
+    ("method.context=lstm", "unknown key 'method.context' for method 'simclr'; valid options: temperature"),
+    ("encoder.shortcut=C", "encoder.shortcut: 'C' is not a valid choice; valid: A, B"),
+    ("trainer.deterministic=maybe", "trainer.deterministic: expected bool"),
+    ("nonsense", "must look like key=value"),
+])
+def test_bad_overrides_name_the_key_and_choices(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config("simclr_digits", [override])
+    assert message in str(err.value)
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no such file.*known names: .*simclr_digits"):
+        load_config("no_such_config")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: {lr: 0.1\n")
+    with pytest.raises(ConfigError, match="bad.yaml: YAML syntax error"):
+        load_config(str(bad))
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        config_from_dict(apply_overrides({"optim": 3}, []))
+
+
+def test_missing_dataset_path_fails_before_any_work(tmp_path):
+    cfg = load_config("ae_digits", [f"out_dir={tmp_path / 'run'}", f"data.dataset={tmp_path / 'nowhere'}"])
+    with pytest.raises(ConfigError, match="nowhere"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------ the loop
+def test_pretrain_writes_config_metrics_checkpoint_and_loss_falls(tmp_path):
+    out = tmp_path / "run"
+    cfg = load_config("ae_digits", [f"out_dir={out}", "trainer.max_steps=30", "trainer.checkpoint_every=10",
+                                    "trainer.keep_checkpoints=2", *FAST])
+    result = train(cfg, progress=False)
+    assert result.steps == 30
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["trainer"]["max_steps"] == 30 and saved["method"]["mode"] == "denoising"
+    lines = read_metrics(out / "metrics.jsonl")
+    assert all("step" in r and "loss" in r for r in lines) and lines[-1]["step"] == 30
+    assert lines[-1]["loss"] < 0.6 * lines[0]["loss"]
+    assert {"lr", "images_per_s", "elapsed", "recon_mse"} <= set(lines[-1])
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.pt", "step_0000020.pt", "step_0000030.pt"]
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert state["step"] == 30 and state["config"]["trainer"]["max_steps"] == 30
+    assert {"python", "numpy", "torch", "cuda"} <= set(state["rng"]) and state["versions"]["torch"]
+    enc = ssl_rep.load_encoder(out / "encoder.pt")
+    same = ssl_rep.load_encoder(out / "checkpoints" / "last.pt")
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(enc(x), same(x))
+
+
+def test_online_probe_is_logged_each_epoch_and_never_changes_the_encoder(tmp_path):
+    base = ["trainer.epochs=1", *FAST, "data.batch_size=256"]
+    on = train(load_config("supervised_digits", [f"out_dir={tmp_path / 'a'}", *base]), progress=False)
+    off = train(load_config("supervised_digits", [f"out_dir={tmp_path / 'b'}", "trainer.online_probe=false", *base]),
+                progress=False)
+    epoch_lines = [r for r in read_metrics(tmp_path / "a" / "metrics.jsonl") if "online_probe_acc" in r]
+    assert len(epoch_lines) == 1 and 0.0 <= epoch_lines[0]["online_probe_acc"] <= 1.0
+    assert on.online_probe_acc is not None and off.online_probe_acc is None
+    a = torch.load(tmp_path / "a" / "encoder.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "encoder.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from ssl_rep.methods.autoencoder import Autoencoder
+    real_forward = Autoencoder.forward
+    calls = {"n": 0}
+
+    def forward(self, batch):
+        loss, logs = real_forward(self, batch)
+        calls["n"] += 1
+        return (loss * float("nan"), logs) if calls["n"] > 5 else (loss, logs)
+
+    monkeypatch.setattr(Autoencoder, "forward", forward)
+    out = tmp_path / "run"
+    cfg = load_config("ae_digits", [f"out_dir={out}", "trainer.max_steps=20", "trainer.checkpoint_every=2", *FAST])
+    with pytest.raises(NonFiniteLossError, match="loss became nan at step 6.*last good checkpoint"):
+        train(cfg, progress=False)
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 4
+    assert not (out / "encoder.pt").exists()
+
+
+def test_epoch_order_and_augmentation_are_reproducible_and_resumable():
+    sampler = EpochSampler(10, seed=3, batch_size=4)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    sampler.set_epoch(2, skip_batches=1)
+    assert list(sampler) == full[4:]
+    assert sorted(c - 20 for c in full) == list(range(10))
+    ds = ssl_rep.build_dataset("digits", transform=ssl_rep.data.build_transform("simclr", stats="digits", size=32))
+    seeded = SeededAugment(ds, seed=0)
+    torch.manual_seed(123)
+    a = seeded[5 + 2 * len(ds)][0]
+    torch.manual_seed(999)
+    b = seeded[5 + 2 * len(ds)][0]
+    assert torch.equal(a, b)
+    assert not torch.equal(a, seeded[5 + 3 * len(ds)][0])   # another epoch, another augmentation
+
+
+# ------------------------------------------------------------------ kill and resume
+def _run_cli(args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "ssl_rep.cli.pretrain", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_sigkill_then_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    common = ["ae_digits", "trainer.max_steps=24", "trainer.checkpoint_every=4", "trainer.deterministic=true",
+              "method.mode=masked", "trainer.log_every=1", *FAST, "data.num_workers=1"]
+    straight = _run_cli([*common, f"out_dir={tmp_path / 'straight'}"])
+    assert straight.wait(timeout=300) == 0, straight.stdout.read()
+    killed = tmp_path / "killed"
+    proc = _run_cli([*common, f"out_dir={killed}"])
+    deadline = time.time() + 240
+    while not (killed / "checkpoints" / "step_0000012.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere between checkpoints
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = load_checkpoint(killed / "checkpoints" / "last.pt")  # never torn
+    assert 12 <= state["step"] < 24
+    resumed = _run_cli([*common, f"out_dir={killed}", "--resume"])
+    assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
+    a = torch.load(tmp_path / "straight" / "encoder.pt", weights_only=True)["state_dict"]
+    b = torch.load(killed / "encoder.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [r["step"] for r in read_metrics(killed / "metrics.jsonl")]
+    assert steps == sorted(set(steps)) and steps[-1] == 24  # no duplicated lines after the resume
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path):
+    out = tmp_path / "run"
+    train(load_config("ae_digits", [f"out_dir={out}", "trainer.max_steps=2", *FAST]), progress=False)
+    with pytest.raises(ConfigError, match="optim.lr"):
+        train(load_config("ae_digits", [f"out_dir={out}", "trainer.max_steps=4", *FAST, "optim.lr=0.5"]),
+              resume=True, progress=False)
+
+
+def test_cli_reports_config_errors_without_traceback(tmp_path):
+    proc = _run_cli(["simclr_digits", "optim.lrr=1", f"out_dir={tmp_path}"])
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "ssl-pretrain: error: unknown key 'optim.lrr'" in out and "Traceback" not in out
