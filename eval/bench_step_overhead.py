@@ -1,0 +1,114 @@
+"""Time per step of the real training loop vs the same method's bare forward + backward + optimiser step.
+
+The real loop includes data loading, augmentation, the lr schedule, the online probe, logging and
+the recipe's checkpoint cadence; the bare step runs on one batch already prepared in memory.
+Goal: ratio <= 1.10. Usage:
+    python eval/bench_step_overhead.py [--data digits] [--device cpu] [--steps 40] [--methods ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from eval.results_md import update_section  # noqa: E402
+from ssl_rep.encoders import create_encoder  # noqa: E402
+from ssl_rep.methods import create_method  # noqa: E402
+from ssl_rep.train import load_config, train  # noqa: E402
+from ssl_rep.train.data import build_train_dataset  # noqa: E402
+from ssl_rep.train.loop import method_options, to_device  # noqa: E402
+from ssl_rep.train.metrics import read_metrics  # noqa: E402
+from ssl_rep.train.optim import build_optimizer  # noqa: E402
+
+RECIPES = {"autoencoder": "ae", "cpc": "cpc", "simclr": "simclr", "supervised": "supervised"}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bare_step_time(cfg, device, steps: int, warmup: int) -> float:
+    dataset, size, num_classes, _ = build_train_dataset(cfg)
+    items = [dataset[i] for i in range(cfg.data.batch_size)]
+    images = items[0][0]
+    if isinstance(images, list):
+        x = [torch.stack([it[0][v] for it in items]) for v in range(len(images))]
+    else:
+        x = torch.stack([it[0] for it in items])
+    batch = to_device((x, torch.tensor([it[1] for it in items])), device, False)
+    method = create_method(cfg.method.name, create_encoder(cfg.encoder.name, **cfg.encoder.options),
+                           **method_options(cfg, size, num_classes)).to(device)
+    opt = build_optimizer(method, cfg.optim)
+    use_bf16 = device.type == "cuda"
+    times = []
+    for i in range(warmup + steps):
+        sync(device)
+        t = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss, _ = method(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return sum(times) / len(times)
+
+
+def loop_step_time(cfg, steps: int, warmup: int) -> float:
+    """Mean wall time per step between step ``warmup`` and ``warmup + steps`` of a real run."""
+    train(cfg, progress=False)
+    lines = {r["step"]: r for r in read_metrics(Path(cfg.out_dir) / "metrics.jsonl")}
+    return (lines[warmup + steps]["elapsed"] - lines[warmup]["elapsed"]) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", default="digits")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--methods", default="autoencoder,cpc,simclr,supervised")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--root", default=None, help="dataset root (e.g. the Fashion-MNIST folder)")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--no-results-md", action="store_true")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    recipe_data = "digits" if args.data == "digits" else "fashion_mnist"
+    rows = []
+    for method in args.methods.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            overrides = [f"out_dir={tmp}", f"trainer.device={args.device}", "trainer.log_every=1",
+                         f"trainer.max_steps={args.warmup + args.steps}", f"data.dataset={args.data}",
+                         "data.num_workers=2" if device.type == "cpu" else "data.num_workers=8"]
+            if args.root:
+                overrides.append(f"data.root={args.root}")
+            if args.batch_size:
+                overrides.append(f"data.batch_size={args.batch_size}")
+            cfg = load_config(f"{RECIPES[method]}_{recipe_data}", overrides)
+            loop = loop_step_time(cfg, args.steps, args.warmup)
+            bare = bare_step_time(cfg, device, args.steps, args.warmup)
+        rows.append({"method": method, "batch_size": cfg.data.batch_size, "loop_ms": loop * 1e3,
+                     "bare_ms": bare * 1e3, "ratio": loop / bare,
+                     "checkpoint_every": cfg.trainer.checkpoint_every})
+        print(json.dumps(rows[-1]), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    table = ["| method | batch | loop ms/step | bare fwd+bwd+step ms | ratio (goal <= 1.10) |", "|---|---|---|---|---|"]
+    table += [f"| {r['method']} | {r['batch_size']} | {r['loop_ms']:.1f} | {r['bare_ms']:.1f} | {r['ratio']:.2f} |"
+              for r in rows]
+    if not args.no_results_md:
+        update_section(f"step-overhead-{args.data}-{device.type}", f"Training-loop overhead ({args.data}, {device.type})",
+                       " ".join(["python", *sys.argv]), "\n".join(table))
+
+
+if __name__ == "__main__":
+    main()

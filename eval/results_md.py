@@ -1,0 +1,38 @@
+"""Keep eval/RESULTS.md as sections that each benchmark rewrites in place (between markers)."""
+from __future__ import annotations
+
+import datetime
+import platform
+import re
+import subprocess
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+HEADER = "# ssl_rep results\n\nEvery number here was written by the command shown with it. Ratios are measured side by side in one run.\n"
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    cores = len(__import__("os").sched_getaffinity(0))
+    return f"CPU only ({cores} cores, {platform.processor() or platform.machine()}), torch {torch.__version__}"
+
+
+def git_rev() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=RESULTS.parent).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def update_section(key: str, title: str, command: str, body: str, path: Path = RESULTS) -> None:
+    """Replace (or append) the section ``key`` of RESULTS.md with a header, the command and ``body``."""
+    text = path.read_text() if path.exists() else HEADER
+    stamp = f"{datetime.date.today().isoformat()}, {machine()}, commit {git_rev()}"
+    section = (f"<!-- {key}:start -->\n## {title}\n\n`{command}`  \n{stamp}\n\n{body.strip()}\n<!-- {key}:end -->")
+    pattern = re.compile(rf"<!-- {re.escape(key)}:start -->.*?<!-- {re.escape(key)}:end -->", re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)

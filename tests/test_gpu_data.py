@@ -1,0 +1,92 @@
+"""The GPU-resident data path's augmentations (they run on any device; the CPU checks them here)."""
+import numpy as np
+import pytest
+import torch
+
+import ssl_rep
+from ssl_rep.train.data import EpochSampler
+from ssl_rep.train.gpu_data import GPUResidentLoader, colour_jitter, crop_flip, resized_crop_flip
+
+
+def test_crop_flip_is_a_zero_padded_translation_or_its_mirror():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8) + 1
+    out = crop_flip(x.repeat(20, 1, 1, 1), 2, gen)
+    padded = torch.nn.functional.pad(x.repeat(20, 1, 1, 1), (2, 2, 2, 2))
+    for i in range(len(out)):
+        candidates = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(out[i], c) or torch.equal(out[i], c.flip(-1)) for c in candidates)
+
+
+def test_resized_crop_keeps_geometry_monotone_and_flips_some():
+    gen = torch.Generator().manual_seed(0)
+    ramp = torch.linspace(0, 1, 32).view(1, 1, 1, 32).expand(40, 3, 32, 32).contiguous()
+    out = resized_crop_flip(ramp, 16, gen, min_scale=0.5)
+    assert out.shape == (40, 3, 16, 16)
+    rows = out[:, 0, 8]
+    steps = rows[:, 1:] - rows[:, :-1]
+    increasing, decreasing = (steps >= -1e-6).all(1), (steps <= 1e-6).all(1)
+    assert (increasing | decreasing).all() and increasing.any() and decreasing.any()
+    spans = rows.max(1).values - rows.min(1).values
+    assert spans.min() > 0.5 * np.sqrt(0.5) * 15 / 16  # a crop covers >= sqrt(min_scale * 3/4) of the width
+    constant = torch.full((4, 3, 32, 32), 0.3)
+    assert torch.allclose(resized_crop_flip(constant, 16, gen), torch.full((4, 3, 16, 16), 0.3))
+
+
+def test_colour_jitter_keeps_range_and_grayscale_makes_equal_channels():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 3, 8, 8)
+    out = colour_jitter(x, gen, p=1.0, p_gray=0.0)
+    assert out.min() >= 0 and out.max() <= 1 and not torch.allclose(out, x)
+    gray = colour_jitter(x, gen, p=0.0, p_gray=1.0)
+    assert torch.allclose(gray[:, 0], gray[:, 1]) and torch.allclose(gray[:, 1], gray[:, 2])
+    same = colour_jitter(x, gen, p=0.0, p_gray=0.0)
+    assert torch.equal(same, x)
+
+
+def test_resident_loader_order_determinism_and_resume():
+    ds = ssl_rep.build_dataset("digits")
+    make = lambda: GPUResidentLoader(ds.tensor(), torch.as_tensor(ds.labels), 100, seed=1,  # noqa: E731
+                                     transform="simclr", stats="digits", size=32, n_views=2, device="cpu")
+    a, b = make(), make()
+    a.set_epoch(3)
+    batches = list(a)
+    assert len(batches) == len(ds) // 100 and len(batches[0][0]) == 2 and batches[0][0][0].shape == (100, 3, 32, 32)
+    order = EpochSampler(len(ds), 1, 100).order(3)
+    assert torch.equal(batches[0][1], torch.as_tensor(ds.labels)[order[:100]])
+    b.set_epoch(3, skip_batches=4)
+    resumed = list(b)
+    assert len(resumed) == len(batches) - 4
+    for (va, ya), (vb, yb) in zip(batches[4:], resumed):
+        assert torch.equal(ya, yb) and all(torch.equal(p, q) for p, q in zip(va, vb))
+    assert not torch.equal(batches[0][0][0], batches[0][0][1])  # two different views
+
+
+@pytest.mark.gpu
+def test_pretraining_on_cuda_with_resident_data_and_bf16(tmp_path):
+    from ssl_rep.train import load_config, train
+    from ssl_rep.train.metrics import read_metrics
+    cfg = load_config("simclr_digits", [f"out_dir={tmp_path}", "trainer.max_steps=40", "trainer.device=cuda",
+                                       "data.gpu_resident=on", "trainer.log_every=1", "trainer.epochs=100"])
+    result = train(cfg, progress=False)
+    lines = read_metrics(tmp_path / "metrics.jsonl")
+    assert result.steps == 40 and np.isfinite(lines[-1]["loss"])
+    assert np.mean([r["loss"] for r in lines[-5:]]) < np.mean([r["loss"] for r in lines[:5]])
+
+
+@pytest.mark.gpu
+def test_cuda_features_and_probe_agree_with_cpu():
+    from ssl_rep.data import build_transform
+    from ssl_rep.eval import LinearProbe, extract_features
+    torch.manual_seed(0)
+    enc = ssl_rep.create_encoder("resnet20")
+    t = build_transform("eval", stats="digits", resize=None)
+    train, test = ssl_rep.build_dataset("digits", transform=t), ssl_rep.build_dataset("digits", split="test", transform=t)
+    Xc, y = extract_features(enc, train, device="cpu", progress=False)
+    Xg, _ = extract_features(enc, train, device="cuda", progress=False)  # bf16 autocast
+    corr = np.corrcoef(Xc.ravel(), Xg.ravel())[0, 1]
+    assert corr > 0.99
+    Xt, yt = extract_features(enc, test, device="cpu", progress=False)
+    cpu = LinearProbe(C=0.1, device="cpu").fit(Xc, y).score(Xt, yt)
+    gpu = LinearProbe(C=0.1, device="cuda").fit(Xc, y).score(Xt, yt)
+    assert abs(cpu - gpu) <= 0.01
