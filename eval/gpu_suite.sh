@@ -17,16 +17,16 @@ FM=${FM:-$PWD/.gpu_data/fashion-mnist}
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, faiss, timm, sklearn; print('torch', torch.__version__, torch.cuda.get_device_name(0), 'faiss', faiss.__version__, 'gpus', faiss.get_num_gpus(), 'timm', timm.__version__, 'sklearn', sklearn.__version__)"
 } > "$OUT/gpu.txt" 2>&1
-echo "== gpu tests"; timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_data.py 2>&1 | tail -5 | tee "$OUT/pytest_gpu.log"
-echo "== step overhead"; timeout 150 python3 eval/bench_step_overhead.py --data fashion-mnist --root "$FM" --device ${DEVICE:-cuda} \
+echo "== gpu tests"; timeout 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_data.py 2>&1 | tail -5 | tee "$OUT/pytest_gpu.log"
+echo "== step overhead"; timeout 100 python3 eval/bench_step_overhead.py --data fashion-mnist --root "$FM" --device ${DEVICE:-cuda} \
   --steps ${STEPS:-60} --warmup ${WARMUP:-10} --json "$OUT/step_overhead.json" --no-results-md 2>&1 | grep -v Warning | tail -6
-echo "== fashion-mnist suite"; timeout ${SUITE_TIMEOUT:-330} python3 eval/reproduce.py fashion-mnist-suite --device ${DEVICE:-cuda} --root "$FM" \
-  --methods ${METHODS:-simclr,autoencoder,supervised,cpc} --cluster-methods kmeans,gmm,agglomerative \
+echo "== fashion-mnist suite"; timeout ${SUITE_TIMEOUT:-300} python3 eval/reproduce.py fashion-mnist-suite --device ${DEVICE:-cuda} --root "$FM" \
+  --methods ${METHODS:-simclr,supervised,autoencoder,cpc} --cluster-methods kmeans,gmm,agglomerative \
   --override data.num_workers=8 --override simclr:trainer.epochs=${SIMCLR_EPOCHS:-15} \
   --override autoencoder:trainer.epochs=5 --override supervised:trainer.epochs=5 --override cpc:trainer.epochs=1 \
   ${EXTRA:-} --json "$OUT/fashion_mnist_suite.json" 2>&1 \
   | grep -v "^step\|Warning\|warn" | tail -25
 cp runs/fashion-mnist-suite/simclr/metrics.jsonl "$OUT/fm_simclr_metrics.jsonl" 2>/dev/null
-echo "== probe benchmark"; timeout 100 python3 eval/bench_probe.py --checkpoint runs/fashion-mnist-suite/simclr/checkpoints/last.pt \
+echo "== probe benchmark"; timeout 60 python3 eval/bench_probe.py --checkpoint runs/fashion-mnist-suite/simclr/checkpoints/last.pt \
   --data fashion-mnist --root "$FM" --json "$OUT/bench_probe.json" --no-results-md 2>&1 | tail -4
 ls -la "$OUT"

@@ -102,20 +102,26 @@ def use_gpu_resident(cfg: Config, dataset, device: torch.device, transform_name:
     return cfg.data.gpu_resident == "on" or int(np.prod(dataset.images.shape)) <= GPU_RESIDENT_MAX_BYTES
 
 
+def eval_tensors(dataset, device, num_workers: int, limit: int = 10_000):
+    """The held-out split's first ``limit`` images, transformed once and kept on ``device``."""
+    subset = torch.utils.data.Subset(dataset, range(min(len(dataset), limit)))
+    loader = torch.utils.data.DataLoader(subset, batch_size=512, num_workers=num_workers)
+    xs, ys = zip(*loader)
+    return torch.cat(xs).to(device), torch.cat(ys).to(device)
+
+
 @torch.no_grad()
-def probe_accuracy(encoder: nn.Module, head: nn.Linear, dataset, device, batch_size: int, autocast) -> float:
-    """Accuracy of the online linear head on a held-out split (encoder in eval mode, first 10k images)."""
+def probe_accuracy(encoder: nn.Module, head: nn.Linear, images, labels, batch_size: int, autocast) -> float:
+    """Accuracy of the online linear head on held-out images (encoder in eval mode)."""
     was_training = encoder.training
     encoder.eval()
-    n = min(len(dataset), 10_000)
     correct = 0
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=batch_size)
-    for x, y in loader:
+    for start in range(0, len(images), batch_size):
         with autocast():
-            feats = encoder(x.to(device))
-        correct += (head(feats.float()).argmax(1).cpu() == y).sum().item()
+            feats = encoder(images[start:start + batch_size])
+        correct += (head(feats.float()).argmax(1) == labels[start:start + batch_size]).sum().item()
     encoder.train(was_training)
-    return correct / n
+    return correct / len(images)
 
 
 def to_device(batch, device: torch.device, channels_last: bool):
@@ -156,6 +162,8 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
         probe = nn.Linear(method.encoder.num_features, num_classes).to(device)
         probe_opt = torch.optim.Adam(probe.parameters(), lr=1e-3)
     eval_set = build_eval_dataset(cfg, size) if probe is not None else None
+    if eval_set is not None:
+        eval_images, eval_labels = eval_tensors(eval_set, device, cfg.data.num_workers)
 
     if use_gpu_resident(cfg, dataset, device, transform_name):
         loader = GPUResidentLoader(dataset.tensor(), torch.as_tensor(dataset.labels), cfg.data.batch_size, cfg.seed,
@@ -247,8 +255,8 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
                         epoch_record["online_probe_train_acc"] = probe_correct / probe_seen
                         probe_acc = epoch_record["online_probe_train_acc"]
                     if eval_set is not None:
-                        probe_acc = probe_accuracy(method.encoder, probe, eval_set, device, cfg.data.batch_size,
-                                                   autocast)
+                        probe_acc = probe_accuracy(method.encoder, probe, eval_images, eval_labels,
+                                                   cfg.data.batch_size, autocast)
                         epoch_record["online_probe_acc"] = probe_acc
                     record = {**(record or {"step": step, "epoch": epoch, "loss": last_loss}), **epoch_record}
                     probe_correct = probe_seen = 0
