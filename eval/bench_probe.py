@@ -33,7 +33,13 @@ def main() -> None:
     parser.add_argument("--C", type=float, default=0.1, help="the same fixed C for both (no search)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--no-results-md", action="store_true")
+    parser.add_argument("--render", default=None, help="write RESULTS.md from a saved --json file and exit")
+    parser.add_argument("--machine", default=None, help="with --render: where the saved numbers were measured")
+    parser.add_argument("--command", default=None, help="with --render: the command that measured them")
     args = parser.parse_args()
+    if args.render:
+        render(json.loads(Path(args.render).read_text()), args.command, args.machine)
+        return
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.preprocessing import StandardScaler
@@ -63,14 +69,14 @@ def main() -> None:
         render(row, " ".join(["python", *sys.argv]))
 
 
-def render(row: dict, command: str) -> None:
+def render(row: dict, command: str, machine_name: str | None = None) -> None:
     body = (f"| | ours | scikit-learn | speed-up | accuracy (ours / sklearn) |\n|---|---|---|---|---|\n"
             f"| linear probe (C fixed) | {row['probe_s']:.2f} s | {row['sklearn_logreg_s']:.2f} s | "
             f"{row['probe_speedup']:.1f}x | {row['probe_acc']:.4f} / {row['sklearn_acc']:.4f} |\n"
             f"| kNN k=20 | {row['knn_s']:.2f} s | {row['sklearn_knn_s']:.2f} s | {row['knn_speedup']:.1f}x | "
             f"{row['knn_acc']:.4f} / {row['sklearn_knn_acc']:.4f} |\n\n"
             f"{row['n_train']} training features of dimension {row['dim']}.")
-    update_section("bench-probe", "Linear probe and kNN vs scikit-learn", command, body)
+    update_section("bench-probe", "Linear probe and kNN vs scikit-learn", command, body, machine_name=machine_name)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,13 @@ def main() -> None:
     parser.add_argument("--root", default=None, help="dataset root (e.g. the Fashion-MNIST folder)")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--no-results-md", action="store_true")
+    parser.add_argument("--render", default=None, help="write RESULTS.md from a saved --json file and exit")
+    parser.add_argument("--machine", default=None, help="with --render: where the saved numbers were measured")
+    parser.add_argument("--command", default=None, help="with --render: the command that measured them")
     args = parser.parse_args()
+    if args.render:
+        render(json.loads(Path(args.render).read_text()), args.data, args.device, args.command, args.machine)
+        return
     device = torch.device(args.device)
     recipe_data = "digits" if args.data == "digits" else "fashion_mnist"
     rows = []
@@ -102,12 +108,16 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
+    if not args.no_results_md:
+        render(rows, args.data, device.type, " ".join(["python", *sys.argv]))
+
+
+def render(rows: list[dict], data: str, device: str, command: str | None, machine_name: str | None = None) -> None:
     table = ["| method | batch | loop ms/step | bare fwd+bwd+step ms | ratio (goal <= 1.10) |", "|---|---|---|---|---|"]
     table += [f"| {r['method']} | {r['batch_size']} | {r['loop_ms']:.1f} | {r['bare_ms']:.1f} | {r['ratio']:.2f} |"
               for r in rows]
-    if not args.no_results_md:
-        update_section(f"step-overhead-{args.data}-{device.type}", f"Training-loop overhead ({args.data}, {device.type})",
-                       " ".join(["python", *sys.argv]), "\n".join(table))
+    update_section(f"step-overhead-{data}-{device}", f"Training-loop overhead ({data}, {device})",
+                   command or "python eval/bench_step_overhead.py", "\n".join(table), machine_name=machine_name)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,8 @@ def run(name: str, device: str, root, overrides: list[str], methods: list[str], 
     spec = EXPERIMENTS[name]
     data = spec["data"]
     rows = {}
-    result = {"experiment": name, "data": data, "machine": machine(), "overrides": overrides,
+    result = {"experiment": name, "data": data, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+              "overrides": overrides,
               "command": " ".join(["python", *sys.argv]), "anchors": spec["anchors"], "rows": rows}
     save = lambda: json_path.write_text(json.dumps(result, indent=2))  # noqa: E731  (partial results survive a timeout)
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,19 +108,21 @@ def run(name: str, device: str, root, overrides: list[str], methods: list[str], 
 
 
 def render(result: dict) -> None:
-    lines = ["| encoder | pretrain | linear top-1 | top-5 | kNN@20 | k-means ACC | k-means NMI | best other clustering (ACC) |",
+    lines = ["| encoder | pretraining | linear top-1 | top-5 | kNN@20 | k-means ACC | k-means NMI | best other clustering (ACC) |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in result["rows"].items():
         km = r["clusters"].get("kmeans", {})
         others = {m: s["acc"] for m, s in r["clusters"].items() if m != "kmeans" and "acc" in s}
         best = max(others, key=others.get) if others else None
-        pre = f"{r['pretrain_seconds'] / 60:.1f} min, {r['steps']} steps" if "pretrain_seconds" in r else "–"
+        pre = (f"{r['epochs']} epochs, {r['steps']} steps, {r['pretrain_seconds'] / 60:.1f} min"
+               if "pretrain_seconds" in r else r.get("note", "–"))
         lines.append(f"| {name} | {pre} | {r['top1']:.4f} | {r['top5']:.4f} | {r['knn20']:.4f} | "
                      f"{km.get('acc', float('nan')):.4f} | {km.get('nmi', float('nan')):.4f} | "
                      f"{f'{best} {others[best]:.4f}' if best else '–'} |")
-    body = "\n".join(lines) + f"\n\nMachine: {result['machine']}. Overrides: `{' '.join(result['overrides']) or 'none'}`.  \n" \
-                              f"Published anchors: {result['anchors']}."
-    update_section(f"suite-{result['experiment']}", f"{result['experiment']}", result["command"], body)
+    body = "\n".join(lines) + f"\n\nOverrides: `{' '.join(result['overrides']) or 'none'}`.  \n" \
+                              f"Published anchors: {result['anchors']}." + (f"  \n{result['notes']}" if result.get("notes") else "")
+    update_section(f"suite-{result['experiment']}", f"{result['experiment']}", result["command"], body,
+                   machine_name=result["machine"], date=result.get("date"))
 
 
 def main() -> None:
@@ -134,13 +137,20 @@ def main() -> None:
                         help="key=value for every recipe, or method:key=value for one (repeatable)")
     parser.add_argument("--json", default=None, help="where to write the result (default eval/results/NAME.json)")
     parser.add_argument("--render", default=None, help="update RESULTS.md from a saved JSON and exit")
+    parser.add_argument("--add-raw-pixels", action="store_true",
+                        help="with --render: compute the raw-pixel row here if the saved run lacks it")
     args = parser.parse_args()
     if args.list:
         for name, spec in EXPERIMENTS.items():
             print(f"{name}: {spec['data']}, methods {', '.join(spec['recipes'])}")
         return
     if args.render:
-        render(json.loads(Path(args.render).read_text()))
+        result = json.loads(Path(args.render).read_text())
+        if args.add_raw_pixels and "raw pixels" not in result["rows"]:
+            result["rows"]["raw pixels"] = {**raw_pixels(result["data"], args.root, ["kmeans"]),
+                                            "note": f"computed on {machine()}"}
+            Path(args.render).write_text(json.dumps(result, indent=2))
+        render(result)
         return
     if not args.name:
         parser.error("name an experiment (or --list)")

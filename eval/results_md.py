@@ -28,10 +28,12 @@ def git_rev() -> str:
         return "unknown"
 
 
-def update_section(key: str, title: str, command: str, body: str, path: Path = RESULTS) -> None:
-    """Replace (or append) the section ``key`` of RESULTS.md with a header, the command and ``body``."""
+def update_section(key: str, title: str, command: str, body: str, path: Path = RESULTS,
+                   machine_name: str | None = None, date: str | None = None) -> None:
+    """Replace (or append) the section ``key`` of RESULTS.md with a header, the command and ``body``.
+    ``machine_name``/``date`` describe where the numbers were measured when that was elsewhere."""
     text = path.read_text() if path.exists() else HEADER
-    stamp = f"{datetime.date.today().isoformat()}, {machine()}, commit {git_rev()}"
+    stamp = f"{date or datetime.date.today().isoformat()}, {machine_name or machine()}, commit {git_rev()}"
     section = (f"<!-- {key}:start -->\n## {title}\n\n`{command}`  \n{stamp}\n\n{body.strip()}\n<!-- {key}:end -->")
     pattern = re.compile(rf"<!-- {re.escape(key)}:start -->.*?<!-- {re.escape(key)}:end -->", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"

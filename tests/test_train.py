@@ -67,6 +67,8 @@ def test_overrides_are_typed():
     assert cfg.optim.lr == 0.3 and cfg.trainer.epochs == 5 and cfg.trainer.deterministic is True
     assert cfg.method.options["temperature"] == 0.2 and cfg.schedule.milestones == (10, 20)
     assert cfg.out_dir == "runs/x"
+    assert load_config("simclr_digits", ["data.gpu_resident=on"]).data.gpu_resident == "on"  # not YAML's True
+    assert load_config("simclr_digits", ["data.gpu_resident=off"]).data.gpu_resident == "off"
 
 
 @pytest.mark.parametrize("override,message", [

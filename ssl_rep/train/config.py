@@ -181,6 +181,8 @@ def _build(cls, values: dict, prefix: str):
             raise ConfigError(f"unknown key {full!r}; valid keys{' in ' + prefix.rstrip('.') if prefix else ''}: "
                               f"{', '.join(here)}")
         typ = hints[key]
+        if isinstance(value, bool) and set(CHOICES.get(full, ())) >= {"on", "off"}:
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
         if dataclasses.is_dataclass(typ):
             kwargs[key] = _build(typ, value or {}, f"{full}.")
         else:
