@@ -224,3 +224,13 @@ def test_cli_reports_config_errors_without_traceback(tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert "ssl-pretrain: error: unknown key 'optim.lrr'" in out and "Traceback" not in out
+
+
+def test_subset_pretrains_on_a_fixed_random_sample():
+    from ssl_rep.train.data import build_train_dataset
+    a, *_ = build_train_dataset(load_config("ae_digits", ["data.subset=100"]))
+    b, *_ = build_train_dataset(load_config("ae_digits", ["data.subset=100"]))
+    c, *_ = build_train_dataset(load_config("ae_digits", ["data.subset=100", "seed=1"]))
+    assert len(a) == 100 and np.array_equal(a.images, b.images) and not np.array_equal(a.images, c.images)
+    full = ssl_rep.build_dataset("digits")
+    assert any(np.array_equal(a.images[0], img) for img in full.images)

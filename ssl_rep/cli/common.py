@@ -81,8 +81,19 @@ def eval_dataset(data: str, split: str, root, image_size, ten_crop: bool = False
     return probe_ds
 
 
-def features_for(encoder, data: str, split: str, args, ten_crop: bool = False):
-    dataset = eval_dataset(data, split, args.root, args.image_size, ten_crop)
+def fixed_subset(dataset, n: int | None, seed: int):
+    """A seeded random subset of ``n`` items (the whole dataset when ``n`` is None or larger)."""
+    if n is None or n >= len(dataset):
+        return dataset
+    pick = np.sort(np.random.default_rng(seed).choice(len(dataset), n, replace=False))
+    subset = torch.utils.data.Subset(dataset, pick.tolist())
+    subset.name, subset.transform = f"{getattr(dataset, 'name', '')}[{n} of {len(dataset)}, seed {seed}]", dataset.transform
+    subset.labels, subset.classes = np.asarray(dataset.labels)[pick], getattr(dataset, "classes", None)
+    return subset
+
+
+def features_for(encoder, data: str, split: str, args, ten_crop: bool = False, subset: int | None = None):
+    dataset = fixed_subset(eval_dataset(data, split, args.root, args.image_size, ten_crop), subset, args.seed)
     cache = None if args.cache_dir == "none" else args.cache_dir
     X, y = extract_features(encoder, dataset, batch_size=args.batch_size, device=args.device, ten_crop=ten_crop,
                             num_workers=args.workers, cache_dir=cache, progress=sys.stderr.isatty())

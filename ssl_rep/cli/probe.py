@@ -13,7 +13,7 @@ from .common import EXPECTED_ERRORS, add_encoder_and_data_args, default_out, fea
 def run_probe(args) -> dict:
     start = time.time()
     encoder = resolve_encoder(args.checkpoint, args.seed)
-    X, y, _ = features_for(encoder, args.data, args.train_split, args)
+    X, y, _ = features_for(encoder, args.data, args.train_split, args, subset=args.train_subset)
     Xt, yt, _ = features_for(encoder, args.data, args.test_split, args, ten_crop=args.ten_crop)
     if y is None or yt is None:
         raise ValueError(f"{args.data}: the {args.train_split if y is None else args.test_split} split has no labels; "
@@ -37,6 +37,8 @@ def main(argv=None) -> None:
     parser.add_argument("--C", type=float, default=None, help="fixed inverse regularisation (default: chosen on a held-out 20%%)")
     parser.add_argument("--knn-k", default="20,200", help="comma-separated k values for kNN")
     parser.add_argument("--ten-crop", action="store_true", help="average features over 10 crops at test time")
+    parser.add_argument("--train-subset", type=int, default=None,
+                        help="fit the probe on a fixed random subset of this many training images")
     args = parser.parse_args(argv)
     args.knn_k = [int(k) for k in args.knn_k.split(",") if k]
     setup_logging()

@@ -165,9 +165,9 @@ def cluster(features, method: str = "kmeans", n_clusters: int | None = None, see
         raise ValueError(f"{method}: n_clusters={n_clusters} is more than the {len(X)} points")
     n = min(len(X), max_samples) if max_samples else len(X)
     needed = estimate_memory_gb(method, n, X.shape[1], {"n_clusters": n_clusters or 10, **params})
-    if needed > max_memory_gb:
+    if method in ("meanshift", "dbscan", "agglomerative") and needed > max_memory_gb:
         raise ClusteringTooLargeError(
-            f"{method} on {n} points x {X.shape[1]} dims needs about {needed:.1f} GB (O(n^2)), over the "
+            f"{method} on {n} points x {X.shape[1]} dims needs about {needed:.3g} GB (O(n^2)), over the "
             f"{max_memory_gb:g} GB limit. Options: max_samples=<m> (--max-samples) to cluster a subsample and "
             f"assign the rest to the nearest; connectivity=<k> for agglomerative; or kmeans, which is O(n k)")
     if n < len(X):

@@ -29,6 +29,7 @@ class DataConfig:
     dataset: str = "digits"          # a dataset name (ssl_rep.data.DATASETS) or a folder path
     root: Optional[str] = None       # where the dataset's files are
     split: str = "train"             # split to pretrain on
+    subset: Optional[int] = None     # pretrain on a fixed random subset of this many images (seeded)
     eval_split: Optional[str] = "test"  # labelled split for the online probe's end-of-epoch score
     batch_size: int = 256            # per process (global batch = batch_size x world size)
     num_workers: int = 2
@@ -104,7 +105,7 @@ CHOICES = {
     "schedule.name": ("cosine", "step", "constant"),
     "trainer.precision": ("auto", "bf16", "fp32"),
 }
-POSITIVE = {"data.batch_size", "optim.lr", "trainer.epochs", "trainer.max_steps", "trainer.checkpoint_every",
+POSITIVE = {"data.subset", "data.batch_size", "optim.lr", "trainer.epochs", "trainer.max_steps", "trainer.checkpoint_every",
             "trainer.log_every", "trainer.keep_checkpoints"}
 NON_NEGATIVE = {"data.num_workers", "optim.weight_decay", "optim.momentum", "schedule.warmup_steps",
                 "schedule.min_lr", "optim.grad_clip", "schedule.gamma"}

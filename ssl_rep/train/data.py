@@ -104,6 +104,12 @@ def build_train_dataset(cfg: Config):
         raw = build_dataset(cfg.data.dataset, split=cfg.data.split, root=cfg.data.root)
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(f"data.dataset={cfg.data.dataset!r}: {exc}") from exc
+    if cfg.data.subset is not None and cfg.data.subset < len(raw):
+        if not isinstance(raw, ArrayImageDataset):
+            raise ConfigError("data.subset works with in-memory datasets (digits, fashion-mnist, cifar, stl10)")
+        pick = np.sort(np.random.default_rng(cfg.seed).choice(len(raw), cfg.data.subset, replace=False))
+        raw = ArrayImageDataset(raw.images[pick], raw.labels[pick], None,
+                                name=f"{raw.name}[{cfg.data.subset}]", classes=raw.classes)
     size = cfg.data.image_size or image_size_of(raw)
     raw.transform, transform_name = choose_transform(cfg, size)
     labels = np.asarray(raw.labels)

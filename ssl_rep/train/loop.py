@@ -227,15 +227,16 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
                     nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.grad_clip)
                 optimizer.step()
                 if probe is not None and method.probe_features is not None:
+                    # No host syncs here: unlabeled samples (-1) are masked, counts stay on the device.
                     known = labels >= 0
-                    if known.any():
-                        logits = probe(method.probe_features[known].float())
-                        probe_loss = F.cross_entropy(logits, labels[known])
-                        probe_opt.zero_grad(set_to_none=True)
-                        probe_loss.backward()
-                        probe_opt.step()
-                        probe_correct += (logits.argmax(1) == labels[known]).sum().item()
-                        probe_seen += int(known.sum())
+                    logits = probe(method.probe_features.float())
+                    probe_loss = (F.cross_entropy(logits, labels.clamp_min(0), reduction="none") * known).sum() \
+                        / known.sum().clamp_min(1)
+                    probe_opt.zero_grad(set_to_none=True)
+                    probe_loss.backward()
+                    probe_opt.step()
+                    probe_correct = probe_correct + ((logits.argmax(1) == labels) & known).sum()
+                    probe_seen = probe_seen + known.sum()
                 step += 1
                 batch_in_epoch += 1
                 last_loss = logs["loss"]
@@ -251,8 +252,8 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
                     window_time, window_images, window_losses = now, 0, []
                 if batch_in_epoch == steps_per_epoch:  # epoch done: score the online probe, roll over
                     epoch_record = {"step": step, "epoch": epoch}
-                    if probe_seen:
-                        epoch_record["online_probe_train_acc"] = probe_correct / probe_seen
+                    if int(probe_seen):
+                        epoch_record["online_probe_train_acc"] = int(probe_correct) / int(probe_seen)
                         probe_acc = epoch_record["online_probe_train_acc"]
                     if eval_set is not None:
                         probe_acc = probe_accuracy(method.encoder, probe, eval_images, eval_labels,

@@ -1,0 +1,42 @@
+"""Loss and online-probe accuracy over training, from one or more metrics.jsonl files, as a PNG.
+
+    python eval/plot_training.py OUT.png run_a/metrics.jsonl[:label] run_b/metrics.jsonl[:label] ...
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 2:
+        raise SystemExit(__doc__)
+    out, runs = Path(argv[0]), argv[1:]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for spec in runs:
+        path, _, label = spec.partition(":")
+        records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        label = label or Path(path).parent.name
+        steps = [r["step"] for r in records]
+        ax_loss.plot(steps, [r["loss"] for r in records], label=label, lw=1)
+        probe = [(r["step"], r["online_probe_acc"]) for r in records if "online_probe_acc" in r]
+        if probe:
+            ax_acc.plot(*zip(*probe), marker="o", ms=3, label=label)
+    ax_loss.set(xlabel="optimiser step", ylabel="training loss", title="loss")
+    ax_acc.set(xlabel="optimiser step", ylabel="accuracy", title="online linear probe (held-out split)")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,80 @@
+"""The command lines end to end on a tiny pretraining run: probe, cluster, report, errors."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from ssl_rep.cli import cluster as cluster_cli
+from ssl_rep.cli import probe as probe_cli
+from ssl_rep.train import load_config, train
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    train(load_config("ae_digits", [f"out_dir={out}", "trainer.max_steps=3", "data.batch_size=32",
+                                    "data.num_workers=0"]), progress=False)
+    return out
+
+
+def test_probe_writes_json_with_top1_top5_knn(tiny_run, tmp_path, capsys):
+    probe_cli.main(["--checkpoint", str(tiny_run / "checkpoints" / "last.pt"), "--data", "digits",
+                    "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache"), "--workers", "0"])
+    result = json.loads((tmp_path / "probe.json").read_text())
+    assert 0.5 < result["top1"] <= result["top5"] <= 1.0
+    assert set(result["knn"]) == {"20", "200"} and result["n_train"] == 1437 and result["n_test"] == 360
+    assert "linear probe top-1" in capsys.readouterr().out
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # train and test features cached
+
+
+def test_random_baseline_and_cluster_report(tiny_run, tmp_path):
+    probe_cli.main(["--checkpoint", "random:resnet20", "--data", "digits", "--out", str(tmp_path / "p"),
+                    "--cache-dir", "none", "--workers", "0", "--knn-k", "20"])
+    assert json.loads((tmp_path / "p" / "probe.json").read_text())["top1"] > 0.5
+    cluster_cli.main(["--checkpoint", str(tiny_run / "checkpoints" / "last.pt"), "--data", "digits",
+                      "--out", str(tmp_path / "c"), "--cache-dir", "none", "--workers", "0"])
+    clusters = json.loads((tmp_path / "c" / "clusters.json").read_text())["methods"]
+    assert set(clusters) == {"kmeans", "meanshift", "dbscan", "gmm", "agglomerative"}
+    for method, r in clusters.items():
+        assert {"acc", "nmi", "ari", "purity", "n_clusters"} <= set(r["scores"]) and r["seconds"] >= 0
+    page = (tmp_path / "c" / "report.html").read_text()
+    for section in ("Scores", "Feature maps", "Confusion matrix", "Samples per cluster", "Autoencoder reconstructions"):
+        assert section in page
+    assert page.count("data:image/png;base64,") == 4 and "http" not in page.split("<body>")[1]
+
+
+def test_cluster_guard_is_reported_not_fatal(tiny_run, tmp_path, capsys):
+    cluster_cli.main(["--checkpoint", "random:resnet20", "--data", "digits", "--methods", "agglomerative,kmeans",
+                      "--max-memory-gb", "0.0001", "--out", str(tmp_path), "--cache-dir", "none", "--workers", "0"])
+    clusters = json.loads((tmp_path / "clusters.json").read_text())["methods"]
+    assert "GB" in clusters["agglomerative"]["error"] and "max_samples" in clusters["agglomerative"]["error"]
+    assert "scores" in clusters["kmeans"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--checkpoint", "nowhere.pt", "--data", "digits"], "nowhere.pt: no such checkpoint file"),
+    (["--checkpoint", "random:resnet21", "--data", "digits"], "unknown encoder 'resnet21'"),
+    (["--checkpoint", "random:resnet20", "--data", "no-such-data"], "unknown dataset 'no-such-data'"),
+])
+def test_cli_errors_are_one_clear_line(args, message):
+    proc = subprocess.run([sys.executable, "-m", "ssl_rep.cli.probe", *args, "--cache-dir", "none"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium not installed")
+def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
+    cluster_cli.main(["--checkpoint", str(tiny_run / "encoder.pt"), "--data", "digits", "--methods", "kmeans",
+                      "--out", str(tmp_path), "--cache-dir", "none", "--workers", "0"])
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2000",
+                           f"--screenshot={shot}", f"file://{tmp_path / 'report.html'}"],
+                          capture_output=True, text=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 20_000, proc.stderr[-2000:]
+    from PIL import Image
+    img = Image.open(shot).convert("L")
+    assert len(set(img.getdata())) > 50  # plots rendered, not a blank page
