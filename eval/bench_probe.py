@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.results_md import update_section  # noqa: E402
+from eval.results_md import add_output_args, update_section  # noqa: E402
 from ssl_rep.cli.common import eval_dataset, resolve_encoder  # noqa: E402
 from ssl_rep.eval import KNNClassifier, LinearProbe, extract_features  # noqa: E402
 
@@ -31,11 +31,7 @@ def main() -> None:
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--root", default=None)
     parser.add_argument("--C", type=float, default=0.1, help="the same fixed C for both (no search)")
-    parser.add_argument("--json", default=None)
-    parser.add_argument("--no-results-md", action="store_true")
-    parser.add_argument("--render", default=None, help="write RESULTS.md from a saved --json file and exit")
-    parser.add_argument("--machine", default=None, help="with --render: where the saved numbers were measured")
-    parser.add_argument("--command", default=None, help="with --render: the command that measured them")
+    add_output_args(parser)
     args = parser.parse_args()
     if args.render:
         render(json.loads(Path(args.render).read_text()), args.command, args.machine)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.results_md import update_section  # noqa: E402
+from eval.results_md import add_output_args, update_section  # noqa: E402
 from ssl_rep.encoders import create_encoder  # noqa: E402
 from ssl_rep.methods import create_method  # noqa: E402
 from ssl_rep.train import load_config, train  # noqa: E402
@@ -78,11 +78,7 @@ def main() -> None:
     parser.add_argument("--methods", default="autoencoder,cpc,simclr,supervised")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--root", default=None, help="dataset root (e.g. the Fashion-MNIST folder)")
-    parser.add_argument("--json", default=None, help="also write the results here")
-    parser.add_argument("--no-results-md", action="store_true")
-    parser.add_argument("--render", default=None, help="write RESULTS.md from a saved --json file and exit")
-    parser.add_argument("--machine", default=None, help="with --render: where the saved numbers were measured")
-    parser.add_argument("--command", default=None, help="with --render: the command that measured them")
+    add_output_args(parser)
     args = parser.parse_args()
     if args.render:
         render(json.loads(Path(args.render).read_text()), args.data, args.device, args.command, args.machine)

@@ -38,3 +38,12 @@ def update_section(key: str, title: str, command: str, body: str, path: Path = R
     pattern = re.compile(rf"<!-- {re.escape(key)}:start -->.*?<!-- {re.escape(key)}:end -->", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)
+
+
+def add_output_args(parser) -> None:
+    """The output options every benchmark shares: a JSON copy, skipping RESULTS.md, re-rendering a saved run."""
+    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--no-results-md", action="store_true", help="do not touch eval/RESULTS.md")
+    parser.add_argument("--render", default=None, help="write RESULTS.md from a saved --json file and exit")
+    parser.add_argument("--machine", default=None, help="with --render: where the saved numbers were measured")
+    parser.add_argument("--command", default=None, help="with --render: the command that measured them")
