@@ -12,6 +12,8 @@ import ssl_rep
 from ssl_rep.data import ImageFolderDataset, build_dataset, load_rgb
 from ssl_rep.data.decode import ImageDecodeError
 
+from formats import make_cifar10_pickles
+
 
 # ---------------------------------------------------------------- digits (embedded default)
 def test_digits_fixed_split_and_shapes():
@@ -107,23 +109,6 @@ def test_real_fashion_mnist_from_debian_package():
 
 
 # ---------------------------------------------------------------- CIFAR (pickle and binary)
-def make_cifar10_pickles(root, n_per_batch=4, seed=0):
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    all_data, all_labels = [], []
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        data = rng.integers(0, 256, size=(n_per_batch, 3072), dtype=np.uint8)
-        labels = rng.integers(0, 10, size=n_per_batch).tolist()
-        with open(folder / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data,
-                         b"filenames": [b"x.png"] * n_per_batch}, f, protocol=2)
-        if name != "test_batch":
-            all_data.append(data)
-            all_labels += labels
-    return np.concatenate(all_data), np.array(all_labels)
-
-
 def test_cifar10_pickle_layout(tmp_path):
     data, labels = make_cifar10_pickles(tmp_path)
     train = build_dataset("cifar10", split="train", root=tmp_path)
