@@ -21,6 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eval.results_md import machine, update_section  # noqa: E402
+from ssl_rep.cli import cluster as cluster_cli  # noqa: E402
+from ssl_rep.cli import probe as probe_cli  # noqa: E402
 from ssl_rep.cli.cluster import run_cluster  # noqa: E402
 from ssl_rep.cli.probe import run_probe  # noqa: E402
 from ssl_rep.data import build_dataset  # noqa: E402
@@ -50,17 +52,19 @@ EXPERIMENTS = {
 }
 
 
-def eval_args(checkpoint: str, data: str, root, device, methods=("kmeans",), train_subset=None,
-              cache_dir="none") -> Namespace:
-    return Namespace(checkpoint=checkpoint, data=data, root=root, out=None, batch_size=512, device=device,
-                     image_size=None, workers=4 if device == "cuda" else 2, cache_dir=cache_dir, seed=0, train_split="train", test_split="test",
-                     C=None, knn_k=[20], ten_crop=False, split="test", train_subset=train_subset, methods=list(methods), n_clusters=None,
-                     pca=None, l2=False, max_samples=None, max_memory_gb=8.0)
+def eval_args(parse, checkpoint: str, data: str, root, device, *extra: str, cache_dir="none") -> Namespace:
+    """Arguments for a CLI's ``parse_args``, so the suites use the command lines' own defaults."""
+    return parse(["--checkpoint", checkpoint, "--data", data, "--cache-dir", cache_dir, "--batch-size", "512",
+                  "--workers", "4" if device == "cuda" else "2", *(["--root", root] if root else []),
+                  *(["--device", device] if device else []), *extra])
 
 
 def evaluate(checkpoint: str, data: str, root, device, cluster_methods, train_subset=None, cache_dir="none") -> dict:
-    probe = run_probe(eval_args(checkpoint, data, root, device, train_subset=train_subset, cache_dir=cache_dir))
-    results, _, _, _, _ = run_cluster(eval_args(checkpoint, data, root, device, cluster_methods, cache_dir=cache_dir))
+    subset = ["--train-subset", str(train_subset)] if train_subset else []
+    probe = run_probe(eval_args(probe_cli.parse_args, checkpoint, data, root, device, "--knn-k", "20", *subset,
+                                cache_dir=cache_dir))
+    results, _, _, _, _ = run_cluster(eval_args(cluster_cli.parse_args, checkpoint, data, root, device, "--methods",
+                                                ",".join(cluster_methods), "--max-memory-gb", "8", cache_dir=cache_dir))
     return {"top1": probe["top1"], "top5": probe["top5"], "knn20": probe["knn"]["20"],
             "clusters": {m: r.get("scores", {"error": r.get("error")}) for m, r in results.items()}}
 

@@ -77,7 +77,7 @@ def run_cluster(args) -> tuple[dict, dict, np.ndarray, np.ndarray | None, object
     return results, labels, X, y, dataset
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ssl-cluster", description="Cluster frozen features and write a report.")
     add_encoder_and_data_args(parser)
     parser.add_argument("--split", default="test")
@@ -95,6 +95,11 @@ def main(argv=None) -> None:
     unknown = [m for m in args.methods if m not in CLUSTER_METHODS]
     if unknown:
         parser.error(f"unknown method(s) {', '.join(unknown)}; valid: {', '.join(CLUSTER_METHODS)}")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     setup_logging()
     with friendly_errors("ssl-cluster", *EXPECTED_ERRORS):
         results, labels, X, y, dataset = run_cluster(args)

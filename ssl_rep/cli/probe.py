@@ -29,7 +29,7 @@ def run_probe(args) -> dict:
     return result
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ssl-probe", description="Linear probe and kNN on frozen features.")
     add_encoder_and_data_args(parser)
     parser.add_argument("--train-split", default="train")
@@ -41,6 +41,11 @@ def main(argv=None) -> None:
                         help="fit the probe on a fixed random subset of this many training images")
     args = parser.parse_args(argv)
     args.knn_k = [int(k) for k in args.knn_k.split(",") if k]
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     setup_logging()
     with friendly_errors("ssl-probe", *EXPECTED_ERRORS):
         result = run_probe(args)

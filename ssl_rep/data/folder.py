@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .decode import ImageDecodeError, is_image_file, load_rgb
+from .decode import IMAGE_EXTENSIONS, ImageDecodeError, is_image_file, load_rgb
 from .transforms import to_tensor
 
 log = logging.getLogger("ssl_rep.data")
@@ -82,7 +82,7 @@ class ImageFolderDataset(Dataset):
         paths = scan_images(self.root)
         if not paths:
             raise ValueError(f"{self.root}: no image files found (looked recursively for "
-                             f"{', '.join(e[1:] for e in ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff'))})")
+                             f"{', '.join(e[1:] for e in IMAGE_EXTENSIONS)})")
         top_level = [p for p in paths if p.parent == self.root]
         if top_level:
             self.classes = None

@@ -1,6 +1,8 @@
 """The one encoder interface: ``forward`` -> pooled features, ``feature_map`` -> last spatial map."""
 from __future__ import annotations
 
+import abc
+
 import torch
 from torch import nn
 
@@ -21,7 +23,7 @@ def make_norm(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"unknown norm {kind!r}; valid: {', '.join(NORMS)}")
 
 
-class Encoder(nn.Module):
+class Encoder(nn.Module, abc.ABC):
     """Base class. Subclasses implement ``feature_map`` and set ``num_features``.
 
     ``forward(x)``: ``(N, in_chans, H, W)`` -> ``(N, num_features)`` by global average pooling of
@@ -33,8 +35,9 @@ class Encoder(nn.Module):
     encoder_name: str = ""
     encoder_kwargs: dict = {}
 
+    @abc.abstractmethod
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """``(N, in_chans, H, W)`` -> ``(N, num_features, h, w)``; every encoder defines it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.feature_map(x).mean(dim=(2, 3))

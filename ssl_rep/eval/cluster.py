@@ -38,7 +38,7 @@ def kmeans(X, n_clusters: int, n_init: int = 3, n_iter: int = 50, seed: int = 0,
            use_gpu: bool | None = None, init_samples: int = 50_000) -> np.ndarray:
     """Lloyd's k-means in faiss, seeded with scikit-learn's k-means++ (faiss's own random init
     lands in clearly worse optima); the best of ``n_init`` restarts by inertia. Sets
-    ``kmeans.last_inertia`` for inspection."""  # noqa: D401
+    ``kmeans.last_inertia`` for inspection."""
     import faiss
     from sklearn.cluster import kmeans_plusplus
 

@@ -1,6 +1,6 @@
 """Checkpoints that resume exactly and never tear.
 
-``OUT/checkpoints/last.pt`` (and ``step_XXXXXXX.pt``, the last K kept) holds: the method's weights
+``OUT/checkpoints/last.pt`` (and ``step_<7-digit step>.pt``, the last K kept) holds: the method's weights
 (encoder + heads), the optimiser, the online probe, the step, the epoch and the position in that
 epoch's data order, the RNG states (python, numpy, torch, cuda), the resolved config, the git
 revision and library versions. ``OUT/encoder.pt`` holds the encoder alone (name, kwargs, weights)
@@ -79,13 +79,20 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(out_dir: Path, state: dict, step: int, keep: int) -> Path:
-    """Write ``step_XXXXXXX.pt`` and ``last.pt`` atomically; prune older step files beyond ``keep``."""
+    """Write ``step_<7-digit step>.pt`` and ``last.pt`` atomically; prune older step files beyond ``keep``."""
     folder = Path(out_dir) / "checkpoints"
     state = {"format": CHECKPOINT_FORMAT, "git_revision": git_revision(), "versions": library_versions(),
              "rng": rng_state(), **state}
     step_file = folder / f"step_{step:07d}.pt"
     atomic_save(state, step_file)
-    atomic_save(state, folder / "last.pt")
+    link = folder / f".last.pt.{os.getpid()}.tmp"
+    try:  # last.pt shares the step file's bytes (a hard link, renamed into place atomically)
+        link.unlink(missing_ok=True)
+        os.link(step_file, link)
+        os.replace(link, folder / "last.pt")
+    except OSError:  # a filesystem without hard links: write it again
+        link.unlink(missing_ok=True)
+        atomic_save(state, folder / "last.pt")
     for old in sorted(folder.glob("step_*.pt"))[:-keep]:
         old.unlink(missing_ok=True)
     return folder / "last.pt"

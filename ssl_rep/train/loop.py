@@ -79,13 +79,16 @@ def method_options(cfg: Config, size: int, num_classes: int) -> dict:
     return options
 
 
+def _flatten(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        flat.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return flat
+
+
 def check_resume_config(cfg: Config, saved: dict, path: Path) -> None:
-    current = config_to_dict(cfg)
-    changed = [f"{section}.{k}" if isinstance(current.get(section), dict) else section
-               for section in current if section not in ("trainer", "out_dir")
-               for k in (current[section] if isinstance(current[section], dict) else [None])
-               if (current[section].get(k) if k else current[section]) !=
-               ((saved.get(section) or {}).get(k) if k else saved.get(section))]
+    current, before = _flatten(config_to_dict(cfg)), _flatten(saved)
+    changed = [k for k in current if not k.startswith("trainer.") and k != "out_dir" and current[k] != before.get(k)]
     if changed:
         raise ConfigError(f"--resume: the config differs from the one in {path} at {', '.join(changed)}; "
                           f"resume with the same config (only trainer.* may change) or use a new out_dir")
