@@ -1,5 +1,6 @@
 import gzip
 import logging
+import os
 import pickle
 import struct
 
@@ -312,3 +313,38 @@ def test_decompression_bomb_is_refused_without_decoding(tmp_path, monkeypatch):
 
 def test_public_api_exposes_build_dataset():
     assert ssl_rep.build_dataset is build_dataset
+
+
+def test_unreadable_file_and_non_utf8_name_are_handled(tmp_path, monkeypatch, caplog):
+    """A file we may not read (simulated: tests often run as root, which chmod does not stop) is
+    skipped and named; a file name that is not valid UTF-8 loads like any other."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(folder / "ok.png")
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(folder / "locked.png")
+    odd = os.fsencode(folder) + b"/caf\xe9-latin1.png"   # Latin-1 bytes, not UTF-8
+    with open(odd, "wb") as f:
+        Image.new("RGB", (8, 8), (0, 255, 0)).save(f, format="PNG")
+    real_open = Image.open
+
+    def guarded_open(fp, *args, **kwargs):
+        if str(fp).endswith("locked.png"):
+            raise PermissionError(13, "Permission denied", str(fp))
+        return real_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", guarded_open)
+    with caplog.at_level(logging.WARNING, logger="ssl_rep.data"):
+        ds = build_dataset(folder, verify="full")
+    assert len(ds) == 2 and [p.endswith("locked.png") for p, *_ in ds.bad_files] == [True]
+    assert "Permission denied" in caplog.text and "locked.png" in caplog.text
+    colours = sorted(tuple(ds[i][0][:, 0, 0].tolist()) for i in range(2))
+    assert colours == [(0.0, 1.0, 0.0), (1.0, 0.0, 0.0)]
+    with open(os.fsencode(folder) + b"/bad-\xff.jpg", "wb") as f:
+        f.write(b"not a jpeg")
+    for verify in ("header", "full"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ssl_rep.data"):
+            ds = build_dataset(folder, verify=verify)
+        assert len(ds) == 2 and len(ds.bad_files) == 2
+        assert "bad-\\xff.jpg" in caplog.text   # printable, and the message is valid UTF-8
+        caplog.text.encode("utf-8")

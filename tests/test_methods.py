@@ -35,7 +35,7 @@ def train_steps(method, batch, steps, lr=1e-3):
         loss.backward()
         opt.step()
         losses.append(loss.item())
-        assert logs["loss"] == pytest.approx(loss.item())
+        assert float(logs["loss"]) == pytest.approx(loss.item())
     return losses
 
 

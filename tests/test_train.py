@@ -186,29 +186,44 @@ def _run_cli(args, **kw):
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
-def test_sigkill_then_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
-    common = ["ae_digits", "trainer.max_steps=24", "trainer.checkpoint_every=4", "trainer.deterministic=true",
+def _logged_step(path) -> int:
+    try:
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError):
+        return 0
+    return max((r["step"] for r in lines), default=0)
+
+
+def test_sigkill_at_several_random_points_then_resume_gives_the_same_weights(tmp_path):
+    """Killed (SIGKILL, from outside) three times at random points, resumed each time: the final weights
+    equal an uninterrupted run's, last.pt always loads, and metrics.jsonl reads as one run."""
+    common = ["ae_digits", "trainer.max_steps=30", "trainer.checkpoint_every=4", "trainer.deterministic=true",
               "method.mode=masked", "trainer.log_every=1", *FAST, "data.num_workers=1"]
     straight = _run_cli([*common, f"out_dir={tmp_path / 'straight'}"])
     assert straight.wait(timeout=300) == 0, straight.stdout.read()
     killed = tmp_path / "killed"
-    proc = _run_cli([*common, f"out_dir={killed}"])
-    deadline = time.time() + 240
-    while not (killed / "checkpoints" / "step_0000012.pt").exists():
-        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
-        time.sleep(0.05)
-    time.sleep(0.3)  # somewhere between checkpoints
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    state = load_checkpoint(killed / "checkpoints" / "last.pt")  # never torn
-    assert 12 <= state["step"] < 24
+    rng = np.random.default_rng(int(os.environ.get("KILL_SEED", "0")))
+    targets = sorted(rng.choice(np.arange(3, 28), size=3, replace=False))
+    for target in targets:
+        resume = ["--resume"] if (killed / "checkpoints" / "last.pt").exists() else []
+        proc = _run_cli([*common, f"out_dir={killed}", *resume])
+        deadline = time.time() + 240
+        while _logged_step(killed / "metrics.jsonl") < target:
+            assert proc.poll() is None and time.time() < deadline, f"run ended before step {target}"
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0, 0.3))   # anywhere in the step, a checkpoint write included
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if (killed / "checkpoints" / "last.pt").exists():
+            assert load_checkpoint(killed / "checkpoints" / "last.pt")["step"] % 4 == 0   # never torn
     resumed = _run_cli([*common, f"out_dir={killed}", "--resume"])
     assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
     a = torch.load(tmp_path / "straight" / "encoder.pt", weights_only=True)["state_dict"]
     b = torch.load(killed / "encoder.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     steps = [r["step"] for r in read_metrics(killed / "metrics.jsonl")]
-    assert steps == sorted(set(steps)) and steps[-1] == 24  # no duplicated lines after the resume
+    assert steps == sorted(set(steps)) and steps[-1] == 30  # no duplicated lines after the resumes
+    assert not list((killed / "checkpoints").glob(".*.tmp"))   # a temp file a kill left behind is cleared on resume
 
 
 def test_resume_with_a_different_config_is_refused(tmp_path):
@@ -234,3 +249,105 @@ def test_subset_pretrains_on_a_fixed_random_sample():
     assert len(a) == 100 and np.array_equal(a.images, b.images) and not np.array_equal(a.images, c.images)
     full = ssl_rep.build_dataset("digits")
     assert any(np.array_equal(a.images[0], img) for img in full.images)
+
+
+# ------------------------------------------------------------------ logs and compile
+def test_tensorboard_event_files_hold_the_logged_scalars(tmp_path):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    out = tmp_path / "run"
+    train(load_config("supervised_digits", [f"out_dir={out}", "trainer.max_steps=6", *FAST]), progress=False)
+    acc = event_accumulator.EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    assert {"loss", "lr", "images_per_s", "acc"} <= set(acc.Tags()["scalars"])
+    logged = {r["step"]: r["loss"] for r in read_metrics(out / "metrics.jsonl")}
+    events = {e.step: e.value for e in acc.Scalars("loss")}
+    assert events.keys() == logged.keys() and all(events[s] == pytest.approx(logged[s], rel=1e-5) for s in logged)
+
+
+def test_metrics_are_logged_without_per_step_device_reads(tmp_path):
+    """Method logs are 0-d tensors; the loop reads them only at logging steps, and every value in
+    metrics.jsonl is a plain number."""
+    out = tmp_path / "run"
+    method = ssl_rep.methods.create_method("simclr", ssl_rep.create_encoder("resnet20"))
+    views = [torch.randn(8, 3, 32, 32), torch.randn(8, 3, 32, 32)]
+    _, logs = method((views, torch.zeros(8, dtype=torch.long)))
+    assert all(isinstance(v, torch.Tensor) and v.ndim == 0 and not v.requires_grad for v in logs.values())
+    train(load_config("simclr_digits", [f"out_dir={out}", "trainer.max_steps=5", "trainer.log_every=2",
+                                        *FAST[:2], "data.batch_size=32"]), progress=False)
+    lines = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in lines] == [1, 2, 4, 5]
+    assert all(isinstance(v, (int, float)) for r in lines for v in r.values())
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_like_eager(tmp_path):
+    runs = {}
+    for mode in ("false", "true"):
+        out = tmp_path / mode
+        train(load_config("supervised_digits", [f"out_dir={out}", "trainer.max_steps=8", "trainer.compile=" + mode,
+                                                "trainer.deterministic=true", *FAST]), progress=False)
+        runs[mode] = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
+    assert runs["true"] == pytest.approx(runs["false"], rel=2e-3)
+
+
+# ------------------------------------------------------------------ faults
+@pytest.mark.parametrize("errno_, words", [(28, "No space left on device"), (13, "Permission denied")])
+def test_failing_checkpoint_write_stops_clearly_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, errno_,
+                                                                                  words):
+    import ssl_rep.train.checkpoint as ckpt
+    real_save, calls = torch.save, {"n": 0}
+
+    def failing_save(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:   # the second checkpoint (step 4): the disk fills up halfway through
+            f.write(b"partial bytes")
+            raise OSError(errno_, words)
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt.torch, "save", failing_save)
+    out = tmp_path / "run"
+    cfg = load_config("ae_digits", [f"out_dir={out}", "trainer.max_steps=10", "trainer.checkpoint_every=2", *FAST])
+    with pytest.raises(ssl_rep.train.CheckpointError, match=f"step_0000004.pt: .*{words}.*previous checkpoint is "
+                                                            "intact.*--resume"):
+        train(cfg, progress=False)
+    monkeypatch.setattr(ckpt.torch, "save", real_save)
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 2
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.pt", "step_0000002.pt"]  # no temp left
+    train(cfg, resume=True, progress=False)   # and the run continues once the disk has room again
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 10
+
+
+def test_failing_metrics_write_stops_clearly(tmp_path, monkeypatch):
+    from ssl_rep.train.metrics import MetricsLog, OutputError
+    real_write = MetricsLog.write
+
+    def write(self, record):
+        if record["step"] >= 6:
+            self.file = open(os.devnull, "r")   # any write now raises an OSError  # noqa: SIM115
+        return real_write(self, record)
+
+    monkeypatch.setattr(MetricsLog, "write", write)
+    out = tmp_path / "run"
+    with pytest.raises(OutputError, match="metrics.jsonl at step 6: .*intact.*--resume"):
+        train(load_config("ae_digits", [f"out_dir={out}", "trainer.max_steps=10", "trainer.checkpoint_every=4",
+                                        *FAST]), progress=False)
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 4
+
+
+def test_out_of_memory_names_the_batch_size_and_a_smaller_one(tmp_path, monkeypatch):
+    from ssl_rep.methods.autoencoder import Autoencoder
+
+    def forward(self, batch):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")  # what CUDA raises
+
+    monkeypatch.setattr(Autoencoder, "forward", forward)
+    cfg = load_config("ae_digits", [f"out_dir={tmp_path / 'run'}", "trainer.max_steps=4", *FAST])
+    with pytest.raises(ssl_rep.train.DeviceMemoryError, match="data.batch_size=32 .*Try data.batch_size=16"):
+        train(cfg, progress=False)
+    proc = subprocess.run([sys.executable, "-c", "import sys, torch; from ssl_rep.methods.autoencoder import "
+                           "Autoencoder as A; A.forward = lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("
+                           "'CUDA out of memory')); from ssl_rep.cli.pretrain import main; main(sys.argv[1:])",
+                           "ae_digits", f"out_dir={tmp_path / 'cli'}", "trainer.max_steps=4", *FAST],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "ssl-pretrain: error: out of memory on cpu at step 1 with data.batch_size=32" in proc.stderr

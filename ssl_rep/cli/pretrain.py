@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..train import CheckpointError, ConfigError, NonFiniteLossError, load_config, train
+from ..train import (CheckpointError, ConfigError, DeviceMemoryError, NonFiniteLossError, OutputError, load_config,
+                     train)
 from ..train.config import CONFIG_DIR
 from .common import friendly_errors, setup_logging
 
@@ -18,7 +19,8 @@ def main(argv=None) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     args = parser.parse_args(argv)
     setup_logging()
-    with friendly_errors("ssl-pretrain", ConfigError, CheckpointError, NonFiniteLossError, FileNotFoundError):
+    with friendly_errors("ssl-pretrain", ConfigError, CheckpointError, NonFiniteLossError, DeviceMemoryError,
+                         OutputError, FileNotFoundError):
         cfg = load_config(args.config, args.overrides)
         result = train(cfg, resume=args.resume)
     probe = f", online probe accuracy {result.online_probe_acc:.4f}" if result.online_probe_acc is not None else ""

@@ -23,6 +23,11 @@ class ImageDecodeError(OSError):
     """A file that cannot be turned into an RGB image; the message names the file."""
 
 
+def shown_path(path: str | os.PathLike) -> str:
+    """``path`` as printable text: bytes that are not UTF-8 (a Latin-1 file name) appear as ``\\xe9``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def is_image_file(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
@@ -59,14 +64,14 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     """
     try:
         if os.path.getsize(path) == 0:
-            raise ImageDecodeError(f"{os.fsdecode(path)}: empty file (0 bytes)")
+            raise ImageDecodeError(f"{shown_path(path)}: empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 width, height = img.size
                 if width * height > MAX_IMAGE_PIXELS:
                     raise ImageDecodeError(
-                        f"{os.fsdecode(path)}: declares {width}x{height} pixels, more than the "
+                        f"{shown_path(path)}: declares {width}x{height} pixels, more than the "
                         f"limit of {MAX_IMAGE_PIXELS}; refused without decoding")
                 img.load()
                 img = ImageOps.exif_transpose(img)
@@ -75,4 +80,5 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"{os.fsdecode(path)}: cannot decode image ({exc})") from exc
+        reason = str(exc).encode("utf-8", "backslashreplace").decode("utf-8")  # PIL may quote an odd name
+        raise ImageDecodeError(f"{shown_path(path)}: cannot decode image ({reason})") from exc

@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .decode import IMAGE_EXTENSIONS, ImageDecodeError, is_image_file, load_rgb
+from .decode import IMAGE_EXTENSIONS, ImageDecodeError, is_image_file, load_rgb, shown_path
 from .transforms import to_tensor
 
 log = logging.getLogger("ssl_rep.data")
@@ -47,12 +47,12 @@ def scan_images(root: Path) -> list[Path]:
 def _header_ok(path: Path) -> str | None:
     try:
         if path.stat().st_size == 0:
-            return "empty file (0 bytes)"
+            return f"{shown_path(path)}: empty file (0 bytes)"
         with Image.open(path) as img:
             img.size  # noqa: B018 - opening parses the header; that is the check
         return None
     except Exception as exc:  # any failure to parse means "bad file", reported with its reason
-        return str(exc)
+        return f"{shown_path(path)}: {exc}".encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _decode_ok(path: Path) -> str | None:

@@ -133,4 +133,4 @@ class Autoencoder(Method):
             weight = mask.expand_as(x)
             denom = weight.sum().clamp_min(1.0)
             loss, mse = (per_pixel * weight).sum() / denom, (sq * weight).sum() / denom
-        return loss, {"loss": loss.item(), "recon_mse": mse.item()}
+        return loss, {"loss": loss.detach(), "recon_mse": mse.detach()}

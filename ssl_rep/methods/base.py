@@ -9,7 +9,8 @@ from ..encoders import Encoder
 
 class Method(nn.Module):
     """Base class. ``forward(batch) -> (loss, logs)``: ``loss`` a scalar tensor to backpropagate,
-    ``logs`` a dict of floats. ``batch`` is what a DataLoader over an ssl_rep dataset yields:
+    ``logs`` a dict of detached 0-d tensors (the trainer reads them only at logging steps, so a
+    step never waits on the device for them; ``float(logs["loss"])`` gives the number). ``batch`` is what a DataLoader over an ssl_rep dataset yields:
     ``(images, labels)`` with ``images`` a tensor ``(B, 3, H, W)`` or a list of views.
 
     After each forward, ``probe_features`` holds the batch's pooled encoder features ``(B, D)``

@@ -84,7 +84,7 @@ class CPC(Method):
         steps = range(1, min(self.prediction_steps, gh - 1) + 1)
         if not steps:
             raise ValueError(f"CPC: a {gh}-row patch grid leaves nothing to predict; use smaller patches or stride")
-        total, count, correct = 0.0, 0, 0.0
+        total, count, correct = 0.0, 0, torch.zeros((), device=x.device)
         for k in steps:
             preds = self.predict(c, k).reshape(-1, z.shape[1])
             targets = z[:, :, k:].permute(0, 2, 3, 1).reshape(-1, z.shape[1])
@@ -92,6 +92,6 @@ class CPC(Method):
             count += len(preds)
             with torch.no_grad():
                 hits = (preds @ targets.T).argmax(dim=1) == torch.arange(len(preds), device=x.device)
-                correct += hits.float().sum().item()
+                correct = correct + hits.float().sum()
         loss = total / count
-        return loss, {"loss": loss.item(), "acc": correct / count}
+        return loss, {"loss": loss.detach(), "acc": correct / count}

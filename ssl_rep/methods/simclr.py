@@ -48,4 +48,4 @@ class SimCLR(Method):
             positive = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(sim.device)
             acc = (sim.argmax(dim=1) == positive).float().mean()
             pos_sim = (zn[:n] * zn[n:]).sum(dim=1).mean()
-        return loss, {"loss": loss.item(), "pos_sim": pos_sim.item(), "contrast_acc": acc.item()}
+        return loss, {"loss": loss.detach(), "pos_sim": pos_sim, "contrast_acc": acc}

@@ -40,7 +40,9 @@ class Supervised(Method):
 
     def forward(self, batch):
         images, labels = batch
-        if (labels < 0).any() or (labels >= self.num_classes).any():
+        # Checked here on CPU; on a GPU the trainer checks the dataset's labels once before training
+        # (a per-batch check would make every step wait for the device).
+        if labels.device.type == "cpu" and ((labels < 0).any() or (labels >= self.num_classes).any()):
             raise ValueError(f"supervised: labels must be in [0, {self.num_classes}); got "
                              f"min {labels.min().item()} max {labels.max().item()} (unlabeled data has -1)")
         feats = self.encoder(images)
@@ -49,4 +51,4 @@ class Supervised(Method):
         ce = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         loss = ce + self.l2_penalty() if self.l2_weight_decay else ce
         acc = (logits.argmax(dim=1) == labels).float().mean()
-        return loss, {"loss": loss.item(), "ce": ce.item(), "acc": acc.item()}
+        return loss, {"loss": loss.detach(), "ce": ce.detach(), "acc": acc}

@@ -1,8 +1,9 @@
 """Training engine: configs, the loop, checkpoints, schedules, logs."""
 from .checkpoint import CheckpointError, load_checkpoint, safe_load
 from .config import Config, ConfigError, config_from_dict, config_to_dict, load_config
-from .loop import NonFiniteLossError, TrainResult, train
+from .loop import DeviceMemoryError, NonFiniteLossError, TrainResult, train
+from .metrics import OutputError
 from .schedule import lr_at
 
-__all__ = ["CheckpointError", "Config", "ConfigError", "NonFiniteLossError", "TrainResult", "config_from_dict",
+__all__ = ["CheckpointError", "Config", "ConfigError", "DeviceMemoryError", "NonFiniteLossError", "OutputError", "TrainResult", "config_from_dict",
            "config_to_dict", "load_checkpoint", "load_config", "lr_at", "safe_load", "train"]

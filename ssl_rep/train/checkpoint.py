@@ -36,7 +36,8 @@ def atomic_save(obj, path: str | Path) -> None:
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise CheckpointError(f"cannot write checkpoint {path}: {exc}; the previous checkpoint is intact") from exc
+            raise CheckpointError(f"cannot write {path}: {exc}; stopped. The previous checkpoint is intact: free "
+                                  f"space (or fix permissions) and run again with --resume") from exc
         raise
 
 

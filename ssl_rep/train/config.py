@@ -35,7 +35,7 @@ class DataConfig:
     num_workers: int = 2
     transform: str = "auto"          # auto | cifar_train | imagenet_train | imagenet_rrc | simclr | eval | none
     image_size: Optional[int] = None  # crop size; None = the dataset's own size (224 for folders)
-    gpu_resident: str = "auto"       # auto | on | off: keep uint8 images on the GPU, augment there
+    gpu_resident: str = "auto"       # auto | on | off: keep uint8 images on the device (GPU or CPU), augment batches there
 
 
 @dataclass(frozen=True)

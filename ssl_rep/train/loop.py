@@ -37,6 +37,22 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
 
 
+class DeviceMemoryError(RuntimeError):
+    """The accelerator ran out of memory; the message names the batch size and a smaller one to try."""
+
+
+def out_of_memory_message(cfg: Config, device: torch.device, step: int, out: Path) -> str:
+    where = str(device)
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        where = f"{torch.cuda.get_device_name(device)}, {total / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free now"
+    smaller = max(1, cfg.data.batch_size // 2)
+    return (f"out of memory on {where} at step {step + 1} with data.batch_size={cfg.data.batch_size} "
+            f"(image size {cfg.data.image_size or 'native'}). Try data.batch_size={smaller} (and optim.lr halved "
+            f"for SGD/LARS), trainer.precision=bf16, or a smaller data.image_size. Checkpoints already written "
+            f"are kept in {out / 'checkpoints'}")
+
+
 @dataclass
 class TrainResult:
     out_dir: Path
@@ -95,11 +111,16 @@ def check_resume_config(cfg: Config, saved: dict, path: Path) -> None:
 
 
 def use_gpu_resident(cfg: Config, dataset, device: torch.device, transform_name: str) -> bool:
-    possible = (device.type == "cuda" and isinstance(dataset, ArrayImageDataset)
-                and transform_name in GPU_TRANSFORMS)
+    """Whether to keep the uint8 images on the training device and augment whole batches there.
+
+    Despite the key's name this applies on the CPU too: batched tensor augmentation in the training
+    process costs well under a millisecond per batch, where per-image PIL augmentation in worker
+    processes takes ~30 ms of CPU per 64 images, taken from the cores that run the model."""
+    possible = isinstance(dataset, ArrayImageDataset) and transform_name in GPU_TRANSFORMS
     if cfg.data.gpu_resident == "on" and not possible:
-        raise ConfigError("data.gpu_resident=on needs a CUDA device, an in-memory dataset (digits, fashion-mnist, "
-                          f"cifar, stl10) and a transform among {', '.join(GPU_TRANSFORMS)}")
+        raise ConfigError("data.gpu_resident=on needs an in-memory dataset (digits, fashion-mnist, cifar, stl10) "
+                          f"and a transform among {', '.join(GPU_TRANSFORMS)}; got {cfg.data.dataset!r} with "
+                          f"{transform_name!r}")
     if cfg.data.gpu_resident == "off" or not possible:
         return False
     return cfg.data.gpu_resident == "on" or int(np.prod(dataset.images.shape)) <= GPU_RESIDENT_MAX_BYTES
@@ -151,10 +172,17 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
             raise CheckpointError(f"--resume: no checkpoint at {last}; start without --resume")
         state = load_checkpoint(last)
         check_resume_config(cfg, state["config"], last)
+        for stale in last.parent.glob(".*.tmp"):  # half-written by a killed run; never read, now removed
+            stale.unlink(missing_ok=True)
     seed_everything(cfg.seed, cfg.trainer.deterministic, device)
 
     dataset, size, num_classes, transform_name = build_train_dataset(cfg)
-    has_labels = bool((np.asarray(dataset.labels) >= 0).any())
+    labels_all = np.asarray(dataset.labels)
+    has_labels = bool((labels_all >= 0).any())
+    if cfg.method.name == "supervised" and (labels_all.min() < 0 or labels_all.max() >= num_classes):
+        raise ConfigError(f"method.name=supervised needs a label in [0, {num_classes}) for every image; "
+                          f"{cfg.data.dataset}/{cfg.data.split} has labels from {labels_all.min()} to "
+                          f"{labels_all.max()} (-1 = unlabeled: use a labelled split or a self-supervised method)")
     encoder = create_encoder(cfg.encoder.name, **cfg.encoder.options)
     method = create_method(cfg.method.name, encoder, **method_options(cfg, size, num_classes)).to(device)
     if cfg.trainer.channels_last:
@@ -209,6 +237,18 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
     probe_correct = probe_seen = 0
     last_loss, probe_acc = float("nan"), None
     method.train()
+
+    def finite_losses(window: list, step: int, epoch: int) -> list[float]:
+        values = torch.stack(window).float().tolist() if window else []
+        for i, value in enumerate(values):
+            if not math.isfinite(value):
+                bad = step - len(values) + i + 1
+                raise NonFiniteLossError(
+                    f"loss became {value} at step {bad} (epoch {epoch}); stopped. The last good checkpoint is "
+                    f"kept in {out / 'checkpoints'}. Try a lower optim.lr (now {cfg.optim.lr}), "
+                    f"optim.grad_clip, or trainer.precision=fp32")
+        return values
+
     try:
         while step < total:
             sampler.set_epoch(epoch, batch_in_epoch)
@@ -219,11 +259,6 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
                 images, labels = to_device(batch, device, cfg.trainer.channels_last)
                 with autocast():
                     loss, logs = model((images, labels))
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"loss became {loss.item()} at step {step + 1} (epoch {epoch}); stopped. The last good "
-                        f"checkpoint is kept in {out / 'checkpoints'}. Try a lower optim.lr (now {cfg.optim.lr}), "
-                        f"optim.grad_clip, or trainer.precision=fp32")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.optim.grad_clip:
@@ -242,18 +277,22 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
                     probe_seen = probe_seen + known.sum()
                 step += 1
                 batch_in_epoch += 1
-                last_loss = logs["loss"]
-                window_losses.append(last_loss)
+                window_losses.append(loss.detach())
                 window_images += cfg.data.batch_size
                 record = None
-                if step % cfg.trainer.log_every == 0 or step == total or step == 1:
-                    now = time.time()
-                    record = {"step": step, "epoch": epoch, "loss": sum(window_losses) / len(window_losses),
+                epoch_done = batch_in_epoch == steps_per_epoch
+                if step % cfg.trainer.log_every == 0 or step == total or step == 1 or epoch_done:
+                    # The only place a step waits for the device: the window's losses come to the host
+                    # together, are checked for NaN/inf, and are logged.
+                    losses = finite_losses(window_losses, step, epoch)
+                    last_loss, now = losses[-1], time.time()
+                    record = {"step": step, "epoch": epoch, "loss": sum(losses) / len(losses),
                               "lr": lr, "images_per_s": window_images / max(now - window_time, 1e-9),
                               "elapsed": now - start_time,
-                              **{k: v for k, v in logs.items() if k != "loss"}}
+                              **{k: float(v) for k, v in logs.items() if k != "loss"}}
                     window_time, window_images, window_losses = now, 0, []
-                if batch_in_epoch == steps_per_epoch:  # epoch done: score the online probe, roll over
+                    bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.3g}", refresh=False)
+                if epoch_done:  # score the online probe, roll over
                     epoch_record = {"step": step, "epoch": epoch}
                     if int(probe_seen):
                         epoch_record["online_probe_train_acc"] = int(probe_correct) / int(probe_seen)
@@ -262,22 +301,26 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
                         probe_acc = probe_accuracy(method.encoder, probe, eval_images, eval_labels,
                                                    cfg.data.batch_size, autocast)
                         epoch_record["online_probe_acc"] = probe_acc
-                    record = {**(record or {"step": step, "epoch": epoch, "loss": last_loss}), **epoch_record}
+                    record = {**record, **epoch_record}
                     probe_correct = probe_seen = 0
                     epoch, batch_in_epoch = epoch + 1, 0
                 if record is not None:
                     metrics.write(record)
                 bar.update(1)
-                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.3g}", refresh=False)
                 if not interactive and (step % print_every == 0 or step == total):
                     print(f"step {step}/{total} epoch {epoch} loss {last_loss:.4f} lr {lr:.4g} "
                           f"elapsed {time.time() - start_time:.0f}s", flush=True)
                 if step % cfg.trainer.checkpoint_every == 0 and step < total:
+                    finite_losses(window_losses, step, epoch)   # never checkpoint weights a NaN has reached
                     save_checkpoint(out, checkpoint_state(), step, cfg.trainer.keep_checkpoints)
                 if step >= total:
                     break
         checkpoint = save_checkpoint(out, checkpoint_state(), step, cfg.trainer.keep_checkpoints)
         atomic_save(encoder_payload(method.encoder), out / "encoder.pt")
+    except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one; a CPU allocation failure another
+        if not (isinstance(exc, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(exc)):
+            raise
+        raise DeviceMemoryError(out_of_memory_message(cfg, device, step, out)) from None
     finally:
         bar.close()
         metrics.close()

@@ -6,6 +6,10 @@ import math
 from pathlib import Path
 
 
+class OutputError(RuntimeError):
+    """A run's log could not be written (disk full, permissions); the message says what is intact."""
+
+
 class MetricsLog:
     """Appends JSON lines to ``OUT/metrics.jsonl``. On resume, lines past the checkpoint's step are
     dropped first, so the file reads as one uninterrupted run."""
@@ -28,7 +32,12 @@ class MetricsLog:
 
     def write(self, record: dict) -> None:
         clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in record.items()}
-        self.file.write(json.dumps(clean) + "\n")
+        try:
+            self.file.write(json.dumps(clean) + "\n")
+        except OSError as exc:
+            raise OutputError(f"cannot append to {self.path} at step {record.get('step')}: {exc}; stopped. "
+                              f"Checkpoints already written in {self.path.parent / 'checkpoints'} are intact: "
+                              f"free space (or fix permissions) and run again with --resume") from exc
         if self.tensorboard is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("step", "epoch"):
