@@ -88,6 +88,22 @@ def test_extract_features_matches_a_manual_forward(small_digits):
     np.testing.assert_allclose(X, ref, rtol=1e-4, atol=1e-5)
 
 
+def test_batched_in_memory_path_gives_the_per_image_features(small_digits):
+    from ssl_rep.eval.features import batched_source
+    _, ds = small_digits
+    assert batched_source(ds, 64, torch.device("cpu")) is not None      # digits + eval at native size: batched
+    every = torch.utils.data.Subset(ds, range(len(ds)))                  # same images through PIL, one by one
+    assert batched_source(every, 64, torch.device("cpu")) is None
+    enc = ssl_rep.create_encoder("resnet20")
+    fast, y_fast = extract_features(enc, ds, batch_size=64, device="cpu", progress=False)
+    slow, y_slow = extract_features(enc, every, batch_size=64, device="cpu", progress=False)
+    np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(y_fast, y_slow)
+    resized = build_dataset("digits", split="test", transform=build_transform("eval", stats="digits", size=28,
+                                                                             resize=None))
+    assert batched_source(resized, 64, torch.device("cpu")) is None     # a crop: left to the per-image path
+
+
 def test_feature_cache_is_a_memmap_and_skips_the_encoder(small_digits, tmp_path):
     _, ds = small_digits
     enc = ssl_rep.create_encoder("resnet20")

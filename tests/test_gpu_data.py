@@ -90,3 +90,18 @@ def test_cuda_features_and_probe_agree_with_cpu():
     cpu = LinearProbe(C=0.1, device="cpu").fit(Xc, y).score(Xt, yt)
     gpu = LinearProbe(C=0.1, device="cuda").fit(Xc, y).score(Xt, yt)
     assert abs(cpu - gpu) <= 0.01
+
+
+@pytest.mark.gpu
+def test_real_cuda_out_of_memory_names_the_batch_size(tmp_path):
+    import gc
+
+    from ssl_rep.train import DeviceMemoryError, load_config, train
+    cfg = load_config("simclr_digits", [f"out_dir={tmp_path}", "trainer.max_steps=2", "trainer.device=cuda",
+                                       "data.batch_size=1024", "data.image_size=512", "data.gpu_resident=on"])
+    with pytest.raises(DeviceMemoryError, match=r"out of memory on .*GiB.*data.batch_size=1024 .*"
+                                                r"Try data.batch_size=512"):
+        train(cfg, progress=False)
+    gc.collect()
+    torch.cuda.empty_cache()
+    assert torch.cuda.memory_allocated() < 1 << 30   # the failed run let go of its memory

@@ -97,7 +97,12 @@ def build_transform(name: str, stats: str | None = "imagenet", size: int | None 
         ops = []
     else:
         raise ValueError(f"unknown transform {name!r}; valid: {', '.join(TRANSFORMS)}")
-    return T.Compose([*ops, *post])
+    transform = T.Compose([*ops, *post])
+    if name in ("eval", "none"):
+        # Deterministic per-pixel work only: extract_features may apply it to whole uint8 batches
+        # on the device instead of image by image (same numbers, see tests/test_eval_probe.py).
+        transform.batched_spec = {"stats": stats, "size": size, "resize": resize if name == "eval" else None}
+    return transform
 
 
 class MultiView:

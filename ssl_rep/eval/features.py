@@ -36,6 +36,36 @@ def _ten_crops(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.stack(crop(img)) for img in x])
 
 
+def batched_source(dataset, batch_size: int, device: torch.device):
+    """For an in-memory dataset whose transform is ``eval``/``none`` at the native size: batches made
+    from the uint8 array directly (to the device, scale, normalise), with no per-image PIL work.
+    Returns None when the dataset's transform does anything else."""
+    from ..data.base import ArrayImageDataset
+    from ..data.transforms import DATASET_STATS
+    spec = getattr(getattr(dataset, "transform", None), "batched_spec", None)
+    if not isinstance(dataset, ArrayImageDataset) or spec is None:
+        return None
+    h, w = dataset.images.shape[1:3]
+    if (spec["resize"] and spec["resize"] != min(h, w)) or (spec["size"] and (spec["size"], spec["size"]) != (h, w)):
+        return None
+    mean, std = DATASET_STATS[spec["stats"]] if spec["stats"] else ((0.0,) * 3, (1.0,) * 3)
+    mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    labels = torch.as_tensor(np.asarray(dataset.labels))
+
+    class Batches:
+        def __len__(self):
+            return -(-len(dataset) // batch_size)
+
+        def __iter__(self):
+            for start in range(0, len(dataset), batch_size):
+                raw = torch.from_numpy(np.ascontiguousarray(dataset.images[start:start + batch_size]))
+                x = raw.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+                yield (x - mean) / std, labels[start:start + batch_size]
+
+    return Batches()
+
+
 @torch.no_grad()
 def extract_features(encoder: torch.nn.Module, dataset, batch_size: int = 256, device=None, ten_crop: bool = False,
                      num_workers: int = 0, cache_dir: str | os.PathLike | None = None, progress: bool = True):
@@ -70,8 +100,9 @@ def extract_features(encoder: torch.nn.Module, dataset, batch_size: int = 256, d
         tmp_dir = cache.with_name(cache.name + f".tmp{os.getpid()}")
         tmp_dir.mkdir(exist_ok=True)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    batched = None if ten_crop else batched_source(dataset, batch_size, device)
     start = 0
-    for x, y in tqdm(loader, desc="extracting features", unit="batch", disable=not progress or len(loader) < 5,
+    for x, y in tqdm(batched or loader, desc="extracting features", unit="batch", disable=not progress or len(loader) < 5,
                      leave=False):
         x = x.to(device, non_blocking=True)
         crops = None

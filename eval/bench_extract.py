@@ -1,0 +1,91 @@
+"""Feature-extraction throughput (``extract_features`` over a whole split, as ssl-probe runs it) vs
+the bare encoder forward on one batch already prepared on the device, same batch size and precision.
+Goal: >= 0.9. Usage:
+    python eval/bench_extract.py [--data fashion-mnist --root DIR] [--device cuda] [--encoder resnet20]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from eval.results_md import add_output_args, update_section  # noqa: E402
+from ssl_rep.data import build_dataset, build_transform, stats_for  # noqa: E402
+from ssl_rep.encoders import create_encoder  # noqa: E402
+from ssl_rep.eval import extract_features  # noqa: E402
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def bare_images_per_s(encoder, batch: torch.Tensor, n: int) -> float:
+    device = batch.device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    with autocast:
+        encoder(batch)   # warm-up
+    sync(device)
+    start, done = time.perf_counter(), 0
+    while done < n:
+        with autocast:
+            encoder(batch).float()
+        done += len(batch)
+    sync(device)
+    return done / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", default="digits")
+    parser.add_argument("--root", default=None)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--encoder", default="resnet20")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--workers", type=int, default=2)
+    add_output_args(parser)
+    args = parser.parse_args()
+    if args.render:
+        return render(json.loads(Path(args.render).read_text()), args.command, args.machine)
+    device = torch.device(args.device)
+    transform = build_transform("eval", stats=stats_for(args.data), resize=None)
+    dataset = build_dataset(args.data, split=args.split, root=args.root, transform=transform)
+    per_image = torch.utils.data.Subset(dataset, range(len(dataset)))   # hides the array: the DataLoader path
+    encoder = create_encoder(args.encoder).to(device).eval()
+    extract_features(encoder, dataset, args.batch_size, device, progress=False)   # warm-up
+    batch = torch.stack([dataset[i][0] for i in range(min(args.batch_size, len(dataset)))]).to(device)
+    bare = bare_images_per_s(encoder, batch, len(dataset))
+    rows = []
+    for label, ds in (("batched (in-memory)", dataset), ("DataLoader (per image)", per_image)):
+        start = time.perf_counter()
+        extract_features(encoder, ds, args.batch_size, device, num_workers=args.workers, progress=False)
+        rate = len(dataset) / (time.perf_counter() - start)
+        rows.append({"path": label, "images": len(dataset), "encoder": args.encoder, "batch_size": args.batch_size,
+                     "workers": args.workers, "extract_img_s": rate, "bare_img_s": bare, "ratio": rate / bare,
+                     "device": device.type, "data": args.data})
+        print(json.dumps(rows[-1]), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    if not args.no_results_md:
+        render(rows, " ".join(["python", *sys.argv]))
+
+
+def render(rows: list[dict], command: str | None, machine_name: str | None = None) -> None:
+    table = ["| data, encoder, batch | extraction path | extract img/s | bare forward img/s | ratio (goal >= 0.9) |",
+             "|---|---|---|---|---|"]
+    table += [f"| {r['data']} ({r['images']}), {r['encoder']}, {r['batch_size']} | {r['path']} | "
+              f"{r['extract_img_s']:,.0f} | {r['bare_img_s']:,.0f} | {r['ratio']:.2f} |" for r in rows]
+    device = rows[0]["device"]
+    update_section(f"bench-extract-{device}", f"Feature extraction vs bare forward ({device})",
+                   command or "python eval/bench_extract.py", "\n".join(table), machine_name=machine_name)
+
+
+if __name__ == "__main__":
+    main()
