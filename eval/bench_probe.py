@@ -27,7 +27,7 @@ def timed(fn):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", help="the encoder whose features both fit (required unless --render)")
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--root", default=None)
     parser.add_argument("--C", type=float, default=0.1, help="the same fixed C for both (no search)")
@@ -36,6 +36,8 @@ def main() -> None:
     if args.render:
         render(json.loads(Path(args.render).read_text()), args.command, args.machine)
         return
+    if not args.checkpoint:
+        parser.error("--checkpoint is required")
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.preprocessing import StandardScaler

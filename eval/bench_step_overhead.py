@@ -88,7 +88,9 @@ def main() -> None:
     rows = []
     for method in args.methods.split(","):
         with tempfile.TemporaryDirectory() as tmp:
-            overrides = [f"out_dir={tmp}", f"trainer.device={args.device}", "trainer.log_every=1",
+            # The recipe's own logging cadence (a logging step waits for the device); --warmup and
+            # --steps must be multiples of it so both ends of the timed window are logged.
+            overrides = [f"out_dir={tmp}", f"trainer.device={args.device}",
                          f"trainer.max_steps={args.warmup + args.steps}", f"data.dataset={args.data}",
                          "data.num_workers=2" if device.type == "cpu" else "data.num_workers=8"]
             if args.root:
@@ -96,6 +98,9 @@ def main() -> None:
             if args.batch_size:
                 overrides.append(f"data.batch_size={args.batch_size}")
             cfg = load_config(f"{RECIPES[method]}_{recipe_data}", overrides)
+            if args.warmup % cfg.trainer.log_every or args.steps % cfg.trainer.log_every:
+                raise SystemExit(f"--warmup and --steps must be multiples of trainer.log_every="
+                                 f"{cfg.trainer.log_every} ({method})")
             loop = loop_step_time(cfg, args.steps, args.warmup)
             bare = bare_step_time(cfg, device, args.steps, args.warmup)
         rows.append({"method": method, "batch_size": cfg.data.batch_size, "loop_ms": loop * 1e3,

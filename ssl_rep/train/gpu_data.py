@@ -21,6 +21,18 @@ from .data import EpochSampler, mix_seed
 
 GPU_TRANSFORMS = ("cifar_train", "simclr", "eval", "none")
 _GRAY = (0.299, 0.587, 0.114)
+_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_FROM_YIQ = torch.linalg.inv(_TO_YIQ)
+_ON_DEVICE: dict = {}
+
+
+def _constant(name: str, values, device, dtype=torch.float32) -> torch.Tensor:
+    """A small constant, copied to ``device`` once: a host-to-device copy per batch would make each
+    batch wait for the transfer."""
+    key = (name, str(device), dtype)
+    if key not in _ON_DEVICE:
+        _ON_DEVICE[key] = torch.as_tensor(values, dtype=dtype).to(device)
+    return _ON_DEVICE[key]
 
 
 def _rand(gen: torch.Generator, n: int, lo: float, hi: float, device) -> torch.Tensor:
@@ -59,7 +71,7 @@ def resized_crop_flip(x: torch.Tensor, size: int, gen: torch.Generator, min_scal
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    weights = torch.tensor(_GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    weights = _constant("gray", _GRAY, x.device, x.dtype).view(1, 3, 1, 1)
     return (x * weights).sum(dim=1, keepdim=True)
 
 
@@ -79,12 +91,13 @@ def colour_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0, 
     y = ((y - mean) * c + mean).clamp(0, 1)
     gray = _gray(y)
     y = ((y - gray) * sat + gray).clamp(0, 1)
-    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], device=dev)
     cos, sin = torch.cos(hue), torch.sin(hue)
     rot = torch.zeros(n, 3, 3, device=dev)
     rot[:, 0, 0] = 1
     rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
-    mix = torch.linalg.inv(to_yiq) @ rot @ to_yiq                       # (n, 3, 3)
+    # The YIQ matrix and its inverse are constants, inverted once on the host: torch.linalg.inv on
+    # a GPU checks for singularity and so makes every batch wait for the device.
+    mix = _constant("from_yiq", _FROM_YIQ, dev) @ rot @ _constant("to_yiq", _TO_YIQ, dev)                        # (n, 3, 3)
     y = torch.einsum("nij,njhw->nihw", mix, y).clamp(0, 1)
     x = torch.where(apply, y, x)
     make_gray = (torch.rand(n, generator=gen, device=dev) < p_gray).view(n, 1, 1, 1)

@@ -26,7 +26,7 @@ from .config import Config, ConfigError, config_to_dict, save_config
 from .data import build_eval_dataset, build_loader, build_train_dataset
 from .gpu_data import GPU_TRANSFORMS, GPUResidentLoader
 from .metrics import MetricsLog
-from .optim import build_optimizer
+from .optim import AdamW, build_optimizer
 from .schedule import lr_at
 
 log = logging.getLogger("ssl_rep.train")
@@ -191,7 +191,7 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
     probe = probe_opt = None
     if cfg.trainer.online_probe and has_labels:
         probe = nn.Linear(method.encoder.num_features, num_classes).to(device)
-        probe_opt = torch.optim.Adam(probe.parameters(), lr=1e-3)
+        probe_opt = AdamW(probe.parameters(), lr=1e-3, weight_decay=0.0)
     eval_set = build_eval_dataset(cfg, size) if probe is not None else None
     if eval_set is not None:
         eval_images, eval_labels = eval_tensors(eval_set, device, cfg.data.num_workers)
