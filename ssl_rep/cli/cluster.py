@@ -12,7 +12,7 @@ from torchvision.transforms import v2 as T
 from ..eval import CLUSTER_METHODS, cluster, clustering_scores, preprocess
 from ..eval.report import write_report
 from .common import EXPECTED_ERRORS, add_encoder_and_data_args, default_out, features_for, friendly_errors, \
-    image_getter, resolve_encoder, setup_logging
+    image_getter, encoder_for, setup_logging
 
 # Density-based methods look for dense regions, which high-dimensional features do not have;
 # they run on a PCA projection unless --pca says otherwise.
@@ -51,7 +51,7 @@ def autoencoder_reconstructions(checkpoint: str, dataset, n: int = 10):
 
 
 def run_cluster(args) -> tuple[dict, dict, np.ndarray, np.ndarray | None, object]:
-    encoder = resolve_encoder(args.checkpoint, args.seed)
+    encoder = encoder_for(args, args.split)
     X, y, dataset = features_for(encoder, args.data, args.split, args)
     n_clusters = args.n_clusters or (len(np.unique(y)) if y is not None else 10)
     results, labels = {}, {}

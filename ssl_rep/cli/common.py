@@ -51,6 +51,9 @@ def add_encoder_and_data_args(parser) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="feature cache ('none' to disable)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quantize", choices=("none", "int8"), default="none",
+                        help="evaluate an int8 copy of the encoder (post-training static quantization on the CPU, "
+                             "calibrated on 512 training images)")
 
 
 def resolve_encoder(spec: str, seed: int = 0) -> torch.nn.Module:
@@ -60,6 +63,18 @@ def resolve_encoder(spec: str, seed: int = 0) -> torch.nn.Module:
         kwargs = dict(kv.split("=", 1) for kv in rest.split("&") if kv) if rest else {}
         return create_encoder(name, **kwargs).eval()
     return load_encoder(spec)
+
+
+def encoder_for(args, calibration_split: str) -> torch.nn.Module:
+    """The encoder named by ``--checkpoint``; with ``--quantize int8`` its int8 copy (then on the CPU)."""
+    encoder = resolve_encoder(args.checkpoint, args.seed)
+    if getattr(args, "quantize", "none") == "int8":
+        from ..quantize import quantize_encoder
+        calibration = fixed_subset(eval_dataset(args.data, calibration_split, args.root, args.image_size), 512,
+                                   args.seed)
+        encoder = quantize_encoder(encoder, calibration, progress=sys.stderr.isatty())
+        args.device = "cpu"
+    return encoder
 
 
 def default_out(args) -> Path:

@@ -7,12 +7,12 @@ import time
 
 from ..eval import KNNClassifier, LinearProbe
 from .common import EXPECTED_ERRORS, add_encoder_and_data_args, default_out, features_for, friendly_errors, \
-    resolve_encoder, setup_logging
+    encoder_for, setup_logging
 
 
 def run_probe(args) -> dict:
     start = time.time()
-    encoder = resolve_encoder(args.checkpoint, args.seed)
+    encoder = encoder_for(args, args.train_split)
     X, y, _ = features_for(encoder, args.data, args.train_split, args, subset=args.train_subset)
     Xt, yt, _ = features_for(encoder, args.data, args.test_split, args, ten_crop=args.ten_crop)
     if y is None or yt is None:
@@ -20,7 +20,7 @@ def run_probe(args) -> dict:
                          f"a probe needs labelled train and test splits")
     probe = LinearProbe(C=args.C, device=args.device, random_state=args.seed).fit(X, y)
     result = {"checkpoint": args.checkpoint, "data": args.data, "train_split": args.train_split,
-              "test_split": args.test_split, "n_train": len(X), "n_test": len(Xt), "feature_dim": int(X.shape[1]),
+              "test_split": args.test_split, "quantize": args.quantize, "n_train": len(X), "n_test": len(Xt), "feature_dim": int(X.shape[1]),
               "top1": probe.score(Xt, yt), "top5": probe.top_k_accuracy(Xt, yt, 5), "C": probe.C_,
               "val_scores": probe.val_scores_, "knn": {}}
     for k in args.knn_k:

@@ -7,6 +7,10 @@ import numpy as np
 def check_features(X, name: str = "features", min_rows: int = 1) -> np.ndarray:
     if X is None:
         raise ValueError(f"{name}: got None")
+    if getattr(X, "quantized_store", False):   # int8 codes: finite by construction; rows stream on demand
+        if len(X) < min_rows or not np.isfinite(X.scale).all():
+            raise ValueError(f"{name}: need at least {min_rows} rows with finite scales, got {X!r}")
+        return X
     X = np.asarray(X)
     if X.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D array (N, D), got shape {X.shape}")

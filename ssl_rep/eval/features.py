@@ -20,6 +20,10 @@ def encoder_fingerprint(encoder: torch.nn.Module) -> str:
                          getattr(encoder, "encoder_kwargs", {})], sort_keys=True, default=str).encode())
     for key, tensor in encoder.state_dict().items():
         h.update(key.encode())
+        if not isinstance(tensor, torch.Tensor):   # packed int8 parameters of a quantized encoder
+            h.update(repr(tensor).encode())
+            continue
+        tensor = tensor.int_repr() if tensor.is_quantized else tensor
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
@@ -79,6 +83,8 @@ def extract_features(encoder: torch.nn.Module, dataset, batch_size: int = 256, d
     returns that memmap without running the encoder; RAM never has to hold all of them at once.
     """
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if getattr(encoder, "quantized", False):
+        device = torch.device("cpu")   # int8 kernels run on the CPU
     cache = None
     if cache_dir is not None:
         key = hashlib.sha1(f"{encoder_fingerprint(encoder)}|{_dataset_key(dataset)}|{ten_crop}".encode()).hexdigest()[:20]

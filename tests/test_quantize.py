@@ -1,0 +1,112 @@
+"""Int8 encoders and feature stores: exact zero, no -128 weights, features that track the float ones."""
+import numpy as np
+import pytest
+import torch
+
+import ssl_rep
+from ssl_rep.data import build_transform
+from ssl_rep.eval import KNNClassifier, LinearProbe, cluster, extract_features
+from ssl_rep.quantize import (QuantizedFeatures, affine_qparams, dequantize_values, load_features, quantize_encoder,
+                              quantize_features, quantize_values, save_features)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    t = build_transform("eval", stats="digits", resize=None)
+    return ssl_rep.build_dataset("digits", transform=t), ssl_rep.build_dataset("digits", split="test", transform=t)
+
+
+@pytest.fixture(scope="module")
+def trained_encoder(digits):
+    """A ResNet-20 whose BatchNorm statistics come from digits (a forward pass in train mode), so the
+    folded conv weights and activation ranges are those of real data, not of an untouched init."""
+    train, _ = digits
+    torch.manual_seed(0)
+    enc = ssl_rep.create_encoder("resnet20")
+    for m in enc.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None   # cumulative average over the passes below
+    x = torch.stack([train[i][0] for i in range(512)])
+    with torch.no_grad():
+        for j in range(0, 512, 128):
+            enc(x[j:j + 128])
+    return enc.eval()
+
+
+def test_zero_is_exact_and_codes_round_trip():
+    lo, hi = np.array([-1.0, 0.3, -5.0, 0.0]), np.array([2.0, 7.0, -0.5, 0.0])   # incl. all-positive/negative/zero
+    scale, zp = affine_qparams(lo, hi)
+    zeros = np.zeros((1, 4), np.float32)
+    assert np.array_equal(dequantize_values(quantize_values(zeros, scale, zp), scale, zp), zeros)
+    X = np.random.default_rng(0).uniform(lo, hi, size=(1000, 4)).astype(np.float32)
+    err = np.abs(dequantize_values(quantize_values(X, scale, zp), scale, zp) - X)
+    assert (err <= scale / 2 + 1e-6).all()   # within half a step everywhere in range
+
+
+def test_quantized_encoder_weights_avoid_minus_128_and_activations_keep_zero(trained_encoder, digits):
+    train, _ = digits
+    calib = torch.stack([train[i][0] for i in range(256)])
+    q = quantize_encoder(trained_encoder, calib)
+    codes = q.weight_codes()
+    assert len(codes) == 19   # every conv of ResNet-20, its BatchNorm folded in
+    assert min(int(c.min()) for c in codes.values()) >= -127 and max(int(c.max()) for c in codes.values()) <= 127
+    for name, module in q.model.named_modules():   # every activation's zero-point is an integer in range
+        if hasattr(module, "zero_point") and not callable(module.zero_point):
+            zp = float(module.zero_point)
+            assert zp == int(zp) and 0 <= zp <= 255
+    assert q.num_features == trained_encoder.num_features and q.encoder_name == "resnet20"
+
+
+def test_quantized_features_correlate_with_float_on_digits(trained_encoder, digits):
+    train, test = digits
+    q = quantize_encoder(trained_encoder, train, num_calibration=512)
+    f, _ = extract_features(trained_encoder, test, device="cpu", progress=False)
+    g, _ = extract_features(q, test, device="cuda" if torch.cuda.is_available() else "cpu", progress=False)
+    assert g.shape == f.shape
+    assert np.corrcoef(f.ravel(), g.ravel())[0, 1] > 0.99
+    with pytest.raises(RuntimeError, match="CPU"):
+        q(torch.zeros(1, 3, 32, 32, device="meta"))
+
+
+def test_quantization_aware_finetuning_runs_and_stays_close(trained_encoder, digits):
+    train, test = digits
+    x = torch.stack([test[i][0] for i in range(128)])
+    q = quantize_encoder(trained_encoder, train, num_calibration=128, qat_epochs=10)
+    with torch.no_grad():
+        f, g = trained_encoder(x), q(x)
+    assert np.corrcoef(f.numpy().ravel(), g.numpy().ravel())[0, 1] > 0.99
+    assert min(int(c.min()) for c in q.weight_codes().values()) >= -127
+
+
+def test_feature_store_is_4x_smaller_and_the_evaluators_read_it(tmp_path):
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 16)) * 4
+    y = np.repeat(np.arange(3), 200)
+    X = np.maximum(centers[y] + rng.normal(size=(600, 16)), 0).astype(np.float32)   # ReLU-like: many exact zeros
+    q = quantize_features(X)
+    assert isinstance(q, QuantizedFeatures) and q.codes.dtype == np.int8
+    assert q.stored_bytes < X.nbytes / 3.9
+    assert np.array_equal(np.asarray(q)[X == 0], X[X == 0])   # zeros stay exactly zero
+    assert np.abs(np.asarray(q) - X).max() <= q.scale.max() / 2 + 1e-5
+    folder = save_features(tmp_path / "store", X, "int8")
+    loaded = load_features(folder)
+    assert isinstance(loaded.codes, np.memmap) and np.array_equal(loaded.codes, q.codes)
+    full = LinearProbe(C=1.0, device="cpu").fit(X, y).score(X, y)
+    assert LinearProbe(C=1.0, device="cpu").fit(loaded, y).score(loaded, y) == pytest.approx(full, abs=0.01)
+    assert KNNClassifier(k=5).fit(loaded, y).score(X, y) > 0.95
+    assert KNNClassifier(k=5, index="sq8").fit(X, y).score(X, y) > 0.95
+    labels = cluster(loaded, "kmeans", n_clusters=3)
+    assert len(np.unique(labels)) == 3
+    half = load_features(save_features(tmp_path / "half", X, "fp16"))
+    assert half.dtype == np.float16 and half.nbytes == X.nbytes // 2
+    with pytest.raises(ValueError, match="not a feature store"):
+        load_features(tmp_path)
+
+
+def test_cli_probe_with_int8(tmp_path, capsys):
+    from ssl_rep.cli.probe import main
+    main(["--checkpoint", "random:resnet20", "--data", "digits", "--out", str(tmp_path), "--quantize", "int8",
+          "--cache-dir", "none", "--device", "cpu", "--knn-k", "20", "--C", "0.1"])
+    import json
+    result = json.loads((tmp_path / "probe.json").read_text())
+    assert result["quantize"] == "int8" and 0.5 < result["top1"] <= 1.0
