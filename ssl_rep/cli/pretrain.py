@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from ..train import (CheckpointError, ConfigError, DeviceMemoryError, NonFiniteLossError, OutputError, load_config,
                      train)
 from ..train.config import CONFIG_DIR
@@ -23,6 +25,11 @@ def main(argv=None) -> None:
                          OutputError, FileNotFoundError):
         cfg = load_config(args.config, args.overrides)
         result = train(cfg, resume=args.resume)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():   # started by torchrun
+        rank = torch.distributed.get_rank()
+        torch.distributed.destroy_process_group()
+        if rank != 0:
+            return
     probe = f", online probe accuracy {result.online_probe_acc:.4f}" if result.online_probe_acc is not None else ""
     data = cfg.data.dataset
     print(f"\nfinished {result.steps} steps, final loss {result.final_loss:.4f}{probe}\n"

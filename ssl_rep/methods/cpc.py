@@ -43,12 +43,13 @@ class CPC(Method):
 
     def __init__(self, encoder, patch_size: int = 8, stride: int = 4, context: str = "pixelcnn",
                  context_dim: int = 256, prediction_steps: int = 5, patch_norm: str = "layer",
-                 patch_aug: float = 0.0, temperature: float = 1.0):
+                 patch_aug: float = 0.0, temperature: float = 1.0, global_negatives: bool = True):
         if patch_norm != "batch":
             replace_batchnorm(encoder, patch_norm)
         super().__init__(PatchGridEncoder(encoder, patch_size, stride))
         self.prediction_steps = prediction_steps
         self.patch_aug, self.temperature = patch_aug, temperature
+        self.global_negatives = global_negatives   # under torch.distributed: targets of every process
         self.context = create_context(context, encoder.num_features, context_dim)
         self.predictors = nn.ModuleList(nn.Linear(self.context.out_dim, encoder.num_features, bias=False)
                                         for _ in range(prediction_steps))
@@ -88,7 +89,7 @@ class CPC(Method):
         for k in steps:
             preds = self.predict(c, k).reshape(-1, z.shape[1])
             targets = z[:, :, k:].permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-            total = total + info_nce(preds, targets, self.temperature) * len(preds)
+            total = total + info_nce(preds, targets, self.temperature, self.global_negatives) * len(preds)
             count += len(preds)
             with torch.no_grad():
                 hits = (preds @ targets.T).argmax(dim=1) == torch.arange(len(preds), device=x.device)

@@ -10,19 +10,22 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 
-def info_nce(predictions: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def info_nce(predictions: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+             gather_distributed: bool = False) -> torch.Tensor:
     """InfoNCE (van den Oord et al. 2018, eq. 4) with dot-product scores.
 
     predictions, targets: ``(M, D)``. Row ``i`` of ``predictions`` must pick ``targets[i]`` among
     all ``M`` targets (the other ``M - 1`` are its negatives). Returns the mean over the ``M`` rows
     of ``-log softmax(predictions @ targets.T / temperature)[i, i]``; at random initialisation it is
-    close to ``log(M)``.
+    close to ``log(M)``. With ``gather_distributed`` under torch.distributed, the targets of every
+    process are candidates (global negatives; gradients flow back to each process's own targets).
     """
     if predictions.shape != targets.shape or predictions.ndim != 2:
         raise ValueError(f"info_nce: predictions {tuple(predictions.shape)} and targets "
                          f"{tuple(targets.shape)} must both be (M, D)")
-    logits = predictions @ targets.T / temperature
-    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+    candidates, offset = _gather_with_grad(targets) if gather_distributed else (targets, 0)
+    logits = predictions @ candidates.T / temperature
+    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device) + offset)
 
 
 def _gather_with_grad(z: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -48,8 +51,9 @@ def nt_xent(z0: torch.Tensor, z1: torch.Tensor, temperature: float = 0.5,
     n = len(z0)
     anchors = F.normalize(torch.cat([z0, z1]), dim=1)                       # (2N, D): views 0 then 1
     local0, local1 = anchors[:n], anchors[n:]
-    all0, offset = _gather_with_grad(local0)
-    all1, _ = _gather_with_grad(local1)
+    gather = _gather_with_grad if gather_distributed else (lambda z: (z, 0))
+    all0, offset = gather(local0)
+    all1, _ = gather(local1)
     total = len(all0)
     candidates = torch.cat([all0, all1])                                    # (2T, D)
     logits = anchors @ candidates.T / temperature                           # (2N, 2T)

@@ -22,8 +22,9 @@ class SimCLR(Method):
     name = "simclr"
 
     def __init__(self, encoder, temperature: float = 0.5, hidden_dim: int = 512, out_dim: int = 128,
-                 head_batchnorm: bool = True):
+                 head_batchnorm: bool = True, global_negatives: bool = True):
         super().__init__(encoder)
+        self.global_negatives = global_negatives   # under torch.distributed: negatives from every process
         d = encoder.num_features
         self.temperature = temperature
         self.head = nn.Sequential(nn.Linear(d, hidden_dim, bias=not head_batchnorm),
@@ -40,7 +41,7 @@ class SimCLR(Method):
         self.probe_features = h[:n].detach()
         z = self.head(h)
         z0, z1 = z[:n], z[n:]
-        loss = nt_xent(z0, z1, self.temperature)
+        loss = nt_xent(z0, z1, self.temperature, gather_distributed=self.global_negatives)
         with torch.no_grad():
             zn = nn.functional.normalize(z.float(), dim=1)
             sim = zn @ zn.T

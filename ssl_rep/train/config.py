@@ -84,6 +84,7 @@ class TrainerConfig:
     channels_last: bool = False
     compile: bool = False
     online_probe: bool = True        # linear head on detached features when labels exist
+    sync_batchnorm: bool = False     # under torchrun on GPUs: BatchNorm statistics over every process
 
 
 @dataclass(frozen=True)

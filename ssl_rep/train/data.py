@@ -43,10 +43,15 @@ class SeededAugment(Dataset):
 
 
 class EpochSampler(Sampler):
-    """One epoch of ``epoch * N + i`` codes in the seeded order, from batch ``skip_batches`` on."""
+    """One epoch of ``epoch * N + i`` codes in the seeded order, from batch ``skip_batches`` on.
 
-    def __init__(self, n: int, seed: int, batch_size: int):
+    Under torch.distributed each of ``world_size`` processes takes its own ``batch_size`` slice of
+    every global batch of ``batch_size * world_size``, so together they see what one process with
+    the global batch would see, and a resumed run skips the same number of global batches."""
+
+    def __init__(self, n: int, seed: int, batch_size: int, rank: int = 0, world_size: int = 1):
         self.n, self.seed, self.batch_size = n, seed, batch_size
+        self.rank, self.world_size = rank, world_size
         self.epoch, self.skip_batches = 0, 0
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
@@ -55,12 +60,23 @@ class EpochSampler(Sampler):
     def order(self, epoch: int) -> torch.Tensor:
         return torch.randperm(self.n, generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch)))
 
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.n // (self.batch_size * self.world_size)
+
+    def batches(self):
+        """This process's index batches ``(batch_size,)`` for the current epoch, from ``skip_batches``."""
+        order, step = self.order(self.epoch), self.batch_size * self.world_size
+        for b in range(self.skip_batches, self.batches_per_epoch):
+            start = b * step + self.rank * self.batch_size
+            yield order[start:start + self.batch_size]
+
     def __iter__(self):
-        start = self.skip_batches * self.batch_size
-        yield from (self.epoch * self.n + self.order(self.epoch)[start:]).tolist()
+        for batch in self.batches():
+            yield from (self.epoch * self.n + batch).tolist()
 
     def __len__(self) -> int:
-        return self.n - self.skip_batches * self.batch_size
+        return (self.batches_per_epoch - self.skip_batches) * self.batch_size
 
 
 def image_size_of(dataset) -> int:
@@ -133,11 +149,11 @@ def build_eval_dataset(cfg: Config, size: int):
     return ds if (np.asarray(ds.labels) >= 0).any() else None
 
 
-def build_loader(dataset, cfg: Config, device: torch.device, seed: int):
-    if len(dataset) < cfg.data.batch_size:
-        raise ConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the dataset "
+def build_loader(dataset, cfg: Config, device: torch.device, seed: int, rank: int = 0, world_size: int = 1):
+    if len(dataset) < cfg.data.batch_size * world_size:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} x {world_size} processes is larger than the dataset "
                           f"({len(dataset)} images in {cfg.data.dataset}/{cfg.data.split})")
-    sampler = EpochSampler(len(dataset), seed, cfg.data.batch_size)
+    sampler = EpochSampler(len(dataset), seed, cfg.data.batch_size, rank, world_size)
     workers = cfg.data.num_workers
     # A private generator: creating an iterator (each epoch, and on resume) must not consume the
     # global RNG, or a resumed run's model-side randomness would drift from the uninterrupted run's.

@@ -112,7 +112,7 @@ class GPUResidentLoader:
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int, transform: str,
-                 stats: str | None, size: int, n_views: int = 1, device="cuda"):
+                 stats: str | None, size: int, n_views: int = 1, device="cuda", rank: int = 0, world_size: int = 1):
         if transform not in GPU_TRANSFORMS:
             raise ValueError(f"GPU-resident data supports transforms {', '.join(GPU_TRANSFORMS)}, not {transform!r}")
         self.device = torch.device(device)
@@ -123,7 +123,7 @@ class GPUResidentLoader:
         mean, std = DATASET_STATS[stats] if stats else ((0.0,) * 3, (1.0,) * 3)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
-        self.sampler = EpochSampler(len(images), seed, batch_size)
+        self.sampler = EpochSampler(len(images), seed, batch_size, rank, world_size)
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         self.sampler.set_epoch(epoch, skip_batches)
@@ -142,12 +142,11 @@ class GPUResidentLoader:
         return (x - self.mean) / self.std
 
     def __iter__(self):
-        epoch, skip = self.sampler.epoch, self.sampler.skip_batches
-        order = self.sampler.order(epoch).to(self.device)
-        n_batches = len(order) // self.batch_size
-        for b in range(skip, n_batches):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            gen = torch.Generator(device=self.device).manual_seed(mix_seed(self.seed, epoch, b))
+        epoch, sampler = self.sampler.epoch, self.sampler
+        for b, idx in enumerate(sampler.batches(), start=sampler.skip_batches):
+            parts = (self.seed, epoch, b) if sampler.world_size == 1 else (self.seed, epoch, b, sampler.rank)
+            gen = torch.Generator(device=self.device).manual_seed(mix_seed(*parts))
+            idx = idx.to(self.device)
             raw = self.images[idx]
             views = [self.augment(raw, gen) for _ in range(self.n_views)]
             yield (views if self.n_views > 1 else views[0]), self.labels[idx]

@@ -21,9 +21,11 @@ from ..data.base import ArrayImageDataset
 from ..data.transforms import stats_for
 from ..encoders import create_encoder
 from ..methods import create_method
-from .checkpoint import CheckpointError, atomic_save, encoder_payload, load_checkpoint, save_checkpoint, set_rng_state
+from .checkpoint import (CheckpointError, atomic_save, encoder_payload, load_checkpoint, rng_state, save_checkpoint,
+                         set_rng_state)
 from .config import Config, ConfigError, config_to_dict, save_config
-from .data import build_eval_dataset, build_loader, build_train_dataset
+from .data import build_eval_dataset, build_loader, build_train_dataset, mix_seed
+from .distributed import barrier, close_distributed, gather_objects, init_distributed, mean_over_ranks
 from .gpu_data import GPU_TRANSFORMS, GPUResidentLoader
 from .metrics import MetricsLog
 from .optim import AdamW, build_optimizer
@@ -164,7 +166,8 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
     continues from ``checkpoints/last.pt`` exactly where that run stopped.
     """
     out = Path(cfg.out_dir)
-    device = resolve_device(cfg.trainer.device)
+    dist_info, device = init_distributed(resolve_device(cfg.trainer.device))
+    rank, world, main = dist_info.rank, dist_info.world_size, dist_info.is_main
     state = None
     if resume:
         last = out / "checkpoints" / "last.pt"
@@ -172,9 +175,10 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
             raise CheckpointError(f"--resume: no checkpoint at {last}; start without --resume")
         state = load_checkpoint(last)
         check_resume_config(cfg, state["config"], last)
-        for stale in last.parent.glob(".*.tmp"):  # half-written by a killed run; never read, now removed
+        for stale in last.parent.glob(".*.tmp") if main else ():  # half-written by a killed run; now removed
             stale.unlink(missing_ok=True)
-    seed_everything(cfg.seed, cfg.trainer.deterministic, device)
+    # Model-side randomness (noise, masks) differs per process; DDP copies rank 0's initial weights.
+    seed_everything(cfg.seed if rank == 0 else mix_seed(cfg.seed, rank), cfg.trainer.deterministic, device)
 
     dataset, size, num_classes, transform_name = build_train_dataset(cfg)
     labels_all = np.asarray(dataset.labels)
@@ -187,23 +191,29 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
     method = create_method(cfg.method.name, encoder, **method_options(cfg, size, num_classes)).to(device)
     if cfg.trainer.channels_last:
         method = method.to(memory_format=torch.channels_last)
+    if cfg.trainer.sync_batchnorm and world > 1:
+        if device.type != "cuda":
+            raise ConfigError("trainer.sync_batchnorm=true needs CUDA: PyTorch's SyncBatchNorm refuses CPU tensors; "
+                              "on CPUs use encoder.norm=group (or layer) for batch-independent normalisation")
+        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
     optimizer = build_optimizer(method, cfg.optim)
     probe = probe_opt = None
     if cfg.trainer.online_probe and has_labels:
         probe = nn.Linear(method.encoder.num_features, num_classes).to(device)
         probe_opt = AdamW(probe.parameters(), lr=1e-3, weight_decay=0.0)
-    eval_set = build_eval_dataset(cfg, size) if probe is not None else None
+    eval_set = build_eval_dataset(cfg, size) if probe is not None and main else None
     if eval_set is not None:
         eval_images, eval_labels = eval_tensors(eval_set, device, cfg.data.num_workers)
 
     if use_gpu_resident(cfg, dataset, device, transform_name):
         loader = GPUResidentLoader(dataset.tensor(), torch.as_tensor(dataset.labels), cfg.data.batch_size, cfg.seed,
                                    transform_name, stats_for(cfg.data.dataset), size,
-                                   n_views=2 if cfg.method.name == "simclr" else 1, device=device)
+                                   n_views=2 if cfg.method.name == "simclr" else 1, device=device, rank=rank,
+                                   world_size=world)
         sampler = loader
     else:
-        loader, sampler = build_loader(dataset, cfg, device, cfg.seed)
-    steps_per_epoch = len(dataset) // cfg.data.batch_size
+        loader, sampler = build_loader(dataset, cfg, device, cfg.seed, rank, world)
+    steps_per_epoch = len(dataset) // (cfg.data.batch_size * world)   # global batches: every process steps together
     total = cfg.trainer.max_steps or cfg.trainer.epochs * steps_per_epoch
 
     step, epoch, batch_in_epoch = 0, 0, 0
@@ -214,11 +224,18 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
             probe.load_state_dict(state["probe"])
             probe_opt.load_state_dict(state["probe_optimizer"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        set_rng_state(state["rng"])
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    metrics = MetricsLog(out, resume_step=step if state is not None else None)
-    model = torch.compile(method) if cfg.trainer.compile else method
+        per_rank = state.get("rng_per_rank") or [state["rng"]]
+        set_rng_state(per_rank[rank] if len(per_rank) == world else state["rng"])
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    metrics = MetricsLog(out, resume_step=step if state is not None else None) if main else None
+    model = method
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        model = DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None,
+                                        find_unused_parameters=cfg.method.name == "cpc")  # short grids skip predictors
+    model = torch.compile(model) if cfg.trainer.compile else model
     use_bf16 = cfg.trainer.precision == "bf16" or (cfg.trainer.precision == "auto" and device.type == "cuda")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
 
@@ -227,9 +244,20 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
                 "probe": probe.state_dict() if probe is not None else {},
                 "probe_optimizer": probe_opt.state_dict() if probe is not None else {},
                 "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "config": config_to_dict(cfg),
-                "encoder_spec": {"name": method.encoder.encoder_name, "kwargs": dict(method.encoder.encoder_kwargs)}}
+                "encoder_spec": {"name": method.encoder.encoder_name, "kwargs": dict(method.encoder.encoder_kwargs)},
+                "world_size": world}
 
-    interactive = progress if progress is not None else sys.stderr.isatty()
+    def write_checkpoint() -> Path:
+        """Every process takes part (its RNG state is gathered); rank 0 writes; all wait for it."""
+        ranks_rng = gather_objects(rng_state(), dist_info)
+        path = out / "checkpoints" / "last.pt"
+        if main:
+            path = save_checkpoint(out, {**checkpoint_state(), "rng_per_rank": ranks_rng}, step,
+                                   cfg.trainer.keep_checkpoints)
+        barrier(dist_info)
+        return path
+
+    interactive = (progress if progress is not None else sys.stderr.isatty()) and main
     bar = tqdm(total=total, initial=step, desc=f"{cfg.method.name}/{cfg.encoder.name}", unit="step",
                disable=not interactive, dynamic_ncols=True)
     print_every = max(1, total // 20)
@@ -239,7 +267,8 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
     method.train()
 
     def finite_losses(window: list, step: int, epoch: int) -> list[float]:
-        values = torch.stack(window).float().tolist() if window else []
+        # Averaged over processes, so that every process sees (and stops on) the same values.
+        values = mean_over_ranks(torch.stack(window).float(), dist_info).tolist() if window else []
         for i, value in enumerate(values):
             if not math.isfinite(value):
                 bad = step - len(values) + i + 1
@@ -278,7 +307,7 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
                 step += 1
                 batch_in_epoch += 1
                 window_losses.append(loss.detach())
-                window_images += cfg.data.batch_size
+                window_images += cfg.data.batch_size * world
                 record = None
                 epoch_done = batch_in_epoch == steps_per_epoch
                 if step % cfg.trainer.log_every == 0 or step == total or step == 1 or epoch_done:
@@ -304,26 +333,29 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
                     record = {**record, **epoch_record}
                     probe_correct = probe_seen = 0
                     epoch, batch_in_epoch = epoch + 1, 0
-                if record is not None:
+                if record is not None and main:
                     metrics.write(record)
                 bar.update(1)
-                if not interactive and (step % print_every == 0 or step == total):
+                if main and not interactive and (step % print_every == 0 or step == total):
                     print(f"step {step}/{total} epoch {epoch} loss {last_loss:.4f} lr {lr:.4g} "
                           f"elapsed {time.time() - start_time:.0f}s", flush=True)
                 if step % cfg.trainer.checkpoint_every == 0 and step < total:
                     finite_losses(window_losses, step, epoch)   # never checkpoint weights a NaN has reached
-                    save_checkpoint(out, checkpoint_state(), step, cfg.trainer.keep_checkpoints)
+                    write_checkpoint()
                 if step >= total:
                     break
-        checkpoint = save_checkpoint(out, checkpoint_state(), step, cfg.trainer.keep_checkpoints)
-        atomic_save(encoder_payload(method.encoder), out / "encoder.pt")
+        checkpoint = write_checkpoint()
+        if main:
+            atomic_save(encoder_payload(method.encoder), out / "encoder.pt")
+        barrier(dist_info)
     except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one; a CPU allocation failure another
         if not (isinstance(exc, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(exc)):
             raise
         raise DeviceMemoryError(out_of_memory_message(cfg, device, step, out)) from None
     finally:
         bar.close()
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
     if not math.isfinite(last_loss):
         last_loss = float("nan")
     return TrainResult(out, checkpoint, out / "encoder.pt", step, last_loss, probe_acc)

@@ -1,0 +1,146 @@
+"""torch.distributed on the CPU (gloo): a 2-process run with batch B per process equals a 1-process run
+with batch 2B (loss and gradients), with negatives gathered across processes; torchrun drives the CLI."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import ssl_rep
+from ssl_rep.methods import create_method
+
+B = 6
+
+
+def build(name: str, global_negatives: bool = True):
+    """In float64, so that summation order leaves ~1e-12 of difference and anything larger is a bug."""
+    torch.manual_seed(0)
+    if name == "simclr":   # GroupNorm encoder, no BatchNorm in the head: nothing couples the samples but the loss
+        enc = ssl_rep.create_encoder("resnet20", norm="group")
+        return create_method("simclr", enc, head_batchnorm=False, global_negatives=global_negatives).double()
+    return create_method("cpc", ssl_rep.create_encoder("resnet20"), global_negatives=global_negatives,
+                         prediction_steps=3).double()   # LayerNorm patch encoder (CPC v2)
+
+
+def global_batch(name: str, n: int):
+    g = torch.Generator().manual_seed(1)
+    x = lambda: torch.randn(n, 3, 32, 32, generator=g, dtype=torch.float64)  # noqa: E731
+    return ([x(), x()] if name == "simclr" else x()), torch.zeros(n).long()
+
+
+def local_part(batch, rank: int):
+    images, labels = batch
+    cut = slice(rank * B, (rank + 1) * B)
+    images = [v[cut] for v in images] if isinstance(images, list) else images[cut]
+    return images, labels[cut]
+
+
+def _worker(rank: int, world: int, init_file: str, name: str, global_negatives: bool, out: str):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        method = build(name, global_negatives)
+        ddp = torch.nn.parallel.DistributedDataParallel(method, find_unused_parameters=name == "cpc")
+        loss, _ = ddp(local_part(global_batch(name, world * B), rank))
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
+        torch.save({"loss": loss.detach(), "grads": grads}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def run_two_processes(tmp_path, name: str, global_negatives: bool = True):
+    mp.spawn(_worker, args=(2, str(tmp_path / f"init_{name}_{global_negatives}"), name, global_negatives,
+                            str(tmp_path)), nprocs=2, join=True)
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+def reference(name: str):
+    method = build(name)
+    loss, _ = method(global_batch(name, 2 * B))
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in method.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name", ["simclr", "cpc"])
+def test_two_processes_equal_one_process_with_the_global_batch(tmp_path, name):
+    ranks = run_two_processes(tmp_path, name)
+    ref_loss, ref_grads = reference(name)
+    # the global loss is the mean of the processes' losses; DDP's averaged gradient is its gradient
+    torch.testing.assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, ref_loss, rtol=1e-10, atol=1e-12)
+    assert ranks[0]["grads"].keys() == ref_grads.keys()
+    for key, ref in ref_grads.items():   # equal up to summation order: relative error of each tensor
+        err = (ranks[0]["grads"][key] - ref).norm() / ref.norm().clamp_min(1e-30)
+        assert err < 1e-8, (key, float(err))
+        torch.testing.assert_close(ranks[1]["grads"][key], ranks[0]["grads"][key])
+
+
+def test_local_negatives_switch_really_changes_the_loss(tmp_path):
+    ranks = run_two_processes(tmp_path, "simclr", global_negatives=False)
+    ref_loss, _ = reference("simclr")
+    assert abs(float((ranks[0]["loss"] + ranks[1]["loss"]) / 2) - float(ref_loss)) > 1e-3   # fewer negatives
+
+
+# ------------------------------------------------------------------ torchrun + the CLI
+COMMON = ["simclr_digits", "trainer.device=cpu", "data.batch_size=16", "encoder.norm=group", "trainer.log_every=1",
+          "trainer.checkpoint_every=4", "trainer.deterministic=true", "data.num_workers=0", "optim.name=adamw",
+          "optim.lr=0.002", "method.head_batchnorm=false"]
+
+
+def torchrun(args, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "ssl_rep.cli.pretrain", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, **kw)
+
+
+def _logged_step(path) -> int:
+    try:
+        return max((json.loads(x)["step"] for x in path.read_text().splitlines() if x.strip()), default=0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _worker_pids(pid: int) -> list[int]:
+    children = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            children += [int(c) for c in open(f"/proc/{pid}/task/{task}/children").read().split()]
+        except OSError:
+            pass
+    return children
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the workers")
+def test_torchrun_kill_one_rank_then_resume_both_matches_an_uninterrupted_run(tmp_path):
+    straight = torchrun([*COMMON, "trainer.max_steps=16", f"out_dir={tmp_path / 'straight'}"])
+    out = straight.communicate(timeout=300)[0]
+    assert straight.returncode == 0, out[-3000:]
+    assert "finished 16 steps" in out and out.count("finished") == 1   # the summary from rank 0 only
+    lines = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == 16 and lines[0]["epoch"] == 0   # 1437 // (16 x 2) = 44 global steps per epoch
+
+    killed = tmp_path / "killed"
+    proc = torchrun([*COMMON, "trainer.max_steps=16", f"out_dir={killed}"])
+    deadline = time.time() + 240
+    while _logged_step(killed / "metrics.jsonl") < 9:
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
+        time.sleep(0.05)
+    workers = _worker_pids(proc.pid)
+    assert len(workers) == 2
+    os.kill(workers[1], signal.SIGKILL)   # one rank dies; torchrun stops the other
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert torch.load(killed / "checkpoints" / "last.pt", weights_only=True)["step"] == 8
+    resumed = torchrun([*COMMON, "trainer.max_steps=16", f"out_dir={killed}", "--resume"])
+    out = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, out[-3000:]
+    a = torch.load(tmp_path / "straight" / "encoder.pt", weights_only=True)["state_dict"]
+    b = torch.load(killed / "encoder.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
