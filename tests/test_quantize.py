@@ -110,3 +110,13 @@ def test_cli_probe_with_int8(tmp_path, capsys):
     import json
     result = json.loads((tmp_path / "probe.json").read_text())
     assert result["quantize"] == "int8" and 0.5 < result["top1"] <= 1.0
+
+
+def test_cli_cluster_with_int8(tmp_path):
+    import json
+
+    from ssl_rep.cli.cluster import main
+    main(["--checkpoint", "random:resnet20", "--data", "digits", "--split", "test", "--out", str(tmp_path),
+          "--quantize", "int8", "--cache-dir", "none", "--device", "cpu", "--methods", "kmeans"])
+    result = json.loads((tmp_path / "clusters.json").read_text())
+    assert result["quantize"] == "int8" and 0.1 < result["methods"]["kmeans"]["scores"]["acc"] <= 1.0

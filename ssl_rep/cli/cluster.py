@@ -106,7 +106,8 @@ def main(argv=None) -> None:
         out = default_out(args)
         out.mkdir(parents=True, exist_ok=True)
         (out / "clusters.json").write_text(json.dumps({"checkpoint": args.checkpoint, "data": args.data,
-                                                      "split": args.split, "methods": results}, indent=2))
+                                                      "split": args.split, "quantize": args.quantize,
+                                                      "methods": results}, indent=2))
         recon = autoencoder_reconstructions(args.checkpoint, dataset)
         report = write_report(out / "report.html", results, X, y, labels, image_at=image_getter(dataset),
                               reconstructions=recon, title=f"Clusters of {args.checkpoint} on {args.data}/{args.split}",
