@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.results_md import add_output_args, update_section  # noqa: E402
+from eval.results_md import add_output_args, emit, table_section  # noqa: E402
 from ssl_rep.data import stats_for  # noqa: E402
 from ssl_rep.train import load_config  # noqa: E402
 from ssl_rep.train.data import build_loader, build_train_dataset  # noqa: E402
@@ -73,20 +73,17 @@ def main() -> None:
                      "dataloader_img_s": n / t_loader, "resident_img_s": n / t_resident, "speedup": t_loader / t_resident,
                      "device": device.type, "data": args.data})
         print(json.dumps(rows[-1]), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
-    if not args.no_results_md:
-        render(rows, " ".join(["python", *sys.argv]))
+    emit(rows, args, render)
 
 
 def render(rows: list[dict], command: str | None, machine_name: str | None = None) -> None:
-    table = ["| data, transform | images | DataLoader (workers) img/s | resident img/s | speed-up (goal >= 10x on GPU) |",
-             "|---|---|---|---|---|"]
-    table += [f"| {r['data']}, {r['transform']} | {r['images']} | {r['dataloader_img_s']:,.0f} ({r['workers']}) | "
-              f"{r['resident_img_s']:,.0f} | {r['speedup']:.1f}x |" for r in rows]
     device = rows[0]["device"]
-    update_section(f"bench-data-path-{device}", f"Data path: resident batched augmentation vs DataLoader ({device})",
-                   command or "python eval/bench_data_path.py", "\n".join(table), machine_name=machine_name)
+    table_section(f"bench-data-path-{device}", f"Data path: resident batched augmentation vs DataLoader ({device})",
+                  "python eval/bench_data_path.py",
+                  ["data, transform", "images", "DataLoader (workers) img/s", "resident img/s",
+                   "speed-up (goal >= 10x on GPU)"],
+                  [f"| {r['data']}, {r['transform']} | {r['images']} | {r['dataloader_img_s']:,.0f} ({r['workers']}) | "
+                   f"{r['resident_img_s']:,.0f} | {r['speedup']:.1f}x |" for r in rows], command, machine_name)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.results_md import add_output_args, update_section  # noqa: E402
+from eval.results_md import add_output_args, emit, table_section  # noqa: E402
 from ssl_rep.data import build_dataset, build_transform, stats_for  # noqa: E402
 from ssl_rep.encoders import create_encoder  # noqa: E402
 from ssl_rep.eval import extract_features  # noqa: E402
@@ -71,20 +71,17 @@ def main() -> None:
                      "workers": args.workers, "extract_img_s": rate, "bare_img_s": bare, "ratio": rate / bare,
                      "device": device.type, "data": args.data})
         print(json.dumps(rows[-1]), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
-    if not args.no_results_md:
-        render(rows, " ".join(["python", *sys.argv]))
+    emit(rows, args, render)
 
 
 def render(rows: list[dict], command: str | None, machine_name: str | None = None) -> None:
-    table = ["| data, encoder, batch | extraction path | extract img/s | bare forward img/s | ratio (goal >= 0.9) |",
-             "|---|---|---|---|---|"]
-    table += [f"| {r['data']} ({r['images']}), {r['encoder']}, {r['batch_size']} | {r['path']} | "
-              f"{r['extract_img_s']:,.0f} | {r['bare_img_s']:,.0f} | {r['ratio']:.2f} |" for r in rows]
     device = rows[0]["device"]
-    update_section(f"bench-extract-{device}", f"Feature extraction vs bare forward ({device})",
-                   command or "python eval/bench_extract.py", "\n".join(table), machine_name=machine_name)
+    table_section(f"bench-extract-{device}", f"Feature extraction vs bare forward ({device})",
+                  "python eval/bench_extract.py",
+                  ["data, encoder, batch", "extraction path", "extract img/s", "bare forward img/s", "ratio (goal >= 0.9)"],
+                  [f"| {r['data']} ({r['images']}), {r['encoder']}, {r['batch_size']} | {r['path']} | "
+                   f"{r['extract_img_s']:,.0f} | {r['bare_img_s']:,.0f} | {r['ratio']:.2f} |" for r in rows],
+                  command, machine_name)
 
 
 if __name__ == "__main__":

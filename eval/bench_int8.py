@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.results_md import add_output_args, update_section  # noqa: E402
+from eval.results_md import add_output_args, emit, update_section  # noqa: E402
 from ssl_rep.cli.common import eval_dataset, fixed_subset, resolve_encoder  # noqa: E402
 from ssl_rep.eval import LinearProbe, cluster, clustering_scores, extract_features  # noqa: E402
 from ssl_rep.quantize import quantize_encoder, quantize_features  # noqa: E402
@@ -67,10 +67,7 @@ def main() -> None:
               "feature_corr": float(np.corrcoef(Xt.ravel(), Xtq.ravel())[0, 1]),
               "store_bytes": {"fp32": int(X.nbytes), "fp16": int(X.nbytes // 2), "int8": store.stored_bytes}}
     print(json.dumps(result, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    if not args.no_results_md:
-        render(result, " ".join(["python", *sys.argv]))
+    emit(result, args, render)
 
 
 def render(r: dict, command: str | None, machine_name: str | None = None) -> None:

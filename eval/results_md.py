@@ -40,6 +40,23 @@ def update_section(key: str, title: str, command: str, body: str, path: Path = R
     path.write_text(text)
 
 
+def table_section(key: str, title: str, default_command: str, header: list[str], lines: list[str],
+                  command: str | None, machine_name: str | None) -> None:
+    """A RESULTS.md section holding one markdown table: ``header`` cells, then ``lines`` (rows)."""
+    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *lines]
+    update_section(key, title, command or default_command, "\n".join(table), machine_name=machine_name)
+
+
+def emit(result, args, render) -> None:
+    """What every benchmark does with its result: ``--json`` copy, then RESULTS.md unless ``--no-results-md``."""
+    import json
+    import sys
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    if not args.no_results_md:
+        render(result, " ".join(["python", *sys.argv]))
+
+
 def add_output_args(parser) -> None:
     """The output options every benchmark shares: a JSON copy, skipping RESULTS.md, re-rendering a saved run."""
     parser.add_argument("--json", default=None, help="also write the results here")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.results_md import add_output_args, update_section  # noqa: E402
+from eval.results_md import add_output_args, emit, update_section  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
@@ -72,10 +72,7 @@ def main() -> None:
               "rss_max": max(rss), "rss_first_half_mean": sum(after[:half]) / max(half, 1),
               "rss_second_half_mean": sum(after[half:]) / max(len(after) - half, 1), "seconds": t[-1]}
     print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    if not args.no_results_md:
-        render(result, " ".join(["python", *sys.argv]))
+    emit(result, args, render)
 
 
 def render(r: dict, command: str | None, machine_name: str | None = None) -> None:
