@@ -30,8 +30,8 @@ def build(name: str, global_negatives: bool = True):
 
 def global_batch(name: str, n: int):
     g = torch.Generator().manual_seed(1)
-    x = lambda: torch.randn(n, 3, 32, 32, generator=g, dtype=torch.float64)  # noqa: E731
-    return ([x(), x()] if name == "simclr" else x()), torch.zeros(n).long()
+    x = lambda size: torch.randn(n, 3, size, size, generator=g, dtype=torch.float64)  # noqa: E731
+    return ([x(32), x(32)] if name == "simclr" else x(24)), torch.zeros(n).long()   # CPC: a 5 x 5 patch grid
 
 
 def local_part(batch, rank: int):
