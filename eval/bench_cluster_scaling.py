@@ -76,7 +76,11 @@ def render(rows: list[dict], command: str | None, machine_name: str | None = Non
     lines = [f"| {r['method']} | {r['n']:,} | " + (f"{r['seconds']:.2f} s | {r['acc']:.3f} |" if "seconds" in r
                                                     else f"refused | {r['refused']} |") for r in rows]
     table_section("bench-cluster-scaling", "Clustering time as n grows", "python eval/bench_cluster_scaling.py",
-                  ["method", "n", "time", "ACC on 10 blobs (or the guard's message)"], lines, command, machine_name)
+                  ["method", "n", "time", "ACC on 10 blobs (or the guard's message)"], lines, command, machine_name,
+                  note="![clustering time vs n](figures/cluster_scaling.png)\n\nThe O(n^2) methods (mean-shift, "
+                       "DBSCAN, agglomerative) are refused above the memory limit (`max_memory_gb`, 4 GB by default) "
+                       "with the estimate and the ways out (`--max-samples`, a connectivity graph, k-means); k-means "
+                       "(faiss) and GMM run at every size. The 1k k-means time includes faiss's first-call start-up.")
 
 
 if __name__ == "__main__":

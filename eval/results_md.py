@@ -41,10 +41,11 @@ def update_section(key: str, title: str, command: str, body: str, path: Path = R
 
 
 def table_section(key: str, title: str, default_command: str, header: list[str], lines: list[str],
-                  command: str | None, machine_name: str | None) -> None:
-    """A RESULTS.md section holding one markdown table: ``header`` cells, then ``lines`` (rows)."""
+                  command: str | None, machine_name: str | None, note: str = "") -> None:
+    """A RESULTS.md section holding one markdown table (``header`` cells, then ``lines``) and a note."""
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *lines]
-    update_section(key, title, command or default_command, "\n".join(table), machine_name=machine_name)
+    update_section(key, title, command or default_command, "\n".join(table) + ("\n\n" + note if note else ""),
+                   machine_name=machine_name)
 
 
 def emit(result, args, render) -> None:
