@@ -22,7 +22,8 @@ def build_dataset(name_or_path: str | os.PathLike, split: str = "train", transfo
     Names: ``digits`` (embedded, no download), ``fashion-mnist``, ``cifar10``, ``cifar100``,
     ``stl10``, ``imagenet``. ``root`` is where the files are (each loader's docstring gives the
     expected layout). Anything else is treated as a folder of images; if ``path/split`` is a
-    folder it is used (``train``/``val`` layouts), else the path itself. Without ``transform``
+    folder it is used (``train``/``val`` layouts), else the path itself. A folder holding
+    ``shards.json`` is read as WebDataset tar shards (:mod:`ssl_rep.data.shards`), streamed. Without ``transform``
     images come back as float32 ``(3, H, W)`` tensors in [0, 1].
     """
     name = str(name_or_path)
@@ -40,6 +41,9 @@ def build_dataset(name_or_path: str | os.PathLike, split: str = "train", transfo
     path = Path(name)
     if path.is_dir():
         chosen = path / split if (path / split).is_dir() else path
+        if (chosen / "shards.json").is_file():   # WebDataset tar shards (ssl_rep.data.shards)
+            from .shards import ShardDataset
+            return ShardDataset(chosen, transform, **kwargs)
         return ImageFolderDataset(chosen, transform, **kwargs)
     raise ValueError(f"unknown dataset {name!r}: not one of {', '.join(DATASETS)} and not an existing folder")
 

@@ -6,6 +6,7 @@ downstream transform sees the same thing: ``PIL.Image`` in mode ``RGB``.
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 
@@ -63,15 +64,28 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     unreadable, or declares more than ``MAX_IMAGE_PIXELS`` pixels.
     """
     try:
-        if os.path.getsize(path) == 0:
-            raise ImageDecodeError(f"{shown_path(path)}: empty file (0 bytes)")
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise ImageDecodeError(f"{shown_path(path)}: cannot read ({exc})") from exc
+    return _decode(path, shown_path(path), size)
+
+
+def decode_rgb(data: bytes, name: str) -> Image.Image:
+    """:func:`load_rgb` for an image held in memory (a tar shard's member); ``name`` is for messages."""
+    return _decode(io.BytesIO(data), name, len(data))
+
+
+def _decode(source, name: str, size: int) -> Image.Image:
+    try:
+        if size == 0:
+            raise ImageDecodeError(f"{name}: empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 width, height = img.size
                 if width * height > MAX_IMAGE_PIXELS:
                     raise ImageDecodeError(
-                        f"{shown_path(path)}: declares {width}x{height} pixels, more than the "
+                        f"{name}: declares {width}x{height} pixels, more than the "
                         f"limit of {MAX_IMAGE_PIXELS}; refused without decoding")
                 img.load()
                 img = ImageOps.exif_transpose(img)
@@ -81,4 +95,4 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as exc:
         reason = str(exc).encode("utf-8", "backslashreplace").decode("utf-8")  # PIL may quote an odd name
-        raise ImageDecodeError(f"{shown_path(path)}: cannot decode image ({reason})") from exc
+        raise ImageDecodeError(f"{name}: cannot decode image ({reason})") from exc

@@ -1,0 +1,100 @@
+"""WebDataset shards: a folder round-trips through write_shards/ShardDataset; ranks and workers split it."""
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ssl_rep.data.shards import ShardDataset, main, write_shards
+
+pytest.importorskip("webdataset")
+
+
+def make_folder(root):
+    """Two classes of solid-colour images (one CMYK JPEG among them) and two bad files."""
+    for c, colour in enumerate([(255, 0, 0), (0, 0, 255)]):
+        d = root / f"class{c}"
+        d.mkdir(parents=True)
+        for i in range(5):
+            Image.new("RGB", (8 + i, 8), colour).save(d / f"{i}.png")
+    Image.new("CMYK", (6, 6), (0, 255, 255, 0)).save(root / "class0" / "cmyk.jpg")   # red
+    (root / "class1" / "empty.jpg").write_bytes(b"")
+    (root / "class1" / "text.png").write_text("not an image")
+
+
+def summary(items):
+    return sorted((label, tuple(x[:, 0, 0].tolist()), tuple(x.shape)) for x, label in items)
+
+
+def test_round_trip_counts_bad_files_and_splits_across_ranks_and_workers(tmp_path):
+    make_folder(tmp_path / "src")
+    index = write_shards(tmp_path / "src", tmp_path / "shards", max_count=3, progress=False)
+    assert index["total"] == 11 and index["counts"] == [3, 3, 3, 2] and index["classes"] == ["class0", "class1"]
+    assert sorted(s["file"].split("/")[-1] for s in index["skipped"]) == ["empty.jpg", "text.png"]
+    everything = list(ShardDataset(tmp_path / "shards", shuffle_buffer=0))
+    assert len(everything) == 11
+    expected = [(0, (1.0, 0.0, 0.0), (3, 8, 8 + i)) for i in range(5)] + [(0, (1.0, 0.0, 0.0), (3, 6, 6))] + \
+               [(1, (0.0, 0.0, 1.0), (3, 8, 8 + i)) for i in range(5)]
+    assert summary(everything) == sorted(expected)
+    # two processes read disjoint shards that together hold everything
+    ranks = [ShardDataset(tmp_path / "shards", rank=r, world_size=2, shuffle_buffer=4) for r in (0, 1)]
+    parts = [list(r) for r in ranks]
+    assert [len(p) for p in parts] == [len(r) for r in ranks] == [6, 5]
+    assert summary(parts[0] + parts[1]) == summary(everything)
+    # DataLoader workers split a process's shards further; nothing is read twice
+    loader = torch.utils.data.DataLoader(ShardDataset(tmp_path / "shards", shuffle_buffer=0), batch_size=None,
+                                         num_workers=2)
+    assert summary(list(loader)) == summary(everything)
+
+
+def test_shuffling_is_seeded_per_epoch(tmp_path):
+    make_folder(tmp_path / "src")
+    write_shards(tmp_path / "src", tmp_path / "shards", max_count=3, progress=False)
+    ds = ShardDataset(tmp_path / "shards", shuffle_buffer=8, seed=3)
+    order = lambda: [(y, x.shape[-1]) for x, y in ds]  # noqa: E731
+    first = order()
+    assert order() == first          # same epoch, same order
+    ds.set_epoch(1)
+    assert order() != first and sorted(order()) == sorted(first)
+
+
+def test_a_corrupt_sample_is_skipped_and_counted(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    good = io.BytesIO()
+    Image.new("RGB", (4, 4), (0, 255, 0)).save(good, format="PNG")
+    with tarfile.open(shards / "shard-000000.tar", "w") as tar:
+        for name, data in (("a.png", good.getvalue()), ("b.png", b"garbage")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (shards / "shards.json").write_text(json.dumps({"shards": ["shard-000000.tar"], "counts": [2], "classes": None}))
+    ds = ShardDataset(shards, shuffle_buffer=0)
+    items = list(ds)
+    assert len(items) == 1 and items[0][1] == -1 and np.allclose(items[0][0][:, 0, 0].numpy(), [0, 1, 0])
+    assert len(ds.bad_samples) == 1 and "b.png" in ds.bad_samples[0][1]
+
+
+def test_cli_and_errors(tmp_path, capsys):
+    make_folder(tmp_path / "src")
+    main([str(tmp_path / "src"), str(tmp_path / "out"), "--max-count", "100"])
+    assert "wrote 11 samples in 1 shards" in capsys.readouterr().out
+    with pytest.raises(FileExistsError, match="already holds shards"):
+        write_shards(tmp_path / "src", tmp_path / "out", progress=False)
+    with pytest.raises(FileNotFoundError, match="no shards.json"):
+        ShardDataset(tmp_path / "src")
+
+
+def test_build_dataset_reads_shards_and_features_come_out_for_every_sample(tmp_path):
+    import ssl_rep
+    make_folder(tmp_path / "src" / "train")
+    write_shards(tmp_path / "src" / "train", tmp_path / "sh" / "train", max_count=4, progress=False)
+    from ssl_rep.data import build_transform
+    ds = ssl_rep.build_dataset(tmp_path / "sh", split="train", transform=build_transform("eval", size=8, resize=8))
+    assert isinstance(ds, ShardDataset) and len(ds) == 11
+    X, y = ssl_rep.extract_features(ssl_rep.create_encoder("resnet20"), ds, batch_size=4, device="cpu",
+                                    progress=False)
+    assert X.shape == (11, 64) and sorted(y.tolist()) == [0] * 6 + [1] * 5
