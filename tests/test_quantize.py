@@ -95,6 +95,10 @@ def test_feature_store_is_4x_smaller_and_the_evaluators_read_it(tmp_path):
     assert LinearProbe(C=1.0, device="cpu").fit(loaded, y).score(loaded, y) == pytest.approx(full, abs=0.01)
     assert KNNClassifier(k=5).fit(loaded, y).score(X, y) > 0.95
     assert KNNClassifier(k=5, index="sq8").fit(X, y).score(X, y) > 0.95
+    exact = KNNClassifier(k=5).fit(X, y).kneighbors(X[:50])[1]
+    probe_all = KNNClassifier(k=5, index="ivf", nlist=8, nprobe=8).fit(X, y).kneighbors(X[:50])[1]
+    assert (np.sort(probe_all, 1) == np.sort(exact, 1)).mean() > 0.99   # every cell searched: the exact neighbours
+    assert KNNClassifier(k=5, index="ivf").fit(X, y).score(X, y) > 0.95
     labels = cluster(loaded, "kmeans", n_clusters=3)
     assert len(np.unique(labels)) == 3
     half = load_features(save_features(tmp_path / "half", X, "fp16"))
