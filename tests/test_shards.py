@@ -98,3 +98,34 @@ def test_build_dataset_reads_shards_and_features_come_out_for_every_sample(tmp_p
     X, y = ssl_rep.extract_features(ssl_rep.create_encoder("resnet20"), ds, batch_size=4, device="cpu",
                                     progress=False)
     assert X.shape == (11, 64) and sorted(y.tolist()) == [0] * 6 + [1] * 5
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_pretraining_on_shards_resumes_exactly(tmp_path, workers):
+    """Pretraining reads shards; stopping after 3 steps and resuming to 12 gives the weights of a straight
+    run of 12 (the resumed epoch skips the batches already done, then the next epoch starts)."""
+    from ssl_rep.train import load_config, train
+    from ssl_rep.train.metrics import read_metrics
+    src = tmp_path / "src"
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (src / f"c{c}").mkdir(parents=True)
+        for i in range(20):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(src / f"c{c}" / f"{i}.png")
+    write_shards(src, tmp_path / "shards", max_count=10, progress=False)
+    common = [f"data.dataset={tmp_path / 'shards'}", "data.image_size=16", "data.batch_size=4",
+              f"data.num_workers={workers}",
+              "trainer.deterministic=true", "trainer.log_every=1", "trainer.checkpoint_every=3", "optim.name=adamw",
+              "optim.lr=0.001", "trainer.online_probe=false"]
+    straight = train(load_config("ae_digits", [*common, "trainer.max_steps=12", f"out_dir={tmp_path / 'a'}"]),
+                     progress=False)
+    assert straight.steps == 12
+    epochs = [r["epoch"] for r in read_metrics(tmp_path / "a" / "metrics.jsonl")]
+    assert max(epochs) == 1   # (40 - max(1, workers) * 3) // 4 = 9 or 8 batches per epoch: 12 steps reach epoch 1
+
+    train(load_config("ae_digits", [*common, "trainer.max_steps=3", f"out_dir={tmp_path / 'b'}"]), progress=False)
+    train(load_config("ae_digits", [*common, "trainer.max_steps=12", f"out_dir={tmp_path / 'b'}"]), resume=True,
+          progress=False)
+    a = torch.load(tmp_path / "a" / "encoder.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "encoder.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

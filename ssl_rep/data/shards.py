@@ -57,7 +57,7 @@ def write_shards(source, out_dir: str | os.PathLike, max_count: int = 10_000, ma
             counts.extend([0] * (shard + 1 - len(counts)))
             counts[shard] += 1
     index = {"format": "ssl_rep.shards/1", "shards": [SHARD_PATTERN % k for k in range(len(counts))],
-             "counts": counts, "total": sum(counts), "classes": dataset.classes,
+             "counts": counts, "total": sum(counts), "classes": dataset.classes, "labels": dataset.labels,
              "skipped": [{"file": f, "reason": r} for f, r in dataset.bad_files]}
     (out / INDEX).write_text(json.dumps(index, indent=1))
     return index
@@ -92,9 +92,17 @@ class ShardDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @property
+    def labels(self) -> list[int]:
+        """Every sample's label in writing order (-1 where unlabeled), from shards.json."""
+        return self.index.get("labels") or [-1] * self.index["total"]
+
+    def rank_count(self, rank: int) -> int:
+        return sum(c for k, c in enumerate(self.index["counts"]) if k % self.world_size == rank)
+
     def __len__(self) -> int:
         """Samples in this process's shards."""
-        return sum(c for k, c in enumerate(self.index["counts"]) if k % self.world_size == self.rank)
+        return self.rank_count(self.rank)
 
     def _my_shards(self) -> list[str]:
         shards = [str(self.folder / name) for k, name in enumerate(self.index["shards"])
@@ -114,7 +122,14 @@ class ShardDataset(IterableDataset):
             log.warning("skipping undecodable sample (%d so far): %s", len(self.bad_samples), exc)
             return None
         label = int(sample["cls"]) if "cls" in sample else -1
-        return (self.transform(img) if self.transform is not None else to_tensor(img)), label
+        if self.transform is None:
+            return to_tensor(img), label
+        key = sample.get("__key__", "0")
+        # Sample i of epoch e is augmented under its own seed, whatever the workers and wherever a
+        # run was resumed (as the DataLoader path's SeededAugment does).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_mix(self.seed, self.epoch, int(key) if key.isdigit() else hash(key)))
+            return self.transform(img), label
 
     def __iter__(self):
         import webdataset as wds
@@ -129,6 +144,11 @@ class ShardDataset(IterableDataset):
             item = self._decode(sample)
             if item is not None:
                 yield item
+
+
+def _mix(*parts: int) -> int:
+    import numpy as np
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
 
 
 def _seeded(seed: int, epoch: int):

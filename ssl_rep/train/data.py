@@ -126,6 +126,8 @@ def build_train_dataset(cfg: Config):
         pick = np.sort(np.random.default_rng(cfg.seed).choice(len(raw), cfg.data.subset, replace=False))
         raw = ArrayImageDataset(raw.images[pick], raw.labels[pick], None,
                                 name=f"{raw.name}[{cfg.data.subset}]", classes=raw.classes)
+    if hasattr(raw, "set_epoch"):   # streamed shards: shard order, shuffle and augmentation follow the run's seed
+        raw.seed = cfg.seed
     size = cfg.data.image_size or image_size_of(raw)
     raw.transform, transform_name = choose_transform(cfg, size)
     labels = np.asarray(raw.labels)
@@ -149,7 +151,44 @@ def build_eval_dataset(cfg: Config, size: int):
     return ds if (np.asarray(ds.labels) >= 0).any() else None
 
 
+class ShardEpochLoader:
+    """Epochs over a :class:`~ssl_rep.data.shards.ShardDataset` with the sampler interface the loop uses.
+
+    Every process stops after the same number of batches (processes can hold different numbers of
+    samples, and each DataLoader worker drops its own partial batch), and a resumed epoch skips the
+    batches already done: shard order, shuffle buffer and augmentation are seeded, so the skipped
+    batches are exactly those of the interrupted run (with the same ``data.num_workers``)."""
+
+    def __init__(self, dataset, cfg: Config, device: torch.device):
+        self.dataset, self.skip = dataset, 0
+        b, workers = cfg.data.batch_size, cfg.data.num_workers
+        fewest = min(dataset.rank_count(r) for r in range(dataset.world_size))
+        self.batches_per_epoch = max(0, fewest - max(1, workers) * (b - 1)) // b
+        if self.batches_per_epoch == 0:
+            raise ConfigError(f"data.batch_size={b}: the shards give some process only {fewest} samples, not a "
+                              f"full batch per DataLoader worker ({max(1, workers)}); use a smaller batch or fewer workers")
+        # Not persistent: workers see the new epoch. A private generator: making an iterator must not
+        # draw from the global RNG (a resumed run makes one at a different point than the straight run).
+        self.loader = DataLoader(dataset, batch_size=b, drop_last=True, num_workers=workers,
+                                 pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed))
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.dataset.set_epoch(epoch)
+        self.skip = skip_batches
+
+    def __iter__(self):
+        for b, batch in enumerate(self.loader):
+            if b >= self.batches_per_epoch:
+                return
+            if b >= self.skip:
+                yield batch
+
+
 def build_loader(dataset, cfg: Config, device: torch.device, seed: int, rank: int = 0, world_size: int = 1):
+    from ..data.shards import ShardDataset
+    if isinstance(dataset, ShardDataset):
+        loader = ShardEpochLoader(dataset, cfg, device)
+        return loader, loader
     if len(dataset) < cfg.data.batch_size * world_size:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} x {world_size} processes is larger than the dataset "
                           f"({len(dataset)} images in {cfg.data.dataset}/{cfg.data.split})")

@@ -131,6 +131,10 @@ class GPUResidentLoader:
     def __len__(self) -> int:
         return len(self.sampler) // self.batch_size
 
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.sampler.batches_per_epoch
+
     def augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         x = x.float() / 255.0
         if self.transform == "cifar_train":

@@ -137,6 +137,15 @@ def use_gpu_resident(cfg: Config, dataset, device: torch.device, transform_name:
 
 def eval_tensors(dataset, device, num_workers: int, limit: int = 10_000):
     """The held-out split's first ``limit`` images, transformed once and kept on ``device``."""
+    if isinstance(dataset, torch.utils.data.IterableDataset):   # streamed shards: the first batches read
+        xs, ys, seen = [], [], 0
+        for x, y in torch.utils.data.DataLoader(dataset, batch_size=512):
+            xs.append(x)
+            ys.append(y)
+            seen += len(x)
+            if seen >= limit:
+                break
+        return torch.cat(xs)[:limit].to(device), torch.cat(ys)[:limit].to(device)
     subset = torch.utils.data.Subset(dataset, range(min(len(dataset), limit)))
     loader = torch.utils.data.DataLoader(subset, batch_size=512, num_workers=num_workers)
     xs, ys = zip(*loader)
@@ -220,7 +229,7 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
         sampler = loader
     else:
         loader, sampler = build_loader(dataset, cfg, device, cfg.seed, rank, world)
-    steps_per_epoch = len(dataset) // (cfg.data.batch_size * world)   # global batches: every process steps together
+    steps_per_epoch = sampler.batches_per_epoch   # global batches: every process steps together
     total = cfg.trainer.max_steps or cfg.trainer.epochs * steps_per_epoch
 
     step, epoch, batch_in_epoch = 0, 0, 0
