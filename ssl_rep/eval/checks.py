@@ -18,11 +18,16 @@ def check_features(X, name: str = "features", min_rows: int = 1) -> np.ndarray:
         raise ValueError(f"{name}: need at least {min_rows} rows, got {len(X)}")
     if not np.issubdtype(X.dtype, np.number):
         raise ValueError(f"{name}: expected numbers, got dtype {X.dtype}")
-    bad = ~np.isfinite(X)
-    if bad.any():
-        rows = np.unique(np.nonzero(bad)[0])
-        raise ValueError(f"{name}: {int(bad.sum())} NaN/inf values in {len(rows)} rows (first rows: "
-                         f"{rows[:5].tolist()}); the encoder may have diverged")
+    # In chunks: a memory-mapped store is read once and never held (nor a full-size mask) in RAM.
+    n_bad, bad_rows = 0, []
+    for start in range(0, len(X), 65536):
+        bad = ~np.isfinite(np.asarray(X[start:start + 65536]))
+        if bad.any():
+            n_bad += int(bad.sum())
+            bad_rows.extend((start + np.unique(np.nonzero(bad)[0])).tolist())
+    if n_bad:
+        raise ValueError(f"{name}: {n_bad} NaN/inf values in {len(bad_rows)} rows (first rows: "
+                         f"{bad_rows[:5]}); the encoder may have diverged")
     return X
 
 

@@ -151,7 +151,8 @@ def cluster(features, method: str = "kmeans", n_clusters: int | None = None, see
 
     ``n_clusters`` is used by kmeans, gmm and agglomerative (default 10); mean-shift and DBSCAN find
     their own number. ``max_samples``: fit on a random subsample of that size and give every other
-    point the label of its nearest subsample point. Method options pass through ``params``:
+    point the label of its nearest subsample point (k-means: of its nearest centroid); the features
+    are then read in chunks, so a memory-mapped store of any size never becomes one float32 array. Method options pass through ``params``:
     kmeans ``n_init``, ``n_iter``, ``init``; meanshift ``bandwidth`` (default: ``estimate_bandwidth``
     with ``quantile``, 0.05); dbscan ``eps`` (default: the k-distance knee; or ``eps_quantile`` of the
     k-distances), ``min_samples`` (10); gmm
@@ -160,7 +161,7 @@ def cluster(features, method: str = "kmeans", n_clusters: int | None = None, see
     """
     if method not in METHODS:
         raise ValueError(f"unknown clustering method {method!r}; valid: {', '.join(METHODS)}")
-    X = np.ascontiguousarray(check_features(features, "features", min_rows=2), dtype=np.float32)
+    X = check_features(features, "features", min_rows=2)   # a memmap stays on disk until rows are needed
     if n_clusters is not None and n_clusters > len(X):
         raise ValueError(f"{method}: n_clusters={n_clusters} is more than the {len(X)} points")
     n = min(len(X), max_samples) if max_samples else len(X)
@@ -173,11 +174,21 @@ def cluster(features, method: str = "kmeans", n_clusters: int | None = None, see
     if n < len(X):
         rng = np.random.default_rng(seed)
         pick = np.sort(rng.choice(len(X), n, replace=False))
-        sub_labels = np.asarray(_run(X[pick], method, n_clusters, seed, dict(params)), dtype=np.int64)
+        sub = np.ascontiguousarray(X[pick], dtype=np.float32)
+        sub_labels = np.asarray(_run(sub, method, n_clusters, seed, dict(params)), dtype=np.int64)
         import faiss
 
         index = faiss.IndexFlatL2(X.shape[1])
-        index.add(X[pick])
-        _, nearest = index.search(X, 1)
-        return sub_labels[nearest.ravel()]
-    return np.asarray(_run(X, method, n_clusters, seed, dict(params)), dtype=np.int64)
+        if method == "kmeans":   # every point joins its nearest centroid, as the subsample's points did
+            lookup = np.unique(sub_labels)
+            index.add(np.stack([sub[sub_labels == c].mean(0) for c in lookup]))
+        else:                    # every point takes the label of its nearest subsample point
+            index.add(sub)
+            lookup = sub_labels
+        labels = np.empty(len(X), np.int64)
+        for start in range(0, len(X), 65536):   # in chunks: the full set is never one float32 array
+            _, nearest = index.search(np.ascontiguousarray(X[start:start + 65536], dtype=np.float32), 1)
+            labels[start:start + 65536] = lookup[nearest.ravel()]
+        return labels
+    return np.asarray(_run(np.ascontiguousarray(X, dtype=np.float32), method, n_clusters, seed, dict(params)),
+                      dtype=np.int64)

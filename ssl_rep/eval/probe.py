@@ -11,6 +11,12 @@ from .checks import check_features, check_labels
 
 DEFAULT_CS = tuple(np.logspace(-4, 2, 7))
 FULL_BATCH_MAX_BYTES = 2 << 30
+CHUNK_BYTES = 256 << 20   # streamed passes read this much float32 at a time
+
+
+def chunk_rows(dim: int, minimum: int = 1024) -> int:
+    """Rows per streamed chunk: about CHUNK_BYTES of float32, whatever the feature width."""
+    return max(minimum, CHUNK_BYTES // (4 * max(1, dim)))
 
 
 class LinearProbe:
@@ -43,9 +49,13 @@ class LinearProbe:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     def _transform(self, X) -> torch.Tensor:
-        x = torch.tensor(np.asarray(X, dtype=np.float32), device=self._device())  # a copy: X may be a read-only memmap
+        arr = np.asarray(X, dtype=np.float32)
+        # One copy at most: a converted (or sliced-and-converted) chunk is ours to normalise in place;
+        # the caller's own float32 array (or a read-only memmap) is copied first.
+        owned = arr.flags.writeable and arr.flags.c_contiguous and not np.may_share_memory(arr, X)
+        x = (torch.from_numpy(arr) if owned else torch.tensor(arr)).to(self._device())
         if self.normalize == "standard":
-            x = (x - self._mean_t) / self._scale_t
+            x = x.sub_(self._mean_t).div_(self._scale_t)
         elif self.normalize == "l2":
             x = F.normalize(x, dim=1)
         return x
@@ -55,8 +65,9 @@ class LinearProbe:
             raise ValueError(f"normalize must be 'standard', 'l2' or None, got {self.normalize!r}")
         mean = np.zeros(X.shape[1], np.float64)
         sq = np.zeros(X.shape[1], np.float64)
-        for start in range(0, len(X), 65536):  # chunked, so memory-mapped features stream
-            chunk = np.asarray(X[start:start + 65536], dtype=np.float64)
+        rows = chunk_rows(2 * X.shape[1])   # float64 here
+        for start in range(0, len(X), rows):  # chunked, so memory-mapped features stream
+            chunk = np.asarray(X[start:start + rows], dtype=np.float64)
             mean += chunk.sum(0)
             sq += (chunk ** 2).sum(0)
         mean /= len(X)
@@ -89,13 +100,14 @@ class LinearProbe:
             opt.step(closure)
         else:
             opt = torch.optim.Adam([W, b], lr=self.lr)
-            steps = self.epochs * sum(-(-min(1 << 18, n - s) // self.batch_size) for s in range(0, n, 1 << 18))
+            rows = chunk_rows(d, self.batch_size)
+            steps = self.epochs * sum(-(-min(rows, n - s) // self.batch_size) for s in range(0, n, rows))
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
             rng = np.random.default_rng(self.random_state)
             for _ in range(self.epochs):
-                for start in range(0, n, 1 << 18):  # shuffle within large chunks: sequential reads from disk
-                    idx = np.arange(start, min(n, start + (1 << 18)))
-                    xc, yc = self._transform(X[idx]), torch.as_tensor(y[idx], device=dev)
+                for start in range(0, n, rows):  # shuffle within chunks: sequential reads from disk
+                    idx = np.arange(start, min(n, start + rows))
+                    xc, yc = self._transform(X[start:start + len(idx)]), torch.as_tensor(y[idx], device=dev)
                     perm = torch.as_tensor(rng.permutation(len(idx)), device=dev)
                     for s in range(0, len(idx), self.batch_size):
                         j = perm[s:s + self.batch_size]
@@ -111,7 +123,8 @@ class LinearProbe:
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"features have {X.shape[1]} columns; the probe was fit on {self.n_features_in_}")
         W, b = torch.as_tensor(self.coef_, device=self._device()), torch.as_tensor(self.intercept_, device=self._device())
-        return torch.cat([self._transform(X[s:s + 65536]) @ W.T + b for s in range(0, len(X), 65536)])
+        rows = chunk_rows(X.shape[1])
+        return torch.cat([self._transform(X[s:s + rows]) @ W.T + b for s in range(0, len(X), rows)])
 
     # ------------------------------------------------------------------ sklearn API
     def fit(self, X, y):
