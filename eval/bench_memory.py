@@ -21,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eval.results_md import add_output_args, emit, update_section  # noqa: E402
+from ssl_rep.eval.probe import chunk_rows  # noqa: E402
 
 
 def write_features(folder: Path, n: int, dim: int, classes: int, seed: int = 0) -> None:
@@ -112,9 +113,10 @@ def render(r: dict, command: str | None, machine_name: str | None = None) -> Non
     text = "\n".join(rows) + (
         f"\n\n{r['n']:,} x {r['dim']} fp16 features ({r['file_gib']:.1f} GiB on disk; {r['full_float32_gib']:.1f} GiB "
         f"as one float32 array), {r['classes']} classes. Probe: fixed C, one epoch of the streamed mini-batch solver "
-        f"(chunks of 262,144 rows). k-means: faiss on a {256 * r['classes']:,}-point subsample, then every point "
+        f"(chunks of {chunk_rows(r['dim']):,} rows, 256 MB as float32). k-means: faiss on a {256 * r['classes']:,}-point subsample, then every point "
         "assigned to its nearest centroid in chunks of 65,536. Peak anonymous memory is what the process itself "
-        "allocated; RSS also counts pages of the memory-mapped file, which the kernel drops under pressure.")
+        "allocated; RSS also counts pages of the memory-mapped file, which the kernel drops under pressure."
+        + (f" {r['note']}" if r.get("note") else ""))
     update_section("bench-memory", "Memory: probe and k-means on features streamed from an fp16 memmap",
                    command or "python eval/bench_memory.py", text, machine_name=machine_name)
 
