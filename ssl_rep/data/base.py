@@ -11,6 +11,11 @@ from torch.utils.data import Dataset
 from .transforms import to_tensor
 
 
+def mix_seed(*parts: int) -> int:
+    """One 32-bit seed from several integers (run seed, epoch, sample index, ...), well mixed."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
+
+
 class ArrayImageDataset(Dataset):
     """Images held as a uint8 array ``(N, H, W, 3)`` (numpy or a numpy memmap).
 

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import IterableDataset
 from tqdm.auto import tqdm
 
+from .base import mix_seed
 from .decode import ImageDecodeError, decode_rgb
 from .folder import ImageFolderDataset
 from .transforms import to_tensor
@@ -128,7 +129,7 @@ class ShardDataset(IterableDataset):
         # Sample i of epoch e is augmented under its own seed, whatever the workers and wherever a
         # run was resumed (as the DataLoader path's SeededAugment does).
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_mix(self.seed, self.epoch, int(key) if key.isdigit() else hash(key)))
+            torch.manual_seed(mix_seed(self.seed, self.epoch, int(key) if key.isdigit() else hash(key)))
             return self.transform(img), label
 
     def __iter__(self):
@@ -144,11 +145,6 @@ class ShardDataset(IterableDataset):
             item = self._decode(sample)
             if item is not None:
                 yield item
-
-
-def _mix(*parts: int) -> int:
-    import numpy as np
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
 
 
 def _seeded(seed: int, epoch: int):

@@ -16,14 +16,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..data import MultiView, build_dataset, build_transform, stats_for
-from ..data.base import ArrayImageDataset
+from ..data.base import ArrayImageDataset, mix_seed
 from .config import Config, ConfigError
 
 log = logging.getLogger("ssl_rep.train")
-
-
-def mix_seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
 
 
 class SeededAugment(Dataset):

@@ -25,7 +25,7 @@ from .checkpoint import (CheckpointError, atomic_save, encoder_payload, load_che
                          set_rng_state)
 from .config import Config, ConfigError, config_to_dict, save_config
 from .data import build_eval_dataset, build_loader, build_train_dataset, mix_seed
-from .distributed import barrier, close_distributed, gather_objects, init_distributed, mean_over_ranks
+from .distributed import barrier, gather_objects, init_distributed, mean_over_ranks
 from .gpu_data import GPU_TRANSFORMS, GPUResidentLoader
 from .metrics import MetricsLog
 from .optim import AdamW, build_optimizer
@@ -260,8 +260,7 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
                 "probe": probe.state_dict() if probe is not None else {},
                 "probe_optimizer": probe_opt.state_dict() if probe is not None else {},
                 "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "config": config_to_dict(cfg),
-                "encoder_spec": {"name": method.encoder.encoder_name, "kwargs": dict(method.encoder.encoder_kwargs)},
-                "world_size": world}
+                "encoder_spec": {"name": method.encoder.encoder_name, "kwargs": dict(method.encoder.encoder_kwargs)}}
 
     def write_checkpoint() -> Path:
         """Every process takes part (its RNG state is gathered); rank 0 writes; all wait for it."""
