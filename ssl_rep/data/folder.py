@@ -126,11 +126,13 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int):
+    def read(self, index: int, load: Callable = load_rgb):
+        """``(load(path), label)`` for file ``index``; a file that fails to load (an
+        :class:`ImageDecodeError`) is counted, reported a few times, and the next file is served."""
         for attempt in range(len(self.samples)):
             path, label = self.samples[(index + attempt) % len(self.samples)]
             try:
-                img = load_rgb(path)
+                return load(path), label
             except ImageDecodeError as exc:
                 # Passed the up-front check but fails now (truncated after a header check, or
                 # changed on disk): count it, say so a few times, and serve the next file.
@@ -138,9 +140,11 @@ class ImageFolderDataset(Dataset):
                 if self._reported_runtime < SHOW_BAD:
                     log.warning("skipping undecodable image (%d so far): %s", len(self.bad_files), exc)
                     self._reported_runtime += 1
-                continue
-            return (self.transform(img) if self.transform is not None else to_tensor(img)), label
         raise RuntimeError(f"{self.root}: every image failed to decode; first: {self.bad_files[0][1]}")
+
+    def __getitem__(self, index: int):
+        img, label = self.read(index)
+        return (self.transform(img) if self.transform is not None else to_tensor(img)), label
 
     def __repr__(self) -> str:
         n_cls = len(self.classes) if self.classes else 0

@@ -36,6 +36,8 @@ class DataConfig:
     transform: str = "auto"          # auto | cifar_train | imagenet_train | imagenet_rrc | simclr | eval | none
     image_size: Optional[int] = None  # crop size; None = the dataset's own size (224 for folders)
     gpu_resident: str = "auto"       # auto | on | off: keep uint8 images on the device (GPU or CPU), augment batches there
+    decode_on: str = "workers"       # workers | device: image folders' JPEGs decoded by DataLoader workers (PIL) or
+                                     # in batches on the training device (nvjpeg on a GPU), then augmented there
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class Config:
 CHOICES = {
     "data.transform": ("auto", "cifar_train", "imagenet_train", "imagenet_rrc", "simclr", "eval", "none"),
     "data.gpu_resident": ("auto", "on", "off"),
+    "data.decode_on": ("workers", "device"),
     "optim.name": ("sgd", "adamw", "lars"),
     "schedule.name": ("cosine", "step", "constant"),
     "trainer.precision": ("auto", "bf16", "fp32"),

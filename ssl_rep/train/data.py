@@ -17,6 +17,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..data import MultiView, build_dataset, build_transform, stats_for
 from ..data.base import ArrayImageDataset, mix_seed
+from ..data.device_decode import EncodedImages, collate_encoded
+from ..data.folder import ImageFolderDataset
 from .config import Config, ConfigError
 
 log = logging.getLogger("ssl_rep.train")
@@ -122,6 +124,10 @@ def build_train_dataset(cfg: Config):
         pick = np.sort(np.random.default_rng(cfg.seed).choice(len(raw), cfg.data.subset, replace=False))
         raw = ArrayImageDataset(raw.images[pick], raw.labels[pick], None,
                                 name=f"{raw.name}[{cfg.data.subset}]", classes=raw.classes)
+    if cfg.data.decode_on == "device" and not isinstance(raw, ImageFolderDataset):
+        raise ConfigError(f"data.decode_on=device decodes image files on the training device: it needs an image folder "
+                          f"or imagenet, not {cfg.data.dataset!r} (in-memory datasets are decoded once already; "
+                          f"data.gpu_resident keeps them on the device; shards decode in workers)")
     if hasattr(raw, "set_epoch"):   # streamed shards: shard order, shuffle and augmentation follow the run's seed
         raw.seed = cfg.seed
     size = cfg.data.image_size or image_size_of(raw)
@@ -180,7 +186,8 @@ class ShardEpochLoader:
                 yield batch
 
 
-def build_loader(dataset, cfg: Config, device: torch.device, seed: int, rank: int = 0, world_size: int = 1):
+def build_loader(dataset, cfg: Config, device: torch.device, seed: int, rank: int = 0, world_size: int = 1,
+                 transform_name: str = "none", size: int = 224):
     from ..data.shards import ShardDataset
     if isinstance(dataset, ShardDataset):
         loader = ShardEpochLoader(dataset, cfg, device)
@@ -190,9 +197,16 @@ def build_loader(dataset, cfg: Config, device: torch.device, seed: int, rank: in
                           f"({len(dataset)} images in {cfg.data.dataset}/{cfg.data.split})")
     sampler = EpochSampler(len(dataset), seed, cfg.data.batch_size, rank, world_size)
     workers = cfg.data.num_workers
+    on_device = cfg.data.decode_on == "device"
     # A private generator: creating an iterator (each epoch, and on resume) must not consume the
     # global RNG, or a resumed run's model-side randomness would drift from the uninterrupted run's.
-    loader = DataLoader(SeededAugment(dataset, seed), batch_size=cfg.data.batch_size, sampler=sampler,
-                        drop_last=True, generator=torch.Generator().manual_seed(seed), num_workers=workers, pin_memory=device.type == "cuda",
-                        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+    loader = DataLoader(EncodedImages(dataset, seed) if on_device else SeededAugment(dataset, seed),
+                        batch_size=cfg.data.batch_size, sampler=sampler, drop_last=True,
+                        collate_fn=collate_encoded if on_device else None,
+                        generator=torch.Generator().manual_seed(seed), num_workers=workers,
+                        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                        prefetch_factor=4 if workers > 0 else None)
+    if on_device:
+        from .device_decode import DeviceDecodeLoader
+        loader = DeviceDecodeLoader(loader, dataset.transform, transform_name, stats_for(cfg.data.dataset), size, device)
     return loader, sampler

@@ -104,6 +104,26 @@ def colour_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0, 
     return torch.where(make_gray, _gray(x).expand_as(x), x)
 
 
+def gaussian_blur(x: torch.Tensor, kernel: int, gen: torch.Generator, p: float = 0.5,
+                  sigma: tuple[float, float] = (0.1, 2.0)) -> torch.Tensor:
+    """SimCLR's blur on a batch: with probability ``p`` per image, a separable Gaussian of odd size
+    ``kernel`` and sigma uniform in ``sigma``, reflect-padded like torchvision's ``gaussian_blur``;
+    the whole batch in two grouped convolutions."""
+    n, c, h, w = x.shape
+    dev, half = x.device, kernel // 2
+    s = _rand(gen, n, sigma[0], sigma[1], dev)
+    t = torch.arange(kernel, device=dev, dtype=x.dtype) - half
+    weights = torch.exp(-0.5 * (t[None, :] / s[:, None]) ** 2)
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    identity = (t == 0).to(x.dtype).expand(n, kernel)
+    weights = torch.where((torch.rand(n, generator=gen, device=dev) < p)[:, None], weights, identity)
+    per_channel = weights.repeat_interleave(c, dim=0)                      # (n * c, kernel)
+    y = F.pad(x.reshape(1, n * c, h, w), (half, half, half, half), mode="reflect")
+    y = F.conv2d(y, per_channel[:, None, None, :], groups=n * c)
+    y = F.conv2d(y, per_channel[:, None, :, None], groups=n * c)
+    return y.reshape(n, c, h, w)
+
+
 class GPUResidentLoader:
     """Iterates ``(images, labels)`` batches like the DataLoader path, from tensors on ``device``.
 

@@ -228,7 +228,7 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
                                    world_size=world)
         sampler = loader
     else:
-        loader, sampler = build_loader(dataset, cfg, device, cfg.seed, rank, world)
+        loader, sampler = build_loader(dataset, cfg, device, cfg.seed, rank, world, transform_name, size)
     steps_per_epoch = sampler.batches_per_epoch   # global batches: every process steps together
     total = cfg.trainer.max_steps or cfg.trainer.epochs * steps_per_epoch
 
