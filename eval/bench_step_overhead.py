@@ -2,13 +2,16 @@
 
 The real loop includes data loading, augmentation, the lr schedule, the online probe, logging and
 the recipe's checkpoint cadence; the bare step runs on one batch already prepared in memory.
-Goal: ratio <= 1.10. Usage:
-    python eval/bench_step_overhead.py [--data digits] [--device cpu] [--steps 40] [--methods ...]
+Goal: ratio <= 1.10. Each method runs ``--repeats`` rounds of (real loop, bare steps) back to back;
+the ratio is median loop time / median bare time, and the range of the per-round ratios shows the
+noise (on a shared GPU host one short window scatters by +-0.15). Usage:
+    python eval/bench_step_overhead.py [--data digits] [--device cpu] [--steps 40] [--repeats 3] [--methods ...]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -47,19 +50,22 @@ def bare_step_time(cfg, device, steps: int, warmup: int) -> float:
                            **method_options(cfg, size, num_classes)).to(device)
     opt = build_optimizer(method, cfg.optim)
     use_bf16 = device.type == "cuda"
-    times = []
-    for i in range(warmup + steps):
-        sync(device)
-        t = time.perf_counter()
+
+    def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             loss, _ = method(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return sum(times) / len(times)
+
+    for _ in range(warmup):
+        step()
+    sync(device)   # like the loop, the timed steps queue work without waiting for the device in between
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return (time.perf_counter() - start) / steps
 
 
 def loop_step_time(cfg, steps: int, warmup: int) -> float:
@@ -75,6 +81,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of (loop, bare) per method")
     parser.add_argument("--methods", default="autoencoder,cpc,simclr,supervised")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--root", default=None, help="dataset root (e.g. the Fashion-MNIST folder)")
@@ -87,24 +94,29 @@ def main() -> None:
     recipe_data = "digits" if args.data == "digits" else "fashion_mnist"
     rows = []
     for method in args.methods.split(","):
-        with tempfile.TemporaryDirectory() as tmp:
-            # The recipe's own logging cadence (a logging step waits for the device); --warmup and
-            # --steps must be multiples of it so both ends of the timed window are logged.
-            overrides = [f"out_dir={tmp}", f"trainer.device={args.device}",
-                         f"trainer.max_steps={args.warmup + args.steps}", f"data.dataset={args.data}",
-                         "data.num_workers=2" if device.type == "cpu" else "data.num_workers=8"]
-            if args.root:
-                overrides.append(f"data.root={args.root}")
-            if args.batch_size:
-                overrides.append(f"data.batch_size={args.batch_size}")
-            cfg = load_config(f"{RECIPES[method]}_{recipe_data}", overrides)
-            if args.warmup % cfg.trainer.log_every or args.steps % cfg.trainer.log_every:
-                raise SystemExit(f"--warmup and --steps must be multiples of trainer.log_every="
-                                 f"{cfg.trainer.log_every} ({method})")
-            loop = loop_step_time(cfg, args.steps, args.warmup)
-            bare = bare_step_time(cfg, device, args.steps, args.warmup)
+        loops, bares = [], []
+        for _ in range(args.repeats):
+            with tempfile.TemporaryDirectory() as tmp:
+                # The recipe's own logging cadence (a logging step waits for the device); --warmup and
+                # --steps must be multiples of it so both ends of the timed window are logged.
+                overrides = [f"out_dir={tmp}", f"trainer.device={args.device}",
+                             f"trainer.max_steps={args.warmup + args.steps}", f"data.dataset={args.data}",
+                             "data.num_workers=2" if device.type == "cpu" else "data.num_workers=8"]
+                if args.root:
+                    overrides.append(f"data.root={args.root}")
+                if args.batch_size:
+                    overrides.append(f"data.batch_size={args.batch_size}")
+                cfg = load_config(f"{RECIPES[method]}_{recipe_data}", overrides)
+                if args.warmup % cfg.trainer.log_every or args.steps % cfg.trainer.log_every:
+                    raise SystemExit(f"--warmup and --steps must be multiples of trainer.log_every="
+                                     f"{cfg.trainer.log_every} ({method})")
+                loops.append(loop_step_time(cfg, args.steps, args.warmup))
+                bares.append(bare_step_time(cfg, device, args.steps, args.warmup))
+        per_round = [loop / bare for loop, bare in zip(loops, bares)]
+        loop, bare = statistics.median(loops), statistics.median(bares)
         rows.append({"method": method, "batch_size": cfg.data.batch_size, "loop_ms": loop * 1e3,
-                     "bare_ms": bare * 1e3, "ratio": loop / bare,
+                     "bare_ms": bare * 1e3, "ratio": loop / bare, "ratio_min": min(per_round),
+                     "ratio_max": max(per_round), "repeats": args.repeats, "steps": args.steps,
                      "checkpoint_every": cfg.trainer.checkpoint_every})
         print(json.dumps(rows[-1]), flush=True)
     if args.json:
@@ -114,11 +126,16 @@ def main() -> None:
 
 
 def render(rows: list[dict], data: str, device: str, command: str | None, machine_name: str | None = None) -> None:
-    table = ["| method | batch | loop ms/step | bare fwd+bwd+step ms | ratio (goal <= 1.10) |", "|---|---|---|---|---|"]
-    table += [f"| {r['method']} | {r['batch_size']} | {r['loop_ms']:.1f} | {r['bare_ms']:.1f} | {r['ratio']:.2f} |"
-              for r in rows]
+    table = ["| method | batch | loop ms/step | bare fwd+bwd+step ms | ratio (goal <= 1.10) | per-round ratios |",
+             "|---|---|---|---|---|---|"]
+    table += [f"| {r['method']} | {r['batch_size']} | {r['loop_ms']:.1f} | {r['bare_ms']:.1f} | {r['ratio']:.2f} | "
+              f"{r.get('ratio_min', r['ratio']):.2f}-{r.get('ratio_max', r['ratio']):.2f} |" for r in rows]
+    rounds = rows[0].get("repeats", 1)
+    note = (f"Medians over {rounds} rounds of (real loop, bare steps), {rows[0].get('steps', '?')} timed steps each; the "
+            f"last column is the range of the per-round ratios.") if rounds > 1 else ""
     update_section(f"step-overhead-{data}-{device}", f"Training-loop overhead ({data}, {device})",
-                   command or "python eval/bench_step_overhead.py", "\n".join(table), machine_name=machine_name)
+                   command or "python eval/bench_step_overhead.py", "\n".join(table) + ("\n\n" + note if note else ""),
+                   machine_name=machine_name)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,11 @@
 # tests, the engine and data-path benchmarks on CUDA, the Fashion-MNIST suite (every run's
 # metrics.jsonl kept for the accuracy-vs-time figure) and the probe benchmark. Results land in $OUT.
 # Carried: .whl (faiss-cpu wheel for the device's Python) and .gpu_data/fashion-mnist (the IDX files).
+# PARTS picks stages (default all): tests overhead data extract decode suite probe. All of them take
+# about 13 minutes; one device call may run 10, so split them, e.g. PARTS="tests overhead data extract decode",
+# then PARTS="suite probe" (probe reads the suite's SimCLR checkpoint, so run them in one call).
 set -u
+want() { [[ " ${PARTS:-all} " == *" all "* || " ${PARTS:-all} " == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -18,22 +22,40 @@ T0=$(date +%s); stamp() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, faiss, timm, sklearn; print('torch', torch.__version__, torch.cuda.get_device_name(0), 'faiss', faiss.__version__, 'gpus', faiss.get_num_gpus(), 'timm', timm.__version__, 'sklearn', sklearn.__version__)"
 } > "$OUT/gpu.txt" 2>&1
-stamp "gpu tests"; timeout 150 python3 -m pytest -q -p no:cacheprovider -m "gpu or slow" tests/test_gpu_data.py \
-  tests/test_train.py::test_torch_compile_trains_like_eager 2>&1 | tail -6 | tee "$OUT/pytest_gpu.log"
-stamp "step overhead"; timeout 120 python3 eval/bench_step_overhead.py --data fashion-mnist --root "$FM" --device cuda \
-  --steps ${STEPS:-60} --warmup ${WARMUP:-15} --json "$OUT/step_overhead.json" --no-results-md 2>&1 | grep "^{" | tail -4
-stamp "data path"; timeout 60 python3 eval/bench_data_path.py --data fashion-mnist --root "$FM" --device cuda --workers 8 \
-  --json "$OUT/data_path.json" --no-results-md 2>&1 | tail -2
-stamp "extraction"; timeout 60 python3 eval/bench_extract.py --data fashion-mnist --root "$FM" --device cuda --workers 8 \
-  --json "$OUT/extract.json" --no-results-md 2>&1 | tail -2
-stamp "fashion-mnist suite"; timeout ${SUITE_TIMEOUT:-270} python3 eval/reproduce.py fashion-mnist-suite --device cuda \
-  --root "$FM" --methods ${METHODS:-simclr,supervised,autoencoder,cpc} --cluster-methods kmeans,gmm \
-  --override data.num_workers=8 --override simclr:trainer.epochs=${SIMCLR_EPOCHS:-25} \
-  --override autoencoder:trainer.epochs=5 --override supervised:trainer.epochs=5 --override cpc:trainer.epochs=1 \
-  ${EXTRA:-} --json "$OUT/fashion_mnist_suite.json" 2>&1 | grep -v "^step\|Warning\|warn" | tail -12
-for m in simclr supervised autoencoder cpc; do
-  cp runs/fashion-mnist-suite/$m/metrics.jsonl "$OUT/fm_${m}_metrics.jsonl" 2>/dev/null
-done
-stamp "probe benchmark"; timeout 50 python3 eval/bench_probe.py --checkpoint runs/fashion-mnist-suite/simclr/checkpoints/last.pt \
-  --data fashion-mnist --root "$FM" --json "$OUT/bench_probe.json" --no-results-md 2>&1 | tail -3
+if want tests; then
+  stamp "gpu tests"; timeout 240 python3 -m pytest -q -p no:cacheprovider -m "gpu or slow" tests/test_gpu_data.py \
+    tests/test_device_decode.py tests/test_train.py::test_torch_compile_trains_like_eager 2>&1 | tail -8 \
+    | tee "$OUT/pytest_gpu.log"
+fi
+if want overhead; then
+  stamp "step overhead"; timeout 240 python3 eval/bench_step_overhead.py --data fashion-mnist --root "$FM" --device cuda \
+    --steps ${STEPS:-60} --warmup ${WARMUP:-15} --repeats ${REPEATS:-3} --json "$OUT/step_overhead.json" \
+    --no-results-md 2>&1 | grep "^{" | tail -4
+fi
+if want data; then
+  stamp "data path"; timeout 60 python3 eval/bench_data_path.py --data fashion-mnist --root "$FM" --device cuda --workers 8 \
+    --json "$OUT/data_path.json" --no-results-md 2>&1 | tail -2
+fi
+if want extract; then
+  stamp "extraction"; timeout 90 python3 eval/bench_extract.py --data fashion-mnist --root "$FM" --split train \
+    --device cuda --workers 8 --json "$OUT/extract.json" --no-results-md 2>&1 | tail -2
+fi
+if want decode; then
+  stamp "jpeg decoding"; timeout 120 python3 eval/bench_decode.py --device cuda --workers 8 --n 2048 --batch-size 256 \
+    --json "$OUT/decode.json" --no-results-md 2>&1 | grep "^{" | tail -2
+fi
+if want suite; then
+  stamp "fashion-mnist suite"; timeout ${SUITE_TIMEOUT:-270} python3 eval/reproduce.py fashion-mnist-suite --device cuda \
+    --root "$FM" --methods ${METHODS:-simclr,supervised,autoencoder,cpc} --cluster-methods kmeans,gmm \
+    --override data.num_workers=8 --override simclr:trainer.epochs=${SIMCLR_EPOCHS:-25} \
+    --override autoencoder:trainer.epochs=5 --override supervised:trainer.epochs=5 --override cpc:trainer.epochs=1 \
+    ${EXTRA:-} --json "$OUT/fashion_mnist_suite.json" 2>&1 | grep -v "^step\|Warning\|warn" | tail -12
+  for m in simclr supervised autoencoder cpc; do
+    cp runs/fashion-mnist-suite/$m/metrics.jsonl "$OUT/fm_${m}_metrics.jsonl" 2>/dev/null
+  done
+fi
+if want probe; then
+  stamp "probe benchmark"; timeout 50 python3 eval/bench_probe.py --checkpoint runs/fashion-mnist-suite/simclr/checkpoints/last.pt \
+    --data fashion-mnist --root "$FM" --json "$OUT/bench_probe.json" --no-results-md 2>&1 | tail -3
+fi
 stamp "done"; ls -la "$OUT"

@@ -128,3 +128,24 @@ def test_decode_on_device_pretrains_and_resumes_exactly_and_refuses_in_memory_da
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ConfigError, match="data.decode_on=device .* not 'digits'"):
         train(load_config("ae_digits", ["data.decode_on=device", f"out_dir={tmp_path / 'c'}"]), progress=False)
+
+
+@pytest.mark.gpu
+def test_nvjpeg_on_cuda_matches_the_cpu_decoder_and_trains(tmp_path):
+    folder = write_jpeg_folder(tmp_path / "jpegs")
+    write_mixed_folder(folder / "a")   # CMYK, gray, PNG, ... travel as pixels; bad files are skipped
+    ds = build_dataset(folder)
+    paths = [p for p, _ in ds.samples]
+    items = [read_for_device(p) for p in paths]
+    kinds, payloads = [k for k, _ in items], [p for _, p in items]
+    on_gpu = decode_batch(kinds, payloads, paths, torch.device("cuda"))
+    on_cpu = decode_batch(kinds, payloads, paths, torch.device("cpu"))
+    assert sum(k == JPEG for k in kinds) >= 12
+    for path, g, c in zip(paths, on_gpu, on_cpu):
+        assert g.is_cuda and g.shape == c.shape
+        # nvjpeg's IDCT and chroma upsampling differ from libjpeg-turbo's by a level or two
+        assert (g.cpu().float() - c.float()).abs().mean() < 2.0, path
+    result = train(load_config("simclr_digits", [f"data.dataset={folder}", "data.image_size=64", "data.batch_size=8",
+                                                 "data.num_workers=2", "data.decode_on=device", "trainer.device=cuda",
+                                                 "trainer.max_steps=4", f"out_dir={tmp_path / 'run'}"]), progress=False)
+    assert result.steps == 4 and np.isfinite(result.final_loss)

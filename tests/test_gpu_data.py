@@ -105,3 +105,20 @@ def test_real_cuda_out_of_memory_names_the_batch_size(tmp_path):
     gc.collect()
     torch.cuda.empty_cache()
     assert torch.cuda.memory_allocated() < 1 << 30   # the failed run let go of its memory
+
+
+@pytest.mark.gpu
+def test_sync_batchnorm_on_cuda_trains_like_batchnorm_in_one_process(tmp_path, caplog):
+    """trainer.sync_batchnorm=true converts the model on CUDA; with one process its statistics are the
+    batch's own, so 3 fp32 steps end at BatchNorm's weights. (Statistics over several processes need
+    one GPU per process: NCCL refuses two ranks on one device.)"""
+    from ssl_rep.train import load_config, train
+    common = ["data.batch_size=64", "trainer.device=cuda", "trainer.precision=fp32", "trainer.deterministic=true",
+              "trainer.max_steps=3", "trainer.online_probe=false", "data.gpu_resident=on"]
+    for sync in ("true", "false"):
+        with caplog.at_level("INFO", logger="ssl_rep.train"):
+            train(load_config("simclr_digits", [*common, f"trainer.sync_batchnorm={sync}", f"out_dir={tmp_path / sync}"]),
+                  progress=False)
+    assert "20 BatchNorm layers synchronise over 1 process" in caplog.text   # ResNet-20 has 19, the projection head 1
+    a, b = (torch.load(tmp_path / s / "encoder.pt", weights_only=True)["state_dict"] for s in ("true", "false"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)

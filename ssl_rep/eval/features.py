@@ -12,6 +12,9 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2 as T
 from tqdm.auto import tqdm
 
+RESIDENT_BYTES = 1 << 30       # in-memory sets up to this size are copied to the GPU once for extraction
+PENDING_BYTES = 64 << 20       # features wait on the device up to this size, then come back in one copy
+
 
 def encoder_fingerprint(encoder: torch.nn.Module) -> str:
     """A hash of the encoder's name, kwargs and weights: the cache key's first part."""
@@ -57,13 +60,21 @@ def batched_source(dataset, batch_size: int, device: torch.device):
     std = torch.tensor(std, device=device).view(1, 3, 1, 1)
     labels = torch.as_tensor(np.asarray(dataset.labels))
 
+    # A set that fits comfortably goes to the GPU in one copy; larger ones in pinned batches.
+    whole = device.type == "cuda" and dataset.images.nbytes <= RESIDENT_BYTES
+
     class Batches:
         def __len__(self):
             return -(-len(dataset) // batch_size)
 
         def __iter__(self):
+            images = torch.from_numpy(np.ascontiguousarray(dataset.images)).to(device) if whole else None
             for start in range(0, len(dataset), batch_size):
-                raw = torch.from_numpy(np.ascontiguousarray(dataset.images[start:start + batch_size]))
+                if whole:
+                    raw = images[start:start + batch_size]
+                else:
+                    raw = torch.from_numpy(np.ascontiguousarray(dataset.images[start:start + batch_size]))
+                    raw = raw.pin_memory() if device.type == "cuda" else raw
                 x = raw.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
                 yield (x - mean) / std, labels[start:start + batch_size]
 
@@ -107,7 +118,22 @@ def extract_features(encoder: torch.nn.Module, dataset, batch_size: int = 256, d
         tmp_dir.mkdir(exist_ok=True)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     batched = None if ten_crop else batched_source(dataset, batch_size, device)
-    start = 0
+    start, pending, pending_labels = 0, [], []
+
+    def drain():
+        """Bring the features waiting on the device back to the host in one copy (one wait for the device)."""
+        nonlocal start, out
+        f = torch.cat(pending).cpu().numpy()
+        if out is None:
+            shape = (n, f.shape[1])
+            out = (np.lib.format.open_memmap(tmp_dir / "features.npy", mode="w+", dtype=np.float32, shape=shape)
+                   if tmp_dir is not None else np.empty(shape, dtype=np.float32))
+        out[start:start + len(f)] = f
+        labels[start:start + len(f)] = np.concatenate(pending_labels)
+        start += len(f)
+        pending.clear()
+        pending_labels.clear()
+
     for x, y in tqdm(batched or loader, desc="extracting features", unit="batch", disable=not progress or len(loader) < 5,
                      leave=False):
         x = x.to(device, non_blocking=True)
@@ -121,14 +147,12 @@ def extract_features(encoder: torch.nn.Module, dataset, batch_size: int = 256, d
             f = encoder(x).float()
         if crops is not None:
             f = f.view(crops.shape[0], crops.shape[1], -1).mean(dim=1)
-        f = f.cpu().numpy()
-        if out is None:
-            shape = (n, f.shape[1])
-            out = (np.lib.format.open_memmap(tmp_dir / "features.npy", mode="w+", dtype=np.float32, shape=shape)
-                   if tmp_dir is not None else np.empty(shape, dtype=np.float32))
-        out[start:start + len(f)] = f
-        labels[start:start + len(f)] = np.asarray(y)
-        start += len(f)
+        pending.append(f)
+        pending_labels.append(np.asarray(y))
+        if device.type != "cuda" or sum(p.numel() for p in pending) * 4 >= PENDING_BYTES:
+            drain()
+    if pending:
+        drain()
     encoder.train(was_training)
     if out is None:
         raise ValueError(f"extract_features: the dataset {getattr(dataset, 'name', '')!r} is empty")

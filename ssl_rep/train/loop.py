@@ -207,11 +207,13 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
     method = create_method(cfg.method.name, encoder, **method_options(cfg, size, num_classes)).to(device)
     if cfg.trainer.channels_last:
         method = method.to(memory_format=torch.channels_last)
-    if cfg.trainer.sync_batchnorm and world > 1:
+    if cfg.trainer.sync_batchnorm and (world > 1 or device.type == "cuda"):   # one process: the same as BatchNorm
         if device.type != "cuda":
             raise ConfigError("trainer.sync_batchnorm=true needs CUDA: PyTorch's SyncBatchNorm refuses CPU tensors; "
                               "on CPUs use encoder.norm=group (or layer) for batch-independent normalisation")
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        log.info("trainer.sync_batchnorm: %d BatchNorm layers synchronise over %d process(es)",
+                 sum(isinstance(m, nn.SyncBatchNorm) for m in method.modules()), world)
     optimizer = build_optimizer(method, cfg.optim)
     probe = probe_opt = None
     if cfg.trainer.online_probe and has_labels:
