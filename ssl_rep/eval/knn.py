@@ -19,7 +19,7 @@ def make_index(dim: int, use_gpu: bool | None = None, kind: str = "flat", nlist:
     """An inner-product index: ``flat`` exact float32; ``sq8`` (faiss ScalarQuantizer, 8 bits per
     dimension: 4x less memory); ``ivf`` (inverted lists over ``nlist`` k-means cells, ``nprobe`` of
     them searched: sub-linear search for many millions of vectors). ``sq8`` and ``ivf`` are trained
-    on the first rows added. On a GPU when faiss sees one."""
+    on the first rows added. On the GPUs when faiss sees any (split between them when there are several)."""
     import faiss
 
     if kind == "flat":
@@ -32,7 +32,10 @@ def make_index(dim: int, use_gpu: bool | None = None, kind: str = "flat", nlist:
     else:
         raise ValueError(f"kNN index {kind!r} is not one of {', '.join(INDEXES)}")
     if use_gpu is not False and faiss.get_num_gpus() > 0:
-        index = faiss.index_cpu_to_all_gpus(index)
+        # Several GPUs: the vectors are split between them (each holds 1/n), not copied to each.
+        options = faiss.GpuMultipleClonerOptions()
+        options.shard = faiss.get_num_gpus() > 1
+        index = faiss.index_cpu_to_all_gpus(index, co=options)
     return index
 
 
