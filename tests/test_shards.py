@@ -129,3 +129,35 @@ def test_pretraining_on_shards_resumes_exactly(tmp_path, workers):
     a = torch.load(tmp_path / "a" / "encoder.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "b" / "encoder.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_indexed_shards_read_every_sample_in_writing_order_and_feed_probe_and_cluster_report(tmp_path):
+    """Evaluation reads shards by sample number: sample i is the folder's image i, so features line up
+    with samples, and ssl-cluster's report shows thumbnails read from the tar files."""
+    from ssl_rep.cli import cluster as cluster_cli, probe as probe_cli
+    from ssl_rep.data import ImageFolderDataset
+    from ssl_rep.data.shards import IndexedShards
+    for split in ("train", "test"):
+        make_folder(tmp_path / "src" / split)
+        write_shards(tmp_path / "src" / split, tmp_path / "sh" / split, max_count=4, progress=False)
+    folder = ImageFolderDataset(tmp_path / "src" / "test", verify="full")
+    indexed = IndexedShards(tmp_path / "sh" / "test")
+    assert len(indexed) == len(folder) == 11 and indexed.classes == folder.classes
+    for i in range(len(folder)):
+        (a, la), (b, lb) = indexed[i], folder[i]
+        assert la == lb and torch.equal(a, b)
+    common = ["--checkpoint", "random:resnet20", "--data", str(tmp_path / "sh"), "--cache-dir", "none",
+              "--workers", "0", "--image-size", "8", "--batch-size", "4"]
+    probe_cli.main([*common, "--out", str(tmp_path / "p"), "--knn-k", "3"])
+    assert json.loads((tmp_path / "p" / "probe.json").read_text())["n_test"] == 11
+    cluster_cli.main([*common, "--out", str(tmp_path / "c"), "--methods", "kmeans,gmm", "--n-clusters", "2"])
+    page = (tmp_path / "c" / "report.html").read_text()
+    assert "cluster samples" in page
+    index_file = tmp_path / "sh" / "test" / "shards.json"
+    index = json.loads(index_file.read_text())
+    index_file.write_text(json.dumps({**index, "total": 12}))
+    with pytest.raises(ValueError, match="lists 12 samples but the shards hold 11 images"):
+        IndexedShards(tmp_path / "sh" / "test")
+    (tmp_path / "sh" / "test" / "shard-000001.tar").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="shard-000001.tar: cannot read shard"):
+        IndexedShards(tmp_path / "sh" / "test")

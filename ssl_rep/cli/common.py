@@ -13,6 +13,7 @@ import torch
 from ..data import build_dataset, build_transform, stats_for
 from ..data.base import ArrayImageDataset
 from ..data.decode import load_rgb
+from ..data.shards import IndexedShards, ShardDataset
 from ..encoders import CheckpointError, create_encoder, load_encoder
 from ..eval import extract_features
 
@@ -88,6 +89,8 @@ def default_out(args) -> Path:
 
 def eval_dataset(data: str, split: str, root, image_size, ten_crop: bool = False):
     probe_ds = build_dataset(data, split=split, root=root)
+    if isinstance(probe_ds, ShardDataset):   # by sample number: a fixed order, subsets, report thumbnails
+        probe_ds = IndexedShards(probe_ds.folder)
     small = isinstance(probe_ds, ArrayImageDataset) and probe_ds.images.shape[1] <= 96
     size = image_size or (None if small else 224)
     resize = None if small and image_size is None else (int(size * 256 / 224) if size else None)
@@ -121,7 +124,7 @@ def image_getter(dataset):
         return lambda i: np.asarray(dataset.images[i])
 
     def load(i):
-        img = load_rgb(dataset.samples[i][0])
+        img = dataset.image(i) if isinstance(dataset, IndexedShards) else load_rgb(dataset.samples[i][0])
         img.thumbnail((96, 96))
         return np.asarray(img)
     return load

@@ -9,7 +9,9 @@ a bad file never reaches a shard.
 Reader: :class:`ShardDataset` streams ``(image, label)`` from the shards with the ``webdataset``
 library: shards are split across torch.distributed processes and DataLoader workers, shuffled per
 epoch, and samples pass through a shuffle buffer. Decoding follows :func:`~ssl_rep.data.load_rgb`
-(RGB, EXIF, bomb limit); a sample that fails is counted and skipped.
+(RGB, EXIF, bomb limit); a sample that fails is counted and skipped. For evaluation,
+:class:`IndexedShards` reads the same files by sample number (writing order), so features line up
+with samples and reports can show any image.
 
     python -m ssl_rep.data.shards SRC_FOLDER OUT_DIR [--max-count 10000]
 """
@@ -19,10 +21,12 @@ import argparse
 import json
 import logging
 import os
+import tarfile
 from pathlib import Path
 
+import numpy as np
 import torch
-from torch.utils.data import IterableDataset
+from torch.utils.data import Dataset, IterableDataset
 from tqdm.auto import tqdm
 
 from .base import mix_seed
@@ -76,11 +80,7 @@ class ShardDataset(IterableDataset):
     def __init__(self, folder: str | os.PathLike, transform=None, shuffle_buffer: int = 1000, seed: int = 0,
                  rank: int | None = None, world_size: int | None = None):
         self.folder = Path(folder)
-        try:
-            self.index = json.loads((self.folder / INDEX).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise FileNotFoundError(f"{self.folder}: no {INDEX} (write shards with "
-                                    f"`python -m ssl_rep.data.shards SRC OUT`): {exc}") from exc
+        self.index = read_index(self.folder)
         self.transform, self.shuffle_buffer, self.seed, self.epoch = transform, shuffle_buffer, seed, 0
         initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.rank = rank if rank is not None else (torch.distributed.get_rank() if initialised else 0)
@@ -145,6 +145,53 @@ class ShardDataset(IterableDataset):
             item = self._decode(sample)
             if item is not None:
                 yield item
+
+
+def read_index(folder: Path) -> dict:
+    try:
+        return json.loads((folder / INDEX).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise FileNotFoundError(f"{folder}: no {INDEX} (write shards with "
+                                f"`python -m ssl_rep.data.shards SRC OUT`): {exc}") from exc
+
+
+class IndexedShards(Dataset):
+    """Sample ``i`` of the shards (writing order) as ``(transform(RGB image), label)``, read directly
+    from its place in the tar file: a map-style dataset for evaluation, where features must come out
+    in a fixed order and a report may show any sample. The tar headers are read once, here."""
+
+    def __init__(self, folder: str | os.PathLike, transform=None):
+        self.folder = Path(folder)
+        self.index = read_index(self.folder)
+        self.transform, self.classes = transform, self.index.get("classes")
+        self.name = f"shards:{self.folder}"
+        self.members: list[tuple[str, int, int, str]] = []   # (tar path, data offset, size, shown name)
+        for shard in self.index["shards"]:
+            path = str(self.folder / shard)
+            try:
+                with tarfile.open(path) as tar:
+                    self.members += [(path, m.offset_data, m.size, f"{shard}:{m.name}") for m in tar
+                                     if m.isfile() and not m.name.endswith(".cls")]
+            except (OSError, tarfile.TarError) as exc:
+                raise FileNotFoundError(f"{path}: cannot read shard ({exc})") from exc
+        if len(self.members) != self.index["total"]:
+            raise ValueError(f"{self.folder}: {INDEX} lists {self.index['total']} samples but the shards hold "
+                             f"{len(self.members)} images; write the shards again")
+        self.labels = np.asarray(self.index.get("labels") or [-1] * len(self.members), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def image(self, i: int):
+        """Sample ``i`` as an RGB PIL image."""
+        path, offset, size, name = self.members[i]
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return decode_rgb(f.read(size), name)
+
+    def __getitem__(self, i: int):
+        img = self.image(i)
+        return (self.transform(img) if self.transform is not None else to_tensor(img)), int(self.labels[i])
 
 
 def _seeded(seed: int, epoch: int):
