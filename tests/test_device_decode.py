@@ -17,6 +17,7 @@ from ssl_rep.train import ConfigError, load_config, train
 from ssl_rep.train.data import build_loader, build_train_dataset
 from ssl_rep.train.gpu_data import gaussian_blur
 
+from runs import straight_and_resumed
 from test_data import write_mixed_folder
 
 
@@ -117,15 +118,8 @@ def test_decode_on_device_pretrains_and_resumes_exactly_and_refuses_in_memory_da
     common = [f"data.dataset={folder}", "data.image_size=32", "data.batch_size=4", "data.num_workers=0",
               "data.decode_on=device", "trainer.device=cpu", "trainer.deterministic=true", "trainer.log_every=1",
               "trainer.checkpoint_every=2", "optim.name=adamw", "optim.lr=0.001", "trainer.online_probe=false"]
-    straight = train(load_config("simclr_digits", [*common, "trainer.max_steps=5", f"out_dir={tmp_path / 'a'}"]),
-                     progress=False)
-    assert straight.steps == 5 and np.isfinite(straight.final_loss)
-    train(load_config("simclr_digits", [*common, "trainer.max_steps=2", f"out_dir={tmp_path / 'b'}"]), progress=False)
-    train(load_config("simclr_digits", [*common, "trainer.max_steps=5", f"out_dir={tmp_path / 'b'}"]), resume=True,
-          progress=False)
-    a = torch.load(tmp_path / "a" / "encoder.pt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "b" / "encoder.pt", weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    straight, same = straight_and_resumed("simclr_digits", common, tmp_path, stop=2, total=5)
+    assert straight.steps == 5 and np.isfinite(straight.final_loss) and same
     with pytest.raises(ConfigError, match="data.decode_on=device .* not 'digits'"):
         train(load_config("ae_digits", ["data.decode_on=device", f"out_dir={tmp_path / 'c'}"]), progress=False)
 

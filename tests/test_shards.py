@@ -104,7 +104,7 @@ def test_build_dataset_reads_shards_and_features_come_out_for_every_sample(tmp_p
 def test_pretraining_on_shards_resumes_exactly(tmp_path, workers):
     """Pretraining reads shards; stopping after 3 steps and resuming to 12 gives the weights of a straight
     run of 12 (the resumed epoch skips the batches already done, then the next epoch starts)."""
-    from ssl_rep.train import load_config, train
+    from runs import straight_and_resumed
     from ssl_rep.train.metrics import read_metrics
     src = tmp_path / "src"
     rng = np.random.default_rng(0)
@@ -117,18 +117,10 @@ def test_pretraining_on_shards_resumes_exactly(tmp_path, workers):
               f"data.num_workers={workers}",
               "trainer.deterministic=true", "trainer.log_every=1", "trainer.checkpoint_every=3", "optim.name=adamw",
               "optim.lr=0.001", "trainer.online_probe=false"]
-    straight = train(load_config("ae_digits", [*common, "trainer.max_steps=12", f"out_dir={tmp_path / 'a'}"]),
-                     progress=False)
-    assert straight.steps == 12
+    straight, same = straight_and_resumed("ae_digits", common, tmp_path, stop=3, total=12)
+    assert straight.steps == 12 and same
     epochs = [r["epoch"] for r in read_metrics(tmp_path / "a" / "metrics.jsonl")]
     assert max(epochs) == 1   # (40 - max(1, workers) * 3) // 4 = 9 or 8 batches per epoch: 12 steps reach epoch 1
-
-    train(load_config("ae_digits", [*common, "trainer.max_steps=3", f"out_dir={tmp_path / 'b'}"]), progress=False)
-    train(load_config("ae_digits", [*common, "trainer.max_steps=12", f"out_dir={tmp_path / 'b'}"]), resume=True,
-          progress=False)
-    a = torch.load(tmp_path / "a" / "encoder.pt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "b" / "encoder.pt", weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_indexed_shards_read_every_sample_in_writing_order_and_feed_probe_and_cluster_report(tmp_path):
