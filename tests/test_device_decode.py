@@ -124,6 +124,20 @@ def test_decode_on_device_pretrains_and_resumes_exactly_and_refuses_in_memory_da
         train(load_config("ae_digits", ["data.decode_on=device", f"out_dir={tmp_path / 'c'}"]), progress=False)
 
 
+
+def test_shards_decode_on_device_draw_the_worker_paths_crops_and_resume_exactly(tmp_path):
+    pytest.importorskip("webdataset")
+    from ssl_rep.data.shards import write_shards
+    write_shards(write_jpeg_folder(tmp_path / "jpegs"), tmp_path / "shards", max_count=4, progress=False)
+    (workers_x, workers_y), (device_x, device_y) = (first_batch(tmp_path / "shards", d, "imagenet_rrc")
+                                                    for d in ("workers", "device"))
+    assert torch.equal(workers_y, device_y) and (workers_x - device_x).abs().mean() < 0.05
+    common = [f"data.dataset={tmp_path / 'shards'}", "data.image_size=32", "data.batch_size=2", "data.num_workers=0",
+              "data.decode_on=device", "trainer.device=cpu", "trainer.deterministic=true", "trainer.log_every=1",
+              "trainer.checkpoint_every=2", "optim.name=adamw", "optim.lr=0.001", "trainer.online_probe=false"]
+    straight, same = straight_and_resumed("ae_digits", common, tmp_path, stop=3, total=8)
+    assert straight.steps == 8 and same
+
 @pytest.mark.gpu
 def test_nvjpeg_on_cuda_matches_the_cpu_decoder_and_trains(tmp_path):
     folder = write_jpeg_folder(tmp_path / "jpegs")

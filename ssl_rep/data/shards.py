@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .base import mix_seed
 from .decode import ImageDecodeError, decode_rgb
+from .device_decode import encode_for_device
 from .folder import ImageFolderDataset
 from .transforms import to_tensor
 
@@ -89,6 +91,7 @@ class ShardDataset(IterableDataset):
         self.classes = self.index.get("classes")
         self.name = f"shards:{self.folder}"
         self.bad_samples: list[tuple[str, str]] = []
+        self.encoded = False   # True: yield (kind, payload, label, seed, name) for decoding on the device
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -117,19 +120,26 @@ class ShardDataset(IterableDataset):
         try:
             if image_key is None:
                 raise ImageDecodeError(f"{name}: no image in the sample")
-            img = decode_rgb(sample[image_key], f"{name}.{image_key}")
+            if self.encoded:
+                kind, payload = encode_for_device(sample[image_key], f"{name}.{image_key}")
+            else:
+                img = decode_rgb(sample[image_key], f"{name}.{image_key}")
         except ImageDecodeError as exc:
             self.bad_samples.append((name, str(exc)))
             log.warning("skipping undecodable sample (%d so far): %s", len(self.bad_samples), exc)
             return None
         label = int(sample["cls"]) if "cls" in sample else -1
-        if self.transform is None:
-            return to_tensor(img), label
         key = sample.get("__key__", "0")
         # Sample i of epoch e is augmented under its own seed, whatever the workers and wherever a
-        # run was resumed (as the DataLoader path's SeededAugment does).
+        # run was resumed (as the DataLoader path's SeededAugment does). crc32, not hash(): str
+        # hashes differ between processes.
+        seed = mix_seed(self.seed, self.epoch, int(key) if key.isdigit() else zlib.crc32(key.encode()))
+        if self.encoded:   # data.decode_on=device: the training process decodes and augments
+            return kind, payload, label, seed, name
+        if self.transform is None:
+            return to_tensor(img), label
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(mix_seed(self.seed, self.epoch, int(key) if key.isdigit() else hash(key)))
+            torch.manual_seed(seed)
             return self.transform(img), label
 
     def __iter__(self):

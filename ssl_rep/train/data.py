@@ -19,6 +19,7 @@ from ..data import MultiView, build_dataset, build_transform, stats_for
 from ..data.base import ArrayImageDataset, mix_seed
 from ..data.device_decode import EncodedImages, collate_encoded
 from ..data.folder import ImageFolderDataset
+from ..data.shards import ShardDataset
 from .config import Config, ConfigError
 
 log = logging.getLogger("ssl_rep.train")
@@ -124,10 +125,10 @@ def build_train_dataset(cfg: Config):
         pick = np.sort(np.random.default_rng(cfg.seed).choice(len(raw), cfg.data.subset, replace=False))
         raw = ArrayImageDataset(raw.images[pick], raw.labels[pick], None,
                                 name=f"{raw.name}[{cfg.data.subset}]", classes=raw.classes)
-    if cfg.data.decode_on == "device" and not isinstance(raw, ImageFolderDataset):
-        raise ConfigError(f"data.decode_on=device decodes image files on the training device: it needs an image folder "
-                          f"or imagenet, not {cfg.data.dataset!r} (in-memory datasets are decoded once already; "
-                          f"data.gpu_resident keeps them on the device; shards decode in workers)")
+    if cfg.data.decode_on == "device" and not isinstance(raw, (ImageFolderDataset, ShardDataset)):
+        raise ConfigError(f"data.decode_on=device decodes image files on the training device: it needs an image "
+                          f"folder, imagenet or shards, not {cfg.data.dataset!r} (in-memory datasets are decoded "
+                          f"once already; data.gpu_resident keeps them on the device)")
     if hasattr(raw, "set_epoch"):   # streamed shards: shard order, shuffle and augmentation follow the run's seed
         raw.seed = cfg.seed
     size = cfg.data.image_size or image_size_of(raw)
@@ -172,6 +173,7 @@ class ShardEpochLoader:
         # Not persistent: workers see the new epoch. A private generator: making an iterator must not
         # draw from the global RNG (a resumed run makes one at a different point than the straight run).
         self.loader = DataLoader(dataset, batch_size=b, drop_last=True, num_workers=workers,
+                                 collate_fn=collate_encoded if dataset.encoded else None,
                                  pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed))
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
@@ -188,16 +190,16 @@ class ShardEpochLoader:
 
 def build_loader(dataset, cfg: Config, device: torch.device, seed: int, rank: int = 0, world_size: int = 1,
                  transform_name: str = "none", size: int = 224):
-    from ..data.shards import ShardDataset
+    on_device = cfg.data.decode_on == "device"
     if isinstance(dataset, ShardDataset):
-        loader = ShardEpochLoader(dataset, cfg, device)
-        return loader, loader
+        dataset.encoded = on_device
+        sampler = ShardEpochLoader(dataset, cfg, device)
+        return (on_device_loader(sampler, dataset, cfg, transform_name, size, device) if on_device else sampler), sampler
     if len(dataset) < cfg.data.batch_size * world_size:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} x {world_size} processes is larger than the dataset "
                           f"({len(dataset)} images in {cfg.data.dataset}/{cfg.data.split})")
     sampler = EpochSampler(len(dataset), seed, cfg.data.batch_size, rank, world_size)
     workers = cfg.data.num_workers
-    on_device = cfg.data.decode_on == "device"
     # A private generator: creating an iterator (each epoch, and on resume) must not consume the
     # global RNG, or a resumed run's model-side randomness would drift from the uninterrupted run's.
     loader = DataLoader(EncodedImages(dataset, seed) if on_device else SeededAugment(dataset, seed),
@@ -206,7 +208,9 @@ def build_loader(dataset, cfg: Config, device: torch.device, seed: int, rank: in
                         generator=torch.Generator().manual_seed(seed), num_workers=workers,
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                         prefetch_factor=4 if workers > 0 else None)
-    if on_device:
-        from .device_decode import DeviceDecodeLoader
-        loader = DeviceDecodeLoader(loader, dataset.transform, transform_name, stats_for(cfg.data.dataset), size, device)
-    return loader, sampler
+    return (on_device_loader(loader, dataset, cfg, transform_name, size, device) if on_device else loader), sampler
+
+
+def on_device_loader(loader, dataset, cfg: Config, transform_name: str, size: int, device: torch.device):
+    from .device_decode import DeviceDecodeLoader   # imports gpu_data, which imports this module
+    return DeviceDecodeLoader(loader, dataset.transform, transform_name, stats_for(cfg.data.dataset), size, device)

@@ -51,9 +51,6 @@ class DeviceDecodeLoader:
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         self.undecodable = 0
 
-    def __len__(self) -> int:
-        return len(self.loader)
-
     def crops(self, images: list[torch.Tensor], seeds: list[int]) -> list[list[torch.Tensor]]:
         """Per view, each image's geometric ops under its own seed (the global CPU generator, where
         torchvision draws its parameters, is restored afterwards)."""
