@@ -44,6 +44,24 @@ def test_colour_jitter_keeps_range_and_grayscale_makes_equal_channels():
     assert torch.equal(same, x)
 
 
+@pytest.mark.parametrize("order", [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]])
+def test_batched_jitter_is_torchvisions_colour_jitter_with_per_image_factors(order):
+    from torchvision.transforms.v2 import functional as TF
+    from ssl_rep.train.gpu_data import jitter
+    torch.manual_seed(0)
+    x = torch.rand(6, 3, 9, 11)
+    b, c, s = (torch.empty(6).uniform_(0.2, 1.8) for _ in range(3))
+    h = torch.empty(6).uniform_(-0.2, 0.2)
+    out = jitter(x, b, c, s, h, order)
+    ops = [lambda img, i: TF.adjust_brightness(img, b[i].item()), lambda img, i: TF.adjust_contrast(img, c[i].item()),
+           lambda img, i: TF.adjust_saturation(img, s[i].item()), lambda img, i: TF.adjust_hue(img, h[i].item())]
+    for i in range(6):
+        expected = x[i]
+        for op in order:
+            expected = ops[op](expected, i)
+        assert torch.allclose(out[i], expected, atol=1e-5), (i, (out[i] - expected).abs().max())
+
+
 def test_resident_loader_order_determinism_and_resume():
     ds = ssl_rep.build_dataset("digits")
     make = lambda: GPUResidentLoader(ds.tensor(), torch.as_tensor(ds.labels), 100, seed=1,  # noqa: E731

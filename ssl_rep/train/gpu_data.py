@@ -6,8 +6,8 @@ DataLoader path's contract: epoch ``e`` visits ``randperm`` seeded with ``(seed,
 of epoch ``e`` is augmented by a generator seeded with ``(seed, e, b)``, so resume is exact.
 
 Augmentations: ``cifar_train`` (zero-pad + random crop + flip), ``simclr`` (random resized crop +
-flip via one ``grid_sample``, colour jitter with brightness/contrast/saturation and a hue rotation
-in YIQ space, random grayscale), ``eval``/``none`` (normalise only).
+flip via one ``grid_sample``, torchvision's colour jitter with per-image factors, random
+grayscale), ``eval``/``none`` (normalise only).
 """
 from __future__ import annotations
 
@@ -20,9 +20,7 @@ from ..data.transforms import DATASET_STATS
 from .data import EpochSampler, mix_seed
 
 GPU_TRANSFORMS = ("cifar_train", "simclr", "eval", "none")
-_GRAY = (0.299, 0.587, 0.114)
-_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-_FROM_YIQ = torch.linalg.inv(_TO_YIQ)
+_GRAY = (0.2989, 0.587, 0.114)   # torchvision's rgb_to_grayscale weights
 _ON_DEVICE: dict = {}
 
 
@@ -75,31 +73,45 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return (x * weights).sum(dim=1, keepdim=True)
 
 
+def _shift_hue(x: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``adjust_hue`` with a factor per image: the hue channel in HSV moved by ``hue``."""
+    from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
+    h, s, v = _rgb_to_hsv(x).unbind(dim=1)
+    return _hsv_to_rgb(torch.stack(((h + hue.view(-1, 1, 1)).remainder(1.0), s, v), dim=1))
+
+
+def jitter(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, saturation: torch.Tensor,
+           hue: torch.Tensor, order: list[int]) -> torch.Tensor:
+    """torchvision's ``ColorJitter`` on a batch of [0, 1] images with factors ``(n,)`` per image, the
+    four adjustments in ``order`` (0 brightness, 1 contrast, 2 saturation, 3 hue)."""
+    n = len(x)
+    for op in order:
+        if op == 0:
+            x = (x * brightness.view(n, 1, 1, 1)).clamp(0, 1)
+        elif op == 1:
+            mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
+            x = ((x - mean) * contrast.view(n, 1, 1, 1) + mean).clamp(0, 1)
+        elif op == 2:
+            gray = _gray(x)
+            x = ((x - gray) * saturation.view(n, 1, 1, 1) + gray).clamp(0, 1)
+        else:
+            x = _shift_hue(x, hue)
+    return x
+
+
 def colour_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0, p: float = 0.8,
                   p_gray: float = 0.2) -> torch.Tensor:
-    """SimCLR's colour distortion on [0, 1] images, per image: jitter with probability ``p``
-    (brightness, contrast, saturation 0.8s, hue 0.2s), then grayscale with probability ``p_gray``."""
+    """SimCLR's colour distortion on [0, 1] images: torchvision's ``ColorJitter(0.8s, 0.8s, 0.8s, 0.2s)``
+    with probability ``p`` and factors drawn per image, then grayscale with probability ``p_gray``.
+    The order of the four adjustments is drawn per batch (torchvision draws it per image; Kornia,
+    like this, per batch), from the generator's seed on the host so the device is never waited for."""
     n, dev = len(x), x.device
     s = strength
     apply = (torch.rand(n, generator=gen, device=dev) < p).view(n, 1, 1, 1)
-    b = _rand(gen, n, 1 - 0.8 * s, 1 + 0.8 * s, dev).view(n, 1, 1, 1)
-    c = _rand(gen, n, 1 - 0.8 * s, 1 + 0.8 * s, dev).view(n, 1, 1, 1)
-    sat = _rand(gen, n, 1 - 0.8 * s, 1 + 0.8 * s, dev).view(n, 1, 1, 1)
-    hue = _rand(gen, n, -0.2 * s, 0.2 * s, dev) * 2 * math.pi
-    y = (x * b).clamp(0, 1)
-    mean = _gray(y).mean(dim=(2, 3), keepdim=True)
-    y = ((y - mean) * c + mean).clamp(0, 1)
-    gray = _gray(y)
-    y = ((y - gray) * sat + gray).clamp(0, 1)
-    cos, sin = torch.cos(hue), torch.sin(hue)
-    rot = torch.zeros(n, 3, 3, device=dev)
-    rot[:, 0, 0] = 1
-    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
-    # The YIQ matrix and its inverse are constants, inverted once on the host: torch.linalg.inv on
-    # a GPU checks for singularity and so makes every batch wait for the device.
-    mix = _constant("from_yiq", _FROM_YIQ, dev) @ rot @ _constant("to_yiq", _TO_YIQ, dev)                        # (n, 3, 3)
-    y = torch.einsum("nij,njhw->nihw", mix, y).clamp(0, 1)
-    x = torch.where(apply, y, x)
+    factors = [_rand(gen, n, 1 - 0.8 * s, 1 + 0.8 * s, dev) for _ in range(3)]
+    hue = _rand(gen, n, -0.2 * s, 0.2 * s, dev)
+    order = torch.randperm(4, generator=torch.Generator().manual_seed(gen.initial_seed())).tolist()
+    x = torch.where(apply, jitter(x, *factors, hue, order), x)
     make_gray = (torch.rand(n, generator=gen, device=dev) < p_gray).view(n, 1, 1, 1)
     return torch.where(make_gray, _gray(x).expand_as(x), x)
 
