@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -85,10 +86,13 @@ def main() -> None:
     parser.add_argument("--methods", default="autoencoder,cpc,simclr,supervised")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--root", default=None, help="dataset root (e.g. the Fashion-MNIST folder)")
+    parser.add_argument("--override", action="append", default=[], help="KEY=VALUE for every run, e.g. "
+                        "data.gpu_resident=on (repeatable; shown beside the method)")
     add_output_args(parser)
     args = parser.parse_args()
     if args.render:
-        render(json.loads(Path(args.render).read_text()), args.data, args.device, args.command, args.machine)
+        render(json.loads(Path(args.render).read_text()), args.data, args.device, args.command, args.machine,
+               variant=" ".join(args.override))
         return
     device = torch.device(args.device)
     recipe_data = "digits" if args.data == "digits" else "fashion_mnist"
@@ -106,6 +110,7 @@ def main() -> None:
                     overrides.append(f"data.root={args.root}")
                 if args.batch_size:
                     overrides.append(f"data.batch_size={args.batch_size}")
+                overrides += args.override
                 cfg = load_config(f"{RECIPES[method]}_{recipe_data}", overrides)
                 if args.warmup % cfg.trainer.log_every or args.steps % cfg.trainer.log_every:
                     raise SystemExit(f"--warmup and --steps must be multiples of trainer.log_every="
@@ -114,7 +119,7 @@ def main() -> None:
                 bares.append(bare_step_time(cfg, device, args.steps, args.warmup))
         per_round = [loop / bare for loop, bare in zip(loops, bares)]
         loop, bare = statistics.median(loops), statistics.median(bares)
-        rows.append({"method": method, "batch_size": cfg.data.batch_size, "loop_ms": loop * 1e3,
+        rows.append({"method": " ".join([method, *args.override]), "batch_size": cfg.data.batch_size, "loop_ms": loop * 1e3,
                      "bare_ms": bare * 1e3, "ratio": loop / bare, "ratio_min": min(per_round),
                      "ratio_max": max(per_round), "repeats": args.repeats, "steps": args.steps,
                      "checkpoint_every": cfg.trainer.checkpoint_every})
@@ -122,10 +127,11 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     if not args.no_results_md:
-        render(rows, args.data, device.type, " ".join(["python", *sys.argv]))
+        render(rows, args.data, device.type, " ".join(["python", *sys.argv]), variant=" ".join(args.override))
 
 
-def render(rows: list[dict], data: str, device: str, command: str | None, machine_name: str | None = None) -> None:
+def render(rows: list[dict], data: str, device: str, command: str | None, machine_name: str | None = None,
+           variant: str = "") -> None:
     table = ["| method | batch | loop ms/step | bare fwd+bwd+step ms | ratio (goal <= 1.10) | per-round ratios |",
              "|---|---|---|---|---|---|"]
     table += [f"| {r['method']} | {r['batch_size']} | {r['loop_ms']:.1f} | {r['bare_ms']:.1f} | {r['ratio']:.2f} | "
@@ -133,7 +139,8 @@ def render(rows: list[dict], data: str, device: str, command: str | None, machin
     rounds = rows[0].get("repeats", 1)
     note = (f"Medians over {rounds} rounds of (real loop, bare steps), {rows[0].get('steps', '?')} timed steps each; the "
             f"last column is the range of the per-round ratios.") if rounds > 1 else ""
-    update_section(f"step-overhead-{data}-{device}", f"Training-loop overhead ({data}, {device})",
+    key = f"step-overhead-{data}-{device}" + (f"-{re.sub('[^a-z0-9]+', '-', variant.lower())}" if variant else "")
+    update_section(key, f"Training-loop overhead ({data}, {device}{', ' + variant if variant else ''})",
                    command or "python eval/bench_step_overhead.py", "\n".join(table) + ("\n\n" + note if note else ""),
                    machine_name=machine_name)
 
