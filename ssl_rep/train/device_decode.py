@@ -4,8 +4,8 @@ DataLoader workers read files (:class:`~ssl_rep.data.device_decode.EncodedImages
 is decoded in one call (nvjpeg on a GPU) and augmented on the device. Order and per-sample seeds are
 the worker path's, and each image's crop and flip come from the transform's own torchvision ops run
 under that seed, so they draw the same boxes and flips as the worker path (pixels differ only by
-tensor vs PIL resampling). SimCLR's colour distortion and blur then run batched (as on the
-GPU-resident path: the jitter is the batched approximation described in ``gpu_data``).
+tensor vs PIL resampling). SimCLR's colour distortion and blur then run batched, as on the
+GPU-resident path (torchvision's jitter with per-image factors, the order drawn per batch).
 """
 from __future__ import annotations
 
