@@ -70,8 +70,9 @@ class EncodedImages(Dataset):
 
     def __getitem__(self, code: int):
         epoch, index = divmod(int(code), len(self.folder))
-        (kind, payload), label = self.folder.read(index, load=read_for_device)
-        return kind, payload, label, mix_seed(self.seed, epoch, index), self.folder.samples[index][0]
+        # read() may serve the next file when this one fails; the path travels with what it read
+        (kind, payload, path), label = self.folder.read(index, load=lambda p: (*read_for_device(p), p))
+        return kind, payload, label, mix_seed(self.seed, epoch, index), path
 
 
 def collate_encoded(items: list) -> tuple[list[str], list[torch.Tensor], torch.Tensor, list[int], list[str]]:
