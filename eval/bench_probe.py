@@ -67,14 +67,15 @@ def main() -> None:
         render(row, " ".join(["python", *sys.argv]))
 
 
-def render(row: dict, command: str, machine_name: str | None = None) -> None:
+def render(row: dict, command: str, machine_name: str | None = None, key: str = "bench-probe") -> None:
     body = (f"| | ours | scikit-learn | speed-up | accuracy (ours / sklearn) |\n|---|---|---|---|---|\n"
             f"| linear probe (C fixed) | {row['probe_s']:.2f} s | {row['sklearn_logreg_s']:.2f} s | "
             f"{row['probe_speedup']:.1f}x | {row['probe_acc']:.4f} / {row['sklearn_acc']:.4f} |\n"
             f"| kNN k=20 | {row['knn_s']:.2f} s | {row['sklearn_knn_s']:.2f} s | {row['knn_speedup']:.1f}x | "
             f"{row['knn_acc']:.4f} / {row['sklearn_knn_acc']:.4f} |\n\n"
             f"{row['n_train']} training features of dimension {row['dim']}.")
-    update_section("bench-probe", "Linear probe and kNN vs scikit-learn", command, body, machine_name=machine_name)
+    where = "" if key == "bench-probe" else f" ({key.rsplit('-', 1)[-1]})"
+    update_section(key, f"Linear probe and kNN vs scikit-learn{where}", command, body, machine_name=machine_name)
 
 
 if __name__ == "__main__":
