@@ -12,7 +12,6 @@ import torch
 
 from ..data import build_dataset, build_transform, stats_for
 from ..data.base import ArrayImageDataset
-from ..data.decode import load_rgb
 from ..data.shards import IndexedShards, ShardDataset
 from ..encoders import CheckpointError, create_encoder, load_encoder
 from ..eval import extract_features
@@ -124,7 +123,7 @@ def image_getter(dataset):
         return lambda i: np.asarray(dataset.images[i])
 
     def load(i):
-        img = dataset.image(i) if isinstance(dataset, IndexedShards) else load_rgb(dataset.samples[i][0])
+        img = dataset.image(i)   # ImageFolderDataset and IndexedShards
         img.thumbnail((96, 96))
         return np.asarray(img)
     return load

@@ -142,6 +142,10 @@ class ImageFolderDataset(Dataset):
                     self._reported_runtime += 1
         raise RuntimeError(f"{self.root}: every image failed to decode; first: {self.bad_files[0][1]}")
 
+    def image(self, index: int):
+        """File ``index`` as an RGB PIL image (no transform, no skipping)."""
+        return load_rgb(self.samples[index][0])
+
     def __getitem__(self, index: int):
         img, label = self.read(index)
         return (self.transform(img) if self.transform is not None else to_tensor(img)), label

@@ -49,6 +49,13 @@ def normalization(stats: str | None) -> list[Callable]:
     return [T.Normalize(mean, std)]
 
 
+def mean_std(stats: str | None, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The named statistics as ``(1, 3, 1, 1)`` mean and std tensors on ``device`` (0 and 1 for None),
+    for normalising whole batches."""
+    mean, std = DATASET_STATS[stats] if stats else ((0.0,) * 3, (1.0,) * 3)
+    return (torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1))
+
+
 def stats_for(dataset: str) -> str | None:
     """Statistics to use for a dataset name; a folder path falls back to ImageNet's."""
     key = dataset.replace("_", "-").lower()

@@ -48,16 +48,14 @@ def batched_source(dataset, batch_size: int, device: torch.device):
     from the uint8 array directly (to the device, scale, normalise), with no per-image PIL work.
     Returns None when the dataset's transform does anything else."""
     from ..data.base import ArrayImageDataset
-    from ..data.transforms import DATASET_STATS
+    from ..data.transforms import mean_std
     spec = getattr(getattr(dataset, "transform", None), "batched_spec", None)
     if not isinstance(dataset, ArrayImageDataset) or spec is None:
         return None
     h, w = dataset.images.shape[1:3]
     if (spec["resize"] and spec["resize"] != min(h, w)) or (spec["size"] and (spec["size"], spec["size"]) != (h, w)):
         return None
-    mean, std = DATASET_STATS[spec["stats"]] if spec["stats"] else ((0.0,) * 3, (1.0,) * 3)
-    mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    mean, std = mean_std(spec["stats"], device)
     labels = torch.as_tensor(np.asarray(dataset.labels))
 
     # A set that fits comfortably goes to the GPU in one copy; larger ones in pinned batches.

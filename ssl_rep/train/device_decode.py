@@ -9,18 +9,15 @@ GPU-resident path (torchvision's jitter with per-image factors, the order drawn 
 """
 from __future__ import annotations
 
-import logging
-
 import torch
 from torchvision.transforms import v2 as T
 
 from ..data import MultiView
 from ..data.base import mix_seed
 from ..data.device_decode import decode_batch
-from ..data.transforms import DATASET_STATS
+from ..data.transforms import mean_std
 from .gpu_data import colour_jitter, gaussian_blur
 
-log = logging.getLogger("ssl_rep.train")
 GEOMETRIC = (T.RandomResizedCrop, T.RandomShortestSize, T.RandomCrop, T.RandomHorizontalFlip, T.Resize, T.CenterCrop)
 
 
@@ -46,10 +43,7 @@ class DeviceDecodeLoader:
         self.n_views = transform.n_views if isinstance(transform, MultiView) else 1
         self.colour = transform_name == "simclr"
         self.blur_kernel = (size // 10) | 1 if self.colour and size >= 96 else 0   # as build_transform
-        mean, std = DATASET_STATS[stats] if stats else ((0.0,) * 3, (1.0,) * 3)
-        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
-        self.undecodable = 0
+        self.mean, self.std = mean_std(stats, self.device)
 
     def crops(self, images: list[torch.Tensor], seeds: list[int]) -> list[list[torch.Tensor]]:
         """Per view, each image's geometric ops under its own seed (the global CPU generator, where
@@ -83,8 +77,8 @@ class DeviceDecodeLoader:
             good = [i for i, image in enumerate(images) if image is not None]
             if not good:
                 raise RuntimeError(f"no image of a batch could be decoded; first: {names[0]}")
-            if len(good) < len(images):   # keep the batch size: repeat decodable images (and labels) of the batch
-                self.undecodable += len(images) - len(good)
+            if len(good) < len(images):   # keep the batch size (decode_batch logged the bad ones): repeat
+                # decodable images (and their labels) of the batch
                 source = [i if image is not None else good[i % len(good)] for i, image in enumerate(images)]
                 images, labels = [images[j] for j in source], labels[source]
             yield self.augment(images, seeds), labels

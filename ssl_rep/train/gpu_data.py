@@ -15,8 +15,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+# torchvision's own HSV conversions (private: the public adjust_hue takes one factor for the whole batch)
+from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
 
-from ..data.transforms import DATASET_STATS
+from ..data.transforms import mean_std
 from .data import EpochSampler, mix_seed
 
 GPU_TRANSFORMS = ("cifar_train", "simclr", "eval", "none")
@@ -75,7 +77,6 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 
 def _shift_hue(x: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
     """torchvision's ``adjust_hue`` with a factor per image: the hue channel in HSV moved by ``hue``."""
-    from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
     h, s, v = _rgb_to_hsv(x).unbind(dim=1)
     return _hsv_to_rgb(torch.stack(((h + hue.view(-1, 1, 1)).remainder(1.0), s, v), dim=1))
 
@@ -152,9 +153,7 @@ class GPUResidentLoader:
         self.labels = labels.to(self.device)
         self.batch_size, self.seed, self.transform = batch_size, seed, transform
         self.size, self.n_views = size, n_views
-        mean, std = DATASET_STATS[stats] if stats else ((0.0,) * 3, (1.0,) * 3)
-        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        self.mean, self.std = mean_std(stats, self.device)
         self.sampler = EpochSampler(len(images), seed, batch_size, rank, world_size)
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
