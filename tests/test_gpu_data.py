@@ -62,22 +62,51 @@ def test_batched_jitter_is_torchvisions_colour_jitter_with_per_image_factors(ord
         assert torch.allclose(out[i], expected, atol=1e-5), (i, (out[i] - expected).abs().max())
 
 
-def test_resident_loader_order_determinism_and_resume():
+def test_batched_hue_matches_torchvision_on_gray_saturated_and_tied_pixels():
+    from torchvision.transforms.v2 import functional as TF
+    from ssl_rep.train.gpu_data import _shift_hue
+    pixels = [[0.5, 0.5, 0.5], [0, 0, 0], [1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1],
+              [1, 0, 1], [0.7, 0.7, 0.2], [0.2, 0.7, 0.7], [0.7, 0.2, 0.7], [0.3, 0.2, 0.2], [0.2, 0.3, 0.2]]
+    x = torch.tensor(pixels).T.reshape(1, 3, 2, 7).expand(5, 3, 2, 7).contiguous()
+    hue = torch.tensor([0.0, 0.2, -0.2, 0.5, -0.5])
+    out = _shift_hue(x, hue)
+    for i in range(5):
+        assert torch.allclose(out[i], TF.adjust_hue(x[i], hue[i].item()), atol=1e-5), i
+
+
+@pytest.mark.parametrize("per_call", [1, 4])
+def test_resident_loader_order_determinism_and_resume(per_call):
     ds = ssl_rep.build_dataset("digits")
     make = lambda: GPUResidentLoader(ds.tensor(), torch.as_tensor(ds.labels), 100, seed=1,  # noqa: E731
-                                     transform="simclr", stats="digits", size=32, n_views=2, device="cpu")
+                                     transform="simclr", stats="digits", size=32, n_views=2, device="cpu",
+                                     batches_per_call=per_call)
     a, b = make(), make()
     a.set_epoch(3)
     batches = list(a)
     assert len(batches) == len(ds) // 100 and len(batches[0][0]) == 2 and batches[0][0][0].shape == (100, 3, 32, 32)
     order = EpochSampler(len(ds), 1, 100).order(3)
-    assert torch.equal(batches[0][1], torch.as_tensor(ds.labels)[order[:100]])
-    b.set_epoch(3, skip_batches=4)
+    for i in (0, 5, len(batches) - 1):
+        assert torch.equal(batches[i][1], torch.as_tensor(ds.labels)[order[i * 100:(i + 1) * 100]])
+    b.set_epoch(3, skip_batches=5)   # with 4 batches per call: resumes inside the second call
     resumed = list(b)
-    assert len(resumed) == len(batches) - 4
-    for (va, ya), (vb, yb) in zip(batches[4:], resumed):
+    assert len(resumed) == len(batches) - 5
+    for (va, ya), (vb, yb) in zip(batches[5:], resumed):
         assert torch.equal(ya, yb) and all(torch.equal(p, q) for p, q in zip(va, vb))
     assert not torch.equal(batches[0][0][0], batches[0][0][1])  # two different views
+    assert not torch.equal(batches[0][0][0], batches[1][0][0])
+    views = torch.cat([v[0] for v, _ in batches])               # normalised with digits' statistics
+    assert abs(views.mean().item()) < 0.5 and 0.5 < views.std().item() < 1.5
+
+
+def test_resident_loader_per_rank_batches_are_the_one_process_batch():
+    ds = ssl_rep.build_dataset("digits")
+    make = lambda rank, world, b: GPUResidentLoader(ds.tensor(), torch.as_tensor(ds.labels), b, seed=2,  # noqa: E731
+                                                    transform="none", stats=None, size=8, device="cpu",
+                                                    rank=rank, world_size=world, batches_per_call=3)
+    one = list(make(0, 1, 100))
+    ranks = [list(make(r, 2, 50)) for r in range(2)]
+    for i, (_, y) in enumerate(one):
+        assert torch.equal(y, torch.cat([ranks[0][i][1], ranks[1][i][1]]))
 
 
 @pytest.mark.gpu
@@ -140,3 +169,18 @@ def test_sync_batchnorm_on_cuda_trains_like_batchnorm_in_one_process(tmp_path, c
     assert "20 BatchNorm layers synchronise over 1 process" in caplog.text   # ResNet-20 has 19, the projection head 1
     a, b = (torch.load(tmp_path / s / "encoder.pt", weights_only=True)["state_dict"] for s in ("true", "false"))
     assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+
+
+@pytest.mark.gpu
+def test_cuda_loader_augments_several_batches_per_call_and_resumes_exactly():
+    ds = ssl_rep.build_dataset("digits")
+    make = lambda: GPUResidentLoader(ds.tensor(), torch.as_tensor(ds.labels), 64, seed=3,  # noqa: E731
+                                     transform="simclr", stats="digits", size=32, n_views=2, device="cuda")
+    a, b = make(), make()
+    assert a.batches_per_call == 16
+    a.set_epoch(1)
+    b.set_epoch(1, skip_batches=19)
+    straight, resumed = list(a), list(b)
+    assert len(resumed) == len(straight) - 19
+    for (va, ya), (vb, yb) in zip(straight[19:], resumed):
+        assert torch.equal(ya, yb) and all(torch.equal(p, q) for p, q in zip(va, vb))

@@ -63,12 +63,18 @@ class EpochSampler(Sampler):
     def batches_per_epoch(self) -> int:
         return self.n // (self.batch_size * self.world_size)
 
-    def batches(self):
+    def rank_order(self, device=None) -> torch.Tensor:
+        """``(batches_per_epoch, batch_size)``: this process's indices for each batch of the epoch (on
+        ``device``: the whole order is copied there at once)."""
+        step, per_epoch = self.batch_size * self.world_size, self.batches_per_epoch
+        order = self.order(self.epoch)[:per_epoch * step].to(device)
+        return order.view(per_epoch, self.world_size, self.batch_size)[:, self.rank]
+
+    def batches(self, device=None):
         """This process's index batches ``(batch_size,)`` for the current epoch, from ``skip_batches``."""
-        order, step = self.order(self.epoch), self.batch_size * self.world_size
+        per_batch = self.rank_order(device)
         for b in range(self.skip_batches, self.batches_per_epoch):
-            start = b * step + self.rank * self.batch_size
-            yield order[start:start + self.batch_size]
+            yield per_batch[b]
 
     def __iter__(self):
         for batch in self.batches():

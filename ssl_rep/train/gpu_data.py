@@ -15,8 +15,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-# torchvision's own HSV conversions (private: the public adjust_hue takes one factor for the whole batch)
-from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
 
 from ..data.transforms import mean_std
 from .data import EpochSampler, mix_seed
@@ -26,12 +24,12 @@ _GRAY = (0.2989, 0.587, 0.114)   # torchvision's rgb_to_grayscale weights
 _ON_DEVICE: dict = {}
 
 
-def _constant(name: str, values, device, dtype=torch.float32) -> torch.Tensor:
+def _constant(name, values, device, dtype=torch.float32) -> torch.Tensor:
     """A small constant, copied to ``device`` once: a host-to-device copy per batch would make each
-    batch wait for the transfer."""
+    batch wait for the transfer. ``values`` may be a function, called only the first time."""
     key = (name, str(device), dtype)
     if key not in _ON_DEVICE:
-        _ON_DEVICE[key] = torch.as_tensor(values, dtype=dtype).to(device)
+        _ON_DEVICE[key] = torch.as_tensor(values() if callable(values) else values, dtype=dtype).to(device)
     return _ON_DEVICE[key]
 
 
@@ -39,46 +37,69 @@ def _rand(gen: torch.Generator, n: int, lo: float, hi: float, device) -> torch.T
     return lo + (hi - lo) * torch.rand(n, generator=gen, device=device)
 
 
+def _uniform(gen: torch.Generator, n: int, ranges: tuple, device) -> torch.Tensor:
+    """``(len(ranges), n)`` uniform draws, row ``k`` in ``ranges[k]``, in two kernels.
+
+    On a GPU a training step of a small encoder is bound by kernel launches, not arithmetic: every
+    small op here costs as much as a convolution of the model, so the augmentations below are
+    written to use as few ops as the maths allows."""
+    lo = _constant(("lo", ranges), [[a] for a, _ in ranges], device)
+    span = _constant(("span", ranges), [[b - a] for a, b in ranges], device)
+    return torch.addcmul(lo, span, torch.rand(len(ranges), n, generator=gen, device=device))
+
+
 def crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
-    """Zero-pad by ``pad``, take a random crop of the original size per image, flip half."""
-    n, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    flip = torch.rand(n, generator=gen, device=x.device) < 0.5
-    cols = torch.where(flip[:, None, None, None], cols.flip(-1), cols)
-    batch = torch.arange(n, device=x.device)[:, None, None, None]
-    chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-    return padded[batch, chans, rows, cols]
+    """Zero-pad by ``pad``, take a random crop of the original size per image, flip half (any dtype:
+    uint8 images are cropped before they are converted, and zero stays black)."""
+    n, c, h, w = x.shape
+    dev = x.device
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, n, 1, 1), generator=gen, device=dev)
+    flip = torch.rand(n, 1, 1, generator=gen, device=dev) < 0.5
+    cols = torch.where(flip, _constant(("cols-flipped", w), lambda: range(w - 1, -1, -1), dev, torch.long),
+                       _constant(("cols", w), lambda: range(w), dev, torch.long)) + dx
+    rows = dy + _constant(("rows", h), lambda: [[i] for i in range(h)], dev, torch.long)
+    index = (rows * (w + 2 * pad) + cols).view(n, 1, h * w).expand(n, c, h * w)
+    return F.pad(x, (pad, pad, pad, pad)).flatten(2).gather(2, index).view(n, c, h, w)
 
 
 def resized_crop_flip(x: torch.Tensor, size: int, gen: torch.Generator, min_scale: float = 0.08) -> torch.Tensor:
     """RandomResizedCrop(scale=(min_scale, 1), ratio=(3/4, 4/3)) + horizontal flip, one grid_sample."""
     n, dev = len(x), x.device
-    area = _rand(gen, n, min_scale, 1.0, dev)
-    log_ratio = _rand(gen, n, math.log(3 / 4), math.log(4 / 3), dev)
-    w = torch.sqrt(area * torch.exp(log_ratio)).clamp(max=1.0)
-    h = torch.sqrt(area / torch.exp(log_ratio)).clamp(max=1.0)
-    cx = (2 * torch.rand(n, generator=gen, device=dev) - 1) * (1 - w)
-    cy = (2 * torch.rand(n, generator=gen, device=dev) - 1) * (1 - h)
-    sign = torch.where(torch.rand(n, generator=gen, device=dev) < 0.5, -1.0, 1.0)
-    theta = torch.zeros(n, 2, 3, device=dev)
-    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w * sign, cx, h, cy
-    grid = F.affine_grid(theta, (n, x.shape[1], size, size), align_corners=False)
+    u = _uniform(gen, n, ((min_scale, 1.0), (math.log(3 / 4), math.log(4 / 3)), (-1.0, 1.0), (-1.0, 1.0),
+                          (-1.0, 1.0)), dev)
+    area, log_ratio, flip = u[0], u[1], u[4]
+    # crop width and height (fractions of the image): sqrt(area * ratio), sqrt(area / ratio)
+    wh = (area * torch.exp(log_ratio * _constant("+-", [[1.0], [-1.0]], dev))).sqrt_().clamp_(max=1.0)
+    centre = u[2:4] * (1 - wh)                       # uniform over the positions that keep the crop inside
+    scale = torch.stack((wh[0].copysign(flip), wh[1]), dim=1)   # a negative x scale mirrors the crop
+    # affine_grid's sampling points for theta = [[sx, 0, cx], [0, sy, cy]], without building theta
+    base = _constant(("grid", size), lambda: [[((2 * j + 1) / size - 1, (2 * i + 1) / size - 1)
+                                               for j in range(size)] for i in range(size)], dev)
+    grid = torch.addcmul(centre.T[:, None, None, :], base, scale[:, None, None, :])
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    weights = _constant("gray", _GRAY, x.device, x.dtype).view(1, 3, 1, 1)
+    weights = _constant("gray-planes", [[[w]] for w in _GRAY], x.device, x.dtype)
     return (x * weights).sum(dim=1, keepdim=True)
 
 
 def _shift_hue(x: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
-    """torchvision's ``adjust_hue`` with a factor per image: the hue channel in HSV moved by ``hue``."""
-    h, s, v = _rgb_to_hsv(x).unbind(dim=1)
-    return _hsv_to_rgb(torch.stack(((h + hue.view(-1, 1, 1)).remainder(1.0), s, v), dim=1))
+    """torchvision's ``adjust_hue`` with a factor per image (in turns, ``(n,)``), in 18 ops instead of
+    the ~60 of converting to HSV and back: with the hue ``H`` in sixths of a turn and chroma
+    ``C = max - min``, channel ``c`` of the result is ``max - C * clamp(min(k, 4 - k), 0, 1)``,
+    ``k = (n_c + H') mod 6``, ``n = (5, 3, 1)`` for (R, G, B) (the closed form of HSV -> RGB)."""
+    dev = x.device
+    minc, maxc = torch.aminmax(x, dim=1, keepdim=True)
+    chroma = maxc - minc
+    # H from the channel holding the maximum (red first on ties, like torchvision): for red
+    # (G - B) / C, for green (B - R) / C + 2, for blue (R - G) / C + 4
+    sixths = torch.gather((x.roll(-1, 1) - x.roll(1, 1)) / chroma.clamp_min(1e-12)
+                          + _constant("hue-offsets", [[[0.0]], [[2.0]], [[4.0]]], dev),
+                          1, x.argmax(dim=1, keepdim=True))
+    shift = 6 * hue.view(-1, 1, 1, 1) + _constant("hue-n", [[[5.0]], [[3.0]], [[1.0]]], dev)
+    k = (sixths + shift).remainder_(6.0)
+    return torch.addcmul(maxc, chroma, torch.minimum(k, 4 - k).clamp_(0.0, 1.0), value=-1)
 
 
 def jitter(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, saturation: torch.Tensor,
@@ -88,13 +109,12 @@ def jitter(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, sa
     n = len(x)
     for op in order:
         if op == 0:
-            x = (x * brightness.view(n, 1, 1, 1)).clamp(0, 1)
-        elif op == 1:
-            mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
-            x = ((x - mean) * contrast.view(n, 1, 1, 1) + mean).clamp(0, 1)
-        elif op == 2:
-            gray = _gray(x)
-            x = ((x - gray) * saturation.view(n, 1, 1, 1) + gray).clamp(0, 1)
+            x = (x * brightness.view(n, 1, 1, 1)).clamp_(0, 1)
+        elif op == 1:   # blend with the mean of the grayscale image
+            mean = (x.mean(dim=(2, 3)) * _constant("gray", _GRAY, x.device, x.dtype)).sum(dim=1)
+            x = torch.lerp(mean.view(n, 1, 1, 1), x, contrast.view(n, 1, 1, 1)).clamp_(0, 1)
+        elif op == 2:   # blend with the grayscale image
+            x = torch.lerp(_gray(x), x, saturation.view(n, 1, 1, 1)).clamp_(0, 1)
         else:
             x = _shift_hue(x, hue)
     return x
@@ -106,15 +126,12 @@ def colour_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0, 
     with probability ``p`` and factors drawn per image, then grayscale with probability ``p_gray``.
     The order of the four adjustments is drawn per batch (torchvision draws it per image; Kornia,
     like this, per batch), from the generator's seed on the host so the device is never waited for."""
-    n, dev = len(x), x.device
-    s = strength
-    apply = (torch.rand(n, generator=gen, device=dev) < p).view(n, 1, 1, 1)
-    factors = [_rand(gen, n, 1 - 0.8 * s, 1 + 0.8 * s, dev) for _ in range(3)]
-    hue = _rand(gen, n, -0.2 * s, 0.2 * s, dev)
+    n, s = len(x), strength
+    u = _uniform(gen, n, ((0.0, 1.0), (1 - 0.8 * s, 1 + 0.8 * s), (1 - 0.8 * s, 1 + 0.8 * s),
+                          (1 - 0.8 * s, 1 + 0.8 * s), (-0.2 * s, 0.2 * s), (0.0, 1.0)), x.device)
     order = torch.randperm(4, generator=torch.Generator().manual_seed(gen.initial_seed())).tolist()
-    x = torch.where(apply, jitter(x, *factors, hue, order), x)
-    make_gray = (torch.rand(n, generator=gen, device=dev) < p_gray).view(n, 1, 1, 1)
-    return torch.where(make_gray, _gray(x).expand_as(x), x)
+    x = torch.where((u[0] < p).view(n, 1, 1, 1), jitter(x, *u[1:5], order), x)
+    return torch.where((u[5] < p_gray).view(n, 1, 1, 1), _gray(x), x)
 
 
 def gaussian_blur(x: torch.Tensor, kernel: int, gen: torch.Generator, p: float = 0.5,
@@ -142,10 +159,17 @@ class GPUResidentLoader:
 
     ``images``: uint8 ``(N, 3, H, W)``; ``labels``: int64 ``(N,)``. Yields float32 normalised
     ``(B, 3, size, size)`` (or a list of ``n_views`` of them) and labels, ``drop_last`` style.
+
+    On CUDA the augmentation runs for ``batches_per_call`` batches at once (up to 16, within 128 MB
+    of output), so its ~100 small kernel launches are paid once per call rather than per step: a
+    step of a small encoder on a GPU is bound by launches, not by arithmetic. Call ``c`` of epoch
+    ``e`` draws from a generator seeded with ``(seed, e, c)``; a resumed run recomputes the call
+    its first batch falls in, so resume stays exact.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int, transform: str,
-                 stats: str | None, size: int, n_views: int = 1, device="cuda", rank: int = 0, world_size: int = 1):
+                 stats: str | None, size: int, n_views: int = 1, device="cuda", rank: int = 0, world_size: int = 1,
+                 batches_per_call: int | None = None):
         if transform not in GPU_TRANSFORMS:
             raise ValueError(f"GPU-resident data supports transforms {', '.join(GPU_TRANSFORMS)}, not {transform!r}")
         self.device = torch.device(device)
@@ -153,8 +177,14 @@ class GPUResidentLoader:
         self.labels = labels.to(self.device)
         self.batch_size, self.seed, self.transform = batch_size, seed, transform
         self.size, self.n_views = size, n_views
-        self.mean, self.std = mean_std(stats, self.device)
+        mean, std = mean_std(stats, self.device)
+        self.unit_scale, self.shift = 1 / std, -mean / std   # for [0, 1] images
+        self.scale = self.unit_scale / 255   # for uint8 ones
         self.sampler = EpochSampler(len(images), seed, batch_size, rank, world_size)
+        if batches_per_call is None:
+            batch_bytes = batch_size * n_views * 3 * size * size * 4
+            batches_per_call = max(1, min(16, (128 << 20) // batch_bytes)) if self.device.type == "cuda" else 1
+        self.batches_per_call = batches_per_call
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         self.sampler.set_epoch(epoch, skip_batches)
@@ -167,21 +197,31 @@ class GPUResidentLoader:
         return self.sampler.batches_per_epoch
 
     def augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        x = x.float() / 255.0
+        """uint8 images -> normalised float32 views; ``(x / 255 - mean) / std`` is one multiply-add."""
+        if self.transform == "simclr":   # the colour jitter works on [0, 1] images
+            x = colour_jitter(resized_crop_flip(x.float().div_(255.0), self.size, gen), gen)
+            return torch.addcmul(self.shift, x, self.unit_scale)
         if self.transform == "cifar_train":
             x = crop_flip(x, max(1, self.size // 8), gen)
-        elif self.transform == "simclr":
-            x = colour_jitter(resized_crop_flip(x, self.size, gen), gen)
         elif x.shape[-1] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
-        return (x - self.mean) / self.std
+            x = F.interpolate(x.float(), size=(self.size, self.size), mode="bilinear", antialias=True,
+                              align_corners=False)
+        return torch.addcmul(self.shift, x.float(), self.scale)
 
     def __iter__(self):
-        epoch, sampler = self.sampler.epoch, self.sampler
-        for b, idx in enumerate(sampler.batches(), start=sampler.skip_batches):
-            parts = (self.seed, epoch, b) if sampler.world_size == 1 else (self.seed, epoch, b, sampler.rank)
+        sampler, k, b_size = self.sampler, self.batches_per_call, self.batch_size
+        epoch, first, total = sampler.epoch, sampler.skip_batches, sampler.batches_per_epoch
+        per_batch = sampler.rank_order(self.device)   # one copy per epoch: a copy per batch would wait
+        for call in range(first // k, -(-total // k)):
+            b0, b1 = call * k, min(total, (call + 1) * k)
+            parts = (self.seed, epoch, call) if sampler.world_size == 1 else (self.seed, epoch, call, sampler.rank)
             gen = torch.Generator(device=self.device).manual_seed(mix_seed(*parts))
-            idx = idx.to(self.device)
+            idx = per_batch[b0:b1].reshape(-1)
             raw = self.images[idx]
-            views = [self.augment(raw, gen) for _ in range(self.n_views)]
-            yield (views if self.n_views > 1 else views[0]), self.labels[idx]
+            # all views of all the call's batches in one augmentation: row j of view v is v * m + j
+            out = self.augment(raw.repeat(self.n_views, 1, 1, 1) if self.n_views > 1 else raw, gen)
+            labels, m = self.labels[idx], len(idx)
+            for b in range(max(b0, first), b1):
+                lo = (b - b0) * b_size
+                views = [out[v * m + lo:v * m + lo + b_size] for v in range(self.n_views)]
+                yield (views if self.n_views > 1 else views[0]), labels[lo:lo + b_size]

@@ -196,6 +196,7 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
     dataset, size, num_classes, transform_name = build_train_dataset(cfg)
     labels_all = np.asarray(dataset.labels)
     has_labels = bool((labels_all >= 0).any())
+    all_labelled = bool((labels_all >= 0).all())
     if cfg.method.name == "supervised" and (labels_all.min() < 0 or labels_all.max() >= num_classes):
         raise ConfigError(f"method.name=supervised needs a label in [0, {num_classes}) for every image; "
                           f"{cfg.data.dataset}/{cfg.data.split} has labels from {labels_all.min()} to "
@@ -215,7 +216,7 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
     probe = probe_opt = None
     if cfg.trainer.online_probe and has_labels:
         probe = nn.Linear(method.encoder.num_features, num_classes).to(device)
-        probe_opt = AdamW(probe.parameters(), lr=1e-3, weight_decay=0.0)
+        probe_opt = AdamW(probe.parameters(), lr=1e-3, weight_decay=0.0, fused=device.type == "cuda")
     eval_set = build_eval_dataset(cfg, size) if probe is not None and main else None
     if eval_set is not None:
         eval_images, eval_labels = eval_tensors(eval_set, device, cfg.data.num_workers)
@@ -308,16 +309,21 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
                     nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.grad_clip)
                 optimizer.step()
                 if probe is not None and method.probe_features is not None:
-                    # No host syncs here: unlabeled samples (-1) are masked, counts stay on the device.
-                    known = labels >= 0
+                    # No host syncs here: counts stay on the device; unlabeled samples (-1) are masked.
+                    # Few ops: a step of a small encoder on a GPU is bound by kernel launches.
                     logits = probe(method.probe_features.float())
-                    probe_loss = (F.cross_entropy(logits, labels.clamp_min(0), reduction="none") * known).sum() \
-                        / known.sum().clamp_min(1)
+                    if all_labelled:
+                        probe_loss = F.cross_entropy(logits, labels)
+                        probe_seen = probe_seen + len(labels)
+                    else:
+                        known = labels >= 0
+                        probe_loss = (F.cross_entropy(logits, labels.clamp_min(0), reduction="none") * known).sum() \
+                            / known.sum().clamp_min(1)
+                        probe_seen = probe_seen + known.sum()
                     probe_opt.zero_grad(set_to_none=True)
                     probe_loss.backward()
                     probe_opt.step()
-                    probe_correct = probe_correct + ((logits.argmax(1) == labels) & known).sum()
-                    probe_seen = probe_seen + known.sum()
+                    probe_correct = probe_correct + (logits.argmax(1) == labels).sum()   # -1 never matches
                 step += 1
                 batch_in_epoch += 1
                 window_losses.append(loss.detach())
