@@ -41,7 +41,7 @@ if want extract; then
     --device cuda --workers 8 --json "$OUT/extract.json" --no-results-md 2>&1 | tail -2
 fi
 if want decode; then
-  stamp "jpeg decoding"; timeout 120 python3 eval/bench_decode.py --device cuda --workers 8 --n 2048 --batch-size 256 \
+  stamp "jpeg decoding"; timeout 120 python3 eval/bench_decode.py --device cuda --workers 8 --n 512 --batch-size 128 \
     --json "$OUT/decode.json" --no-results-md 2>&1 | grep "^{" | tail -2
 fi
 if want suite; then
