@@ -163,6 +163,28 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_chec
     assert not (out / "encoder.pt").exists()
 
 
+def test_non_finite_loss_between_checkpoints_is_caught_at_the_next_logging_step(tmp_path, monkeypatch):
+    """Losses reach the host one logging step late (no wait on the device); the stop still names the step."""
+    from ssl_rep.methods.autoencoder import Autoencoder
+    real_forward = Autoencoder.forward
+    calls = {"n": 0}
+
+    def forward(self, batch):
+        loss, logs = real_forward(self, batch)
+        calls["n"] += 1
+        return (loss * float("inf"), logs) if calls["n"] == 8 else (loss, logs)
+
+    monkeypatch.setattr(Autoencoder, "forward", forward)
+    out = tmp_path / "run"
+    cfg = load_config("ae_digits", [f"out_dir={out}", *FAST, "trainer.max_steps=30", "trainer.checkpoint_every=100",
+                                    "trainer.log_every=3"])
+    with pytest.raises(NonFiniteLossError, match="loss became inf at step 8 "):
+        train(cfg, progress=False)
+    assert calls["n"] == 12   # stopped at the logging step after the one whose window held step 8
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 3, 6]
+    assert not (out / "encoder.pt").exists()
+
+
 def test_epoch_order_and_augmentation_are_reproducible_and_resumable():
     sampler = EpochSampler(10, seed=3, batch_size=4)
     sampler.set_epoch(2)

@@ -55,6 +55,27 @@ def out_of_memory_message(cfg: Config, device: torch.device, step: int, out: Pat
             f"are kept in {out / 'checkpoints'}")
 
 
+class HostCopy:
+    """Device values copied to the host without waiting for the device. A logging step reads the
+    previous logging step's copy, which arrived long ago, so logging never drains the GPU's queue
+    (a wait every few steps leaves the GPU idle while the host launches the next step)."""
+
+    def __init__(self, values: torch.Tensor):
+        self.event = None
+        if values.is_cuda:
+            self.host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            self.host.copy_(values, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = values
+
+    def tolist(self) -> list[float]:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.tolist()
+
+
 @dataclass
 class TrainResult:
     out_dir: Path
@@ -281,9 +302,9 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
     last_loss, probe_acc = float("nan"), None
     method.train()
 
-    def finite_losses(window: list, step: int, epoch: int) -> list[float]:
-        # Averaged over processes, so that every process sees (and stops on) the same values.
-        values = mean_over_ranks(torch.stack(window).float(), dist_info).tolist() if window else []
+    def check_finite(values: list[float], step: int, epoch: int) -> None:
+        """``values``: the losses of the steps up to ``step``, averaged over processes (every process
+        sees, and stops on, the same values)."""
         for i, value in enumerate(values):
             if not math.isfinite(value):
                 bad = step - len(values) + i + 1
@@ -291,7 +312,24 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
                     f"loss became {value} at step {bad} (epoch {epoch}); stopped. The last good checkpoint is "
                     f"kept in {out / 'checkpoints'}. Try a lower optim.lr (now {cfg.optim.lr}), "
                     f"optim.grad_clip, or trainer.precision=fp32")
-        return values
+
+    pending = None   # the last logging step's record, its values still on their way to the host
+
+    def write_pending() -> None:
+        """Complete the last logging step's record with its losses and method values, check them, write it."""
+        nonlocal pending, last_loss
+        if pending is None:
+            return
+        copy, record, n_losses, keys = pending
+        pending = None
+        values = copy.tolist()
+        losses = values[:n_losses]
+        check_finite(losses, record["step"], record["epoch"])
+        last_loss = losses[-1]
+        record.update(loss=sum(losses) / n_losses, **dict(zip(keys, values[n_losses:])))
+        if main:
+            metrics.write(record)
+        bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{record['lr']:.3g}", refresh=False)
 
     try:
         while step < total:
@@ -303,11 +341,7 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
                 images, labels = to_device(batch, device, cfg.trainer.channels_last)
                 with autocast():
                     loss, logs = model((images, labels))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.optim.grad_clip:
-                    nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.grad_clip)
-                optimizer.step()
+                probe_loss = None
                 if probe is not None and method.probe_features is not None:
                     # No host syncs here: counts stay on the device; unlabeled samples (-1) are masked.
                     # Few ops: a step of a small encoder on a GPU is bound by kernel launches.
@@ -320,50 +354,55 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
                         probe_loss = (F.cross_entropy(logits, labels.clamp_min(0), reduction="none") * known).sum() \
                             / known.sum().clamp_min(1)
                         probe_seen = probe_seen + known.sum()
-                    probe_opt.zero_grad(set_to_none=True)
-                    probe_loss.backward()
-                    probe_opt.step()
                     probe_correct = probe_correct + (logits.argmax(1) == labels).sum()   # -1 never matches
+                    probe_opt.zero_grad(set_to_none=True)
+                optimizer.zero_grad(set_to_none=True)
+                # one backward pass for both: the probe's features are detached, so its loss reaches only the probe
+                (loss if probe_loss is None else loss + probe_loss).backward()
+                if cfg.optim.grad_clip:
+                    nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.grad_clip)
+                optimizer.step()
+                if probe_loss is not None:
+                    probe_opt.step()
                 step += 1
                 batch_in_epoch += 1
                 window_losses.append(loss.detach())
                 window_images += cfg.data.batch_size * world
-                record = None
                 epoch_done = batch_in_epoch == steps_per_epoch
                 if step % cfg.trainer.log_every == 0 or step == total or step == 1 or epoch_done:
-                    # The only place a step waits for the device: the window's losses come to the host
-                    # together, are checked for NaN/inf, and are logged.
-                    losses = finite_losses(window_losses, step, epoch)
-                    last_loss, now = losses[-1], time.time()
-                    record = {"step": step, "epoch": epoch, "loss": sum(losses) / len(losses),
-                              "lr": lr, "images_per_s": window_images / max(now - window_time, 1e-9),
-                              "elapsed": now - start_time,
-                              **{k: float(v) for k, v in logs.items() if k != "loss"}}
+                    write_pending()
+                    now = time.time()
+                    keys = [k for k in logs if k != "loss"]
+                    values = torch.stack([v.float() for v in window_losses]
+                                         + [torch.as_tensor(logs[k], device=device).float().reshape(()) for k in keys])
+                    record = {"step": step, "epoch": epoch, "lr": lr,
+                              "images_per_s": window_images / max(now - window_time, 1e-9),
+                              "elapsed": now - start_time}
+                    if epoch_done:  # score the online probe, roll over
+                        if int(probe_seen):
+                            record["online_probe_train_acc"] = int(probe_correct) / int(probe_seen)
+                            probe_acc = record["online_probe_train_acc"]
+                        if eval_set is not None:
+                            probe_acc = probe_accuracy(method.encoder, probe, eval_images, eval_labels,
+                                                       cfg.data.batch_size, autocast)
+                            record["online_probe_acc"] = probe_acc
+                        probe_correct = probe_seen = 0
+                        epoch, batch_in_epoch = epoch + 1, 0
+                    pending = (HostCopy(mean_over_ranks(values, dist_info)), record, len(window_losses), keys)
                     window_time, window_images, window_losses = now, 0, []
-                    bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.3g}", refresh=False)
-                if epoch_done:  # score the online probe, roll over
-                    epoch_record = {"step": step, "epoch": epoch}
-                    if int(probe_seen):
-                        epoch_record["online_probe_train_acc"] = int(probe_correct) / int(probe_seen)
-                        probe_acc = epoch_record["online_probe_train_acc"]
-                    if eval_set is not None:
-                        probe_acc = probe_accuracy(method.encoder, probe, eval_images, eval_labels,
-                                                   cfg.data.batch_size, autocast)
-                        epoch_record["online_probe_acc"] = probe_acc
-                    record = {**record, **epoch_record}
-                    probe_correct = probe_seen = 0
-                    epoch, batch_in_epoch = epoch + 1, 0
-                if record is not None and main:
-                    metrics.write(record)
                 bar.update(1)
                 if main and not interactive and (step % print_every == 0 or step == total):
                     print(f"step {step}/{total} epoch {epoch} loss {last_loss:.4f} lr {lr:.4g} "
                           f"elapsed {time.time() - start_time:.0f}s", flush=True)
                 if step % cfg.trainer.checkpoint_every == 0 and step < total:
-                    finite_losses(window_losses, step, epoch)   # never checkpoint weights a NaN has reached
+                    write_pending()   # never checkpoint weights a NaN has reached
+                    if window_losses:
+                        check_finite(mean_over_ranks(torch.stack(window_losses).float(), dist_info).tolist(), step,
+                                     epoch)
                     write_checkpoint()
                 if step >= total:
                     break
+        write_pending()
         checkpoint = write_checkpoint()
         if main:
             atomic_save(encoder_payload(method.encoder), out / "encoder.pt")
