@@ -5,7 +5,9 @@ logging and the recipe's checkpoint cadence (not the probe's end-of-epoch pass o
 split, which is evaluation); the bare step runs on one batch already prepared in memory.
 Goal: ratio <= 1.10. Each method runs ``--repeats`` rounds of (real loop, bare steps) back to back;
 the ratio is median loop time / median bare time, and the range of the per-round ratios shows the
-noise (on a shared GPU host one short window scatters by +-0.15). Usage:
+noise (on a shared GPU host one short window scatters by +-0.15). Each round times the bare steps
+before and after its loop run and takes their mean, so a drift of the host's speed during the round
+cancels. Usage:
     python eval/bench_step_overhead.py [--data digits] [--device cpu] [--steps 40] [--repeats 3] [--methods ...]
 """
 from __future__ import annotations
@@ -119,13 +121,15 @@ def main() -> None:
                 if args.warmup % cfg.trainer.log_every or args.steps % cfg.trainer.log_every:
                     raise SystemExit(f"--warmup and --steps must be multiples of trainer.log_every="
                                      f"{cfg.trainer.log_every} ({method})")
+                # bare steps before and after the loop: their mean cancels a host speed drift within the round
+                before = bare_step_time(cfg, device, args.steps, args.warmup)
                 loops.append(loop_step_time(cfg, args.steps, args.warmup))
-                bares.append(bare_step_time(cfg, device, args.steps, args.warmup))
+                bares.append((before + bare_step_time(cfg, device, args.steps, args.warmup)) / 2)
         per_round = [loop / bare for loop, bare in zip(loops, bares)]
         loop, bare = statistics.median(loops), statistics.median(bares)
         rows.append({"method": " ".join([method, *args.override]), "batch_size": cfg.data.batch_size, "loop_ms": loop * 1e3,
                      "bare_ms": bare * 1e3, "ratio": loop / bare, "ratio_min": min(per_round),
-                     "ratio_max": max(per_round), "repeats": args.repeats, "steps": args.steps,
+                     "ratio_max": max(per_round), "repeats": args.repeats, "steps": args.steps, "bracketed": True,
                      "checkpoint_every": cfg.trainer.checkpoint_every})
         print(json.dumps(rows[-1]), flush=True)
     if args.json:
@@ -141,7 +145,9 @@ def render(rows: list[dict], data: str, device: str, command: str | None, machin
     table += [f"| {r['method']} | {r['batch_size']} | {r['loop_ms']:.1f} | {r['bare_ms']:.1f} | {r['ratio']:.2f} | "
               f"{r.get('ratio_min', r['ratio']):.2f}-{r.get('ratio_max', r['ratio']):.2f} |" for r in rows]
     rounds = rows[0].get("repeats", 1)
-    note = (f"Medians over {rounds} rounds of (real loop, bare steps), {rows[0].get('steps', '?')} timed steps each; the "
+    rounds_of = ("(bare steps, real loop, bare steps)" if rows[0].get("bracketed") else "(real loop, bare steps)")
+    note = (f"Medians over {rounds} rounds of {rounds_of}, {rows[0].get('steps', '?')} timed steps each"
+            f"{', the loop against the mean of the two bare runs around it' if rows[0].get('bracketed') else ''}; the "
             f"last column is the range of the per-round ratios. The online probe trains every step; its "
             f"end-of-epoch score on the held-out split is evaluation and is off (`data.eval_split=null`).") \
         if rounds > 1 else ""

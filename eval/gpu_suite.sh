@@ -3,9 +3,11 @@
 # tests, the engine and data-path benchmarks on CUDA, the Fashion-MNIST suite (every run's
 # metrics.jsonl kept for the accuracy-vs-time figure) and the probe benchmark. Results land in $OUT.
 # Carried: .whl (faiss-cpu wheel for the device's Python) and .gpu_data/fashion-mnist (the IDX files).
-# PARTS picks stages (default all): tests overhead data extract decode suite probe. All of them take
-# about 13 minutes; one device call may run 10, so split them, e.g. PARTS="tests overhead data extract decode",
-# then PARTS="suite probe" (probe reads the suite's SimCLR checkpoint, so run them in one call).
+# PARTS picks stages (default all): tests overhead data extract decode suite probe. Stage times on an H100
+# (2026-11-26): start 22 s, tests 65 s, overhead 74 s (STEPS=80 WARMUP=20 REPEATS=3), data <= 60 s, extract 16 s,
+# decode about 60 s, suite about 270 s (SimCLR 25 epochs is 115 s of it), probe about 50 s: about 10 minutes in all.
+# One device call may run 10, so split them, e.g. PARTS="tests overhead data extract decode" (about 5 min),
+# then PARTS="suite probe" (about 5.5 min; probe reads the suite's SimCLR checkpoint, so run them in one call).
 set -u
 want() { [[ " ${PARTS:-all} " == *" all "* || " ${PARTS:-all} " == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
@@ -29,7 +31,7 @@ if want tests; then
 fi
 if want overhead; then
   stamp "step overhead"; timeout 240 python3 eval/bench_step_overhead.py --data fashion-mnist --root "$FM" --device cuda \
-    --steps ${STEPS:-60} --warmup ${WARMUP:-15} --repeats ${REPEATS:-3} --json "$OUT/step_overhead.json" \
+    --steps ${STEPS:-80} --warmup ${WARMUP:-20} --repeats ${REPEATS:-3} --json "$OUT/step_overhead.json" \
     --no-results-md 2>&1 | grep "^{" | tail -4
 fi
 if want data; then
