@@ -144,7 +144,8 @@ def test_online_probe_is_logged_each_epoch_and_never_changes_the_encoder(tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+def poison_autoencoder_loss(monkeypatch, factor: float, at) -> dict:
+    """The autoencoder's loss times ``factor`` on the forward calls where ``at(call)`` holds; counts calls."""
     from ssl_rep.methods.autoencoder import Autoencoder
     real_forward = Autoencoder.forward
     calls = {"n": 0}
@@ -152,9 +153,14 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_chec
     def forward(self, batch):
         loss, logs = real_forward(self, batch)
         calls["n"] += 1
-        return (loss * float("nan"), logs) if calls["n"] > 5 else (loss, logs)
+        return (loss * factor, logs) if at(calls["n"]) else (loss, logs)
 
     monkeypatch.setattr(Autoencoder, "forward", forward)
+    return calls
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    poison_autoencoder_loss(monkeypatch, float("nan"), lambda call: call > 5)
     out = tmp_path / "run"
     cfg = load_config("ae_digits", [f"out_dir={out}", "trainer.max_steps=20", "trainer.checkpoint_every=2", *FAST])
     with pytest.raises(NonFiniteLossError, match="loss became nan at step 6.*last good checkpoint"):
@@ -165,16 +171,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_chec
 
 def test_non_finite_loss_between_checkpoints_is_caught_at_the_next_logging_step(tmp_path, monkeypatch):
     """Losses reach the host one logging step late (no wait on the device); the stop still names the step."""
-    from ssl_rep.methods.autoencoder import Autoencoder
-    real_forward = Autoencoder.forward
-    calls = {"n": 0}
-
-    def forward(self, batch):
-        loss, logs = real_forward(self, batch)
-        calls["n"] += 1
-        return (loss * float("inf"), logs) if calls["n"] == 8 else (loss, logs)
-
-    monkeypatch.setattr(Autoencoder, "forward", forward)
+    calls = poison_autoencoder_loss(monkeypatch, float("inf"), lambda call: call == 8)
     out = tmp_path / "run"
     cfg = load_config("ae_digits", [f"out_dir={out}", *FAST, "trainer.max_steps=30", "trainer.checkpoint_every=100",
                                     "trainer.log_every=3"])
