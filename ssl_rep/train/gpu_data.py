@@ -85,7 +85,7 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 
 
 def _shift_hue(x: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
-    """torchvision's ``adjust_hue`` with a factor per image (in turns, ``(n,)``), in 18 ops instead of
+    """torchvision's ``adjust_hue`` with a factor per image (in turns, ``(n,)``), in about 20 ops instead of
     the ~60 of converting to HSV and back: with the hue ``H`` in sixths of a turn and chroma
     ``C = max - min``, channel ``c`` of the result is ``max - C * clamp(min(k, 4 - k), 0, 1)``,
     ``k = (n_c + H') mod 6``, ``n = (5, 3, 1)`` for (R, G, B) (the closed form of HSV -> RGB)."""
