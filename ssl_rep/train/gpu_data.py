@@ -33,10 +33,6 @@ def _constant(name, values, device, dtype=torch.float32) -> torch.Tensor:
     return _ON_DEVICE[key]
 
 
-def _rand(gen: torch.Generator, n: int, lo: float, hi: float, device) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=gen, device=device)
-
-
 def _uniform(gen: torch.Generator, n: int, ranges: tuple, device) -> torch.Tensor:
     """``(len(ranges), n)`` uniform draws, row ``k`` in ``ranges[k]``, in two kernels.
 
@@ -141,7 +137,7 @@ def gaussian_blur(x: torch.Tensor, kernel: int, gen: torch.Generator, p: float =
     the whole batch in two grouped convolutions."""
     n, c, h, w = x.shape
     dev, half = x.device, kernel // 2
-    s = _rand(gen, n, sigma[0], sigma[1], dev)
+    s = _uniform(gen, n, (tuple(sigma),), dev)[0]
     t = torch.arange(kernel, device=dev, dtype=x.dtype) - half
     weights = torch.exp(-0.5 * (t[None, :] / s[:, None]) ** 2)
     weights = weights / weights.sum(dim=1, keepdim=True)

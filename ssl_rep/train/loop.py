@@ -140,9 +140,10 @@ def use_gpu_resident(cfg: Config, dataset, device: torch.device, transform_name:
     process costs a few milliseconds per batch, where per-image PIL augmentation in worker processes
     takes ~1 ms of CPU per image, taken from the cores that run the model. The batched versions draw
     their parameters per image (SimCLR's resized crop is one ``grid_sample``; its colour jitter is
-    torchvision's four adjustments, their order drawn per batch rather than per image). On digits, SimCLR for 20 epochs with seeds 0
-    and 1 gave probe 0.967 / 0.972 and k-means 0.725 / 0.694 batched, against 0.972 / 0.967 and
-    0.722 / 0.686 with torchvision's per-image augmentation in workers, in 155 s instead of 204-254 s."""
+    torchvision's four adjustments, their order drawn per batch rather than per image). On digits,
+    SimCLR for 20 epochs with seeds 0 and 1 gave probe 0.967 / 0.972 and k-means 0.725 / 0.694
+    batched, against 0.972 / 0.967 and 0.722 / 0.686 with torchvision's per-image augmentation in
+    workers, in 155 s instead of 204-254 s."""
     possible = isinstance(dataset, ArrayImageDataset) and transform_name in GPU_TRANSFORMS
     if cfg.data.gpu_resident == "on" and not possible:
         raise ConfigError("data.gpu_resident=on needs an in-memory dataset (digits, fashion-mnist, cifar, stl10) "
