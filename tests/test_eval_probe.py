@@ -52,6 +52,49 @@ def test_probe_minibatch_path_agrees_with_lbfgs(digits_pixels, monkeypatch):
     assert abs(full - streamed) <= 0.02
 
 
+def _objective(X, y, coef, intercept, C):
+    """scikit-learn's objective divided by C * n, in float64 (the reference both solvers minimise)."""
+    from scipy.special import logsumexp
+    logits = X.astype(np.float64) @ coef.astype(np.float64).T + intercept
+    ce = np.mean(logsumexp(logits, axis=1) - logits[np.arange(len(X)), y])
+    return ce + np.sum(coef.astype(np.float64) ** 2) / (2 * C * len(X))
+
+
+@pytest.fixture(scope="module")
+def correlated_features(digits_pixels):
+    """Digits pixels mixed into 48 strongly correlated columns (condition number ~1e5), as SSL features are."""
+    X, Xt, y, yt = digits_pixels
+    rng = np.random.default_rng(0)
+    mix = rng.normal(size=(64, 48)) * np.logspace(0, -2.5, 48) + rng.normal(size=(64, 1))
+    return (X @ mix).astype(np.float32), y
+
+
+@pytest.mark.parametrize("normalize", ["standard", None])
+def test_preconditioned_lbfgs_reaches_sklearns_optimum_on_ill_conditioned_features(correlated_features, normalize):
+    X, y = correlated_features
+    C = 1.0
+    ours = LinearProbe(C=C, device="cpu", normalize=normalize).fit(X, y)
+    Xs = (X - ours.mean_) / ours.scale_ if normalize == "standard" else X.astype(np.float64)
+    ref = LogisticRegression(C=C, max_iter=20000, tol=1e-10).fit(Xs, y)
+    ours_obj = _objective(Xs, y, ours.coef_, ours.intercept_, C)
+    ref_obj = _objective(Xs, y, ref.coef_, ref.intercept_, C)
+    assert ours_obj <= ref_obj * (1 + 1e-4), (ours_obj, ref_obj)
+
+
+def test_warm_started_C_search_scores_like_independent_fits(digits_pixels):
+    """The search warm-starts each C from the last solution (mapped into the preconditioned variables):
+    each validation score must be what a cold fit at that C gives."""
+    X, _, y, _ = digits_pixels
+    Cs = (0.001, 0.1, 10.0)
+    probe = LinearProbe(Cs=Cs, device="cpu", normalize=None).fit(X, y)
+    from sklearn.model_selection import train_test_split
+    tr, va = train_test_split(np.arange(len(X)), test_size=0.2, random_state=0, stratify=y)
+    tr, va = np.sort(tr), np.sort(va)
+    for C in Cs:
+        cold = LinearProbe(C=C, device="cpu", normalize=None).fit(X[tr], y[tr]).score(X[va], y[va])
+        assert abs(probe.val_scores_[C] - cold) <= 1 / len(va) + 1e-9, (C, probe.val_scores_[C], cold)
+
+
 def test_probe_input_errors():
     X = np.random.rand(20, 3).astype(np.float32)
     with pytest.raises(ValueError, match="only one class"):

@@ -12,6 +12,7 @@ from .checks import check_features, check_labels
 DEFAULT_CS = tuple(np.logspace(-4, 2, 7))
 FULL_BATCH_MAX_BYTES = 2 << 30
 CHUNK_BYTES = 256 << 20   # streamed passes read this much float32 at a time
+PRECONDITION_ROWS = 65536  # rows that estimate the L-BFGS preconditioner
 
 
 def chunk_rows(dim: int, minimum: int = 1024) -> int:
@@ -27,8 +28,9 @@ class LinearProbe:
     ``C=None`` picks ``C`` from ``Cs`` by accuracy on a stratified ``val_fraction`` of the training
     set, then refits on the whole training set. Features are standardised (``normalize="standard"``),
     L2-normalised (``"l2"``) or used as they are (``None``).
-    Solver: full-batch L-BFGS when the features fit in ``FULL_BATCH_MAX_BYTES``, else mini-batch
-    Adam (``lr``, cosine-annealed over ``epochs``) streamed in chunks (for memory-mapped features).
+    Solver: full-batch L-BFGS (preconditioned by the features' covariance) when the features fit in
+    ``FULL_BATCH_MAX_BYTES``, else mini-batch Adam (``lr``, cosine-annealed over ``epochs``) streamed in chunks
+    (for memory-mapped features).
 
     Fitted: ``classes_``, ``coef_`` (K, D), ``intercept_`` (K,), ``C_``, ``val_scores_`` {C: acc},
     ``mean_``, ``scale_``, ``n_features_in_``.
@@ -82,41 +84,75 @@ class LinearProbe:
         dev, k, d = self._device(), len(self.classes_), X.shape[1]
         W = torch.zeros(k, d, device=dev) if init is None else init[0].clone()
         b = torch.zeros(k, device=dev) if init is None else init[1].clone()
-        W.requires_grad_(True)
-        b.requires_grad_(True)
         n = len(X)
         penalty = 1.0 / (2.0 * C * n)
         if X.nbytes <= FULL_BATCH_MAX_BYTES:
-            x, target = self._transform(X), torch.as_tensor(y, device=dev)
-            opt = torch.optim.LBFGS([W, b], lr=1, max_iter=self.max_iter, history_size=20, tolerance_grad=1e-6,
-                                    tolerance_change=1e-10, line_search_fn="strong_wolfe")
-
-            def closure():
-                opt.zero_grad()
-                loss = F.cross_entropy(x @ W.T + b, target) + penalty * (W * W).sum()
-                loss.backward()
-                return loss
-
-            opt.step(closure)
-        else:
-            opt = torch.optim.Adam([W, b], lr=self.lr)
-            rows = chunk_rows(d, self.batch_size)
-            steps = self.epochs * sum(-(-min(rows, n - s) // self.batch_size) for s in range(0, n, rows))
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
-            rng = np.random.default_rng(self.random_state)
-            for _ in range(self.epochs):
-                for start in range(0, n, rows):  # shuffle within chunks: sequential reads from disk
-                    idx = np.arange(start, min(n, start + rows))
-                    xc, yc = self._transform(X[start:start + len(idx)]), torch.as_tensor(y[idx], device=dev)
-                    perm = torch.as_tensor(rng.permutation(len(idx)), device=dev)
-                    for s in range(0, len(idx), self.batch_size):
-                        j = perm[s:s + self.batch_size]
-                        loss = F.cross_entropy(xc[j] @ W.T + b, yc[j]) + penalty * (W * W).sum()
-                        opt.zero_grad()
-                        loss.backward()
-                        opt.step()
-                        sched.step()
+            return self._lbfgs(self._transform(X), torch.as_tensor(y, device=dev), penalty, W, b)
+        W.requires_grad_(True)
+        b.requires_grad_(True)
+        opt = torch.optim.Adam([W, b], lr=self.lr)
+        rows = chunk_rows(d, self.batch_size)
+        steps = self.epochs * sum(-(-min(rows, n - s) // self.batch_size) for s in range(0, n, rows))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
+        rng = np.random.default_rng(self.random_state)
+        for _ in range(self.epochs):
+            for start in range(0, n, rows):  # shuffle within chunks: sequential reads from disk
+                idx = np.arange(start, min(n, start + rows))
+                xc, yc = self._transform(X[start:start + len(idx)]), torch.as_tensor(y[idx], device=dev)
+                perm = torch.as_tensor(rng.permutation(len(idx)), device=dev)
+                for s in range(0, len(idx), self.batch_size):
+                    j = perm[s:s + self.batch_size]
+                    loss = F.cross_entropy(xc[j] @ W.T + b, yc[j]) + penalty * (W * W).sum()
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    sched.step()
         return W.detach(), b.detach()
+
+    def _lbfgs(self, x: torch.Tensor, target: torch.Tensor, penalty: float, W: torch.Tensor, b: torch.Tensor):
+        """Full-batch L-BFGS on the objective, preconditioned by a change of variables.
+
+        ``logits = x W^T + b = z V^T + c`` with ``z = (x - m) P``, ``W = V P``, ``c = b + W m``: ``m`` the features'
+        mean and ``P = (Sigma + 2 * penalty * I)^(-1/2)``, Sigma their covariance (both from at most
+        ``PRECONDITION_ROWS`` evenly spaced rows), which is the objective's Hessian at ``W = 0`` up to the softmax
+        factor. In ``V`` the features are white and the intercept decoupled, so correlated features (which SSL
+        encoders give: a condition number of ~10^4 on Fashion-MNIST SimCLR features) no longer set the iteration
+        count. The objective and its optimum are unchanged. The gradient is written out (no autograd graph), which
+        halves the cost of an evaluation.
+        """
+        n, d = x.shape
+        sample = x[::max(1, -(-n // PRECONDITION_ROWS))]
+        mean = sample.mean(0)
+        centred = sample - mean
+        cov = (centred.T @ centred).double() / len(sample)
+        evals, evecs = torch.linalg.eigh(cov + 2 * penalty * torch.eye(d, dtype=cov.dtype, device=x.device))
+        P = ((evecs * evals.rsqrt()) @ evecs.T).float()
+        P_inv = ((evecs * evals.sqrt()) @ evecs.T).float()
+        M = P @ P  # the penalty |W|^2 = tr(V M V^T)
+        z = x.sub_(mean) @ P
+        del x, sample, centred
+        V = (W @ P_inv).requires_grad_(True)
+        c = (b + W @ mean).requires_grad_(True)
+        rows = torch.arange(n, device=z.device)
+        opt = torch.optim.LBFGS([V, c], lr=1, max_iter=self.max_iter, history_size=20, tolerance_grad=1e-6,
+                                tolerance_change=1e-10, line_search_fn="strong_wolfe")
+
+        def closure():
+            logits = torch.addmm(c, z, V.T)
+            lse = torch.logsumexp(logits, 1)
+            VM = V @ M
+            # per-row differences first: the two sums apart would cancel catastrophically in float32
+            loss = (lse - logits[rows, target]).sum() / n + penalty * (VM * V).sum()
+            resid = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            resid[rows, target] -= 1
+            V.grad = torch.addmm(VM, resid.T, z, beta=2 * penalty, alpha=1.0 / n)
+            c.grad = resid.sum(0) / n
+            return loss
+
+        with torch.no_grad():
+            opt.step(closure)
+            W = V @ P
+            return W, c - W @ mean
 
     def _logits(self, X) -> torch.Tensor:
         X = check_features(X, "features")
