@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.results_md import add_output_args, emit, table_section  # noqa: E402
+from eval.results_md import emit, parse_or_render, table_section  # noqa: E402
 from ssl_rep.eval import CLUSTER_METHODS, ClusteringTooLargeError, cluster, clustering_scores  # noqa: E402
 
 
@@ -30,10 +30,9 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(CLUSTER_METHODS))
     parser.add_argument("--max-memory-gb", type=float, default=4.0)
     parser.add_argument("--figure", default=str(Path(__file__).parent / "figures" / "cluster_scaling.png"))
-    add_output_args(parser)
-    args = parser.parse_args()
-    if args.render:
-        return render(json.loads(Path(args.render).read_text()), args.command, args.machine)
+    args = parse_or_render(parser, render)
+    if args is None:
+        return
     rows = []
     for n in [int(s) for s in args.sizes.split(",")]:
         X, y = blobs(n)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.results_md import add_output_args, emit, table_section  # noqa: E402
+from eval.results_md import device_table_section, emit, parse_or_render  # noqa: E402
 from ssl_rep.data import stats_for  # noqa: E402
 from ssl_rep.train import load_config  # noqa: E402
 from ssl_rep.train.data import build_loader, build_train_dataset  # noqa: E402
@@ -46,10 +46,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--max-batches", type=int, default=None, help="stop each epoch early (CPU runs)")
     parser.add_argument("--recipes", default="simclr,supervised")
-    add_output_args(parser)
-    args = parser.parse_args()
-    if args.render:
-        return render(json.loads(Path(args.render).read_text()), args.command, args.machine)
+    args = parse_or_render(parser, render)
+    if args is None:
+        return
     device = torch.device(args.device)
     rows = []
     for recipe in args.recipes.split(","):
@@ -77,13 +76,13 @@ def main() -> None:
 
 
 def render(rows: list[dict], command: str | None, machine_name: str | None = None) -> None:
-    device = rows[0]["device"]
-    table_section(f"bench-data-path-{device}", f"Data path: resident batched augmentation vs DataLoader ({device})",
-                  "python eval/bench_data_path.py",
-                  ["data, transform", "images", "DataLoader (workers) img/s", "resident img/s",
-                   "speed-up (goal >= 10x on GPU)"],
-                  [f"| {r['data']}, {r['transform']} | {r['images']} | {r['dataloader_img_s']:,.0f} ({r['workers']}) | "
-                   f"{r['resident_img_s']:,.0f} | {r['speedup']:.1f}x |" for r in rows], command, machine_name)
+    device_table_section(rows, "bench-data-path", "Data path: resident batched augmentation vs DataLoader",
+                         "python eval/bench_data_path.py",
+                         ["data, transform", "images", "DataLoader (workers) img/s", "resident img/s",
+                          "speed-up (goal >= 10x on GPU)"],
+                         lambda r: f"| {r['data']}, {r['transform']} | {r['images']} | {r['dataloader_img_s']:,.0f} "
+                                   f"({r['workers']}) | {r['resident_img_s']:,.0f} | {r['speedup']:.1f}x |",
+                         command, machine_name)
 
 
 if __name__ == "__main__":

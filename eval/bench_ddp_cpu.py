@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.results_md import add_output_args, emit, table_section  # noqa: E402
+from eval.results_md import emit, parse_or_render, table_section  # noqa: E402
 
 
 def run(procs: int, steps: int, recipe: str, global_batch: int) -> dict:
@@ -38,10 +38,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--recipe", default="simclr_digits")
     parser.add_argument("--global-batch", type=int, default=128)
-    add_output_args(parser)
-    args = parser.parse_args()
-    if args.render:
-        return render(json.loads(Path(args.render).read_text()), args.command, args.machine)
+    args = parse_or_render(parser, render)
+    if args is None:
+        return
     rows = [run(int(p), args.steps, args.recipe, args.global_batch) for p in args.procs.split(",")]
     for r in rows:
         r["scaling"] = r["images_per_s"] / rows[0]["images_per_s"]

@@ -17,7 +17,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eval.bench_data_path import epoch_seconds  # noqa: E402
-from eval.results_md import add_output_args, emit, table_section  # noqa: E402
+from eval.results_md import device_table_section, emit, parse_or_render  # noqa: E402
 from ssl_rep.train import load_config  # noqa: E402
 from ssl_rep.train.data import build_loader, build_train_dataset  # noqa: E402
 
@@ -45,10 +45,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1024, help="JPEGs to write and read (one epoch)")
     parser.add_argument("--size", default="500x375")
     parser.add_argument("--transforms", default="imagenet_rrc,simclr")
-    add_output_args(parser)
-    args = parser.parse_args()
-    if args.render:
-        return render(json.loads(Path(args.render).read_text()), args.command, args.machine)
+    args = parse_or_render(parser, render)
+    if args is None:
+        return
     device = torch.device(args.device)
     width, height = (int(v) for v in args.size.split("x"))
     rows = []
@@ -76,17 +75,16 @@ def main() -> None:
 
 
 def render(rows: list[dict], command: str | None, machine_name: str | None = None) -> None:
-    device = rows[0]["device"]
     r0 = rows[0]
-    table_section(f"bench-decode-{device}", f"JPEG decoding: on the device vs in DataLoader workers ({device})",
-                  "python eval/bench_decode.py",
-                  ["transform (224 px)", "images", "PIL in workers img/s", "decode_on=device img/s", "speed-up"],
-                  [f"| {r['transform']} | {r['images']} | {r['workers_img_s']:,.0f} | {r['device_img_s']:,.0f} | "
-                   f"{r['speedup']:.2f}x |" for r in rows], command, machine_name,
-                  note=f"{r0['images']} JPEGs of {r0['size']} px ({r0['kb_per_file']:.0f} KB each, in the page cache), "
-                       f"batch {r0['batch_size']}, {r0['workers']} DataLoader workers in both paths; one epoch after "
-                       f"a 2-batch warm-up. With `decode_on=device` the workers only read files and parse headers; "
-                       f"on the CPU the 'device' is the training process itself (torchvision's libjpeg-turbo decoder).")
+    device_table_section(
+        rows, "bench-decode", "JPEG decoding: on the device vs in DataLoader workers", "python eval/bench_decode.py",
+        ["transform (224 px)", "images", "PIL in workers img/s", "decode_on=device img/s", "speed-up"],
+        lambda r: f"| {r['transform']} | {r['images']} | {r['workers_img_s']:,.0f} | {r['device_img_s']:,.0f} | "
+                  f"{r['speedup']:.2f}x |", command, machine_name,
+        note=f"{r0['images']} JPEGs of {r0['size']} px ({r0['kb_per_file']:.0f} KB each, in the page cache), "
+             f"batch {r0['batch_size']}, {r0['workers']} DataLoader workers in both paths; one epoch after "
+             f"a 2-batch warm-up. With `decode_on=device` the workers only read files and parse headers; "
+             f"on the CPU the 'device' is the training process itself (torchvision's libjpeg-turbo decoder).")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.results_md import add_output_args, emit, table_section  # noqa: E402
+from eval.results_md import device_table_section, emit, parse_or_render  # noqa: E402
 from ssl_rep.data import build_dataset, build_transform, stats_for  # noqa: E402
 from ssl_rep.encoders import create_encoder  # noqa: E402
 from ssl_rep.eval import extract_features  # noqa: E402
@@ -52,10 +52,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="extractions of the batched path (median)")
-    add_output_args(parser)
-    args = parser.parse_args()
-    if args.render:
-        return render(json.loads(Path(args.render).read_text()), args.command, args.machine)
+    args = parse_or_render(parser, render)
+    if args is None:
+        return
     device = torch.device(args.device)
     transform = build_transform("eval", stats=stats_for(args.data), resize=None)
     dataset = build_dataset(args.data, split=args.split, root=args.root, transform=transform)
@@ -80,13 +79,12 @@ def main() -> None:
 
 
 def render(rows: list[dict], command: str | None, machine_name: str | None = None) -> None:
-    device = rows[0]["device"]
-    table_section(f"bench-extract-{device}", f"Feature extraction vs bare forward ({device})",
-                  "python eval/bench_extract.py",
-                  ["data, encoder, batch", "extraction path", "extract img/s", "bare forward img/s", "ratio (goal >= 0.9)"],
-                  [f"| {r['data']} ({r['images']}), {r['encoder']}, {r['batch_size']} | {r['path']} | "
-                   f"{r['extract_img_s']:,.0f} | {r['bare_img_s']:,.0f} | {r['ratio']:.2f} |" for r in rows],
-                  command, machine_name)
+    device_table_section(rows, "bench-extract", "Feature extraction vs bare forward", "python eval/bench_extract.py",
+                         ["data, encoder, batch", "extraction path", "extract img/s", "bare forward img/s",
+                          "ratio (goal >= 0.9)"],
+                         lambda r: f"| {r['data']} ({r['images']}), {r['encoder']}, {r['batch_size']} | {r['path']} | "
+                                   f"{r['extract_img_s']:,.0f} | {r['bare_img_s']:,.0f} | {r['ratio']:.2f} |",
+                         command, machine_name)
 
 
 if __name__ == "__main__":

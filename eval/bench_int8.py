@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.results_md import add_output_args, emit, update_section  # noqa: E402
+from eval.results_md import emit, parse_or_render, update_section  # noqa: E402
 from ssl_rep.cli.common import eval_dataset, fixed_subset, resolve_encoder  # noqa: E402
 from ssl_rep.eval import LinearProbe, cluster, clustering_scores, extract_features  # noqa: E402
 from ssl_rep.quantize import quantize_encoder, quantize_features  # noqa: E402
@@ -42,10 +42,9 @@ def main() -> None:
     parser.add_argument("--train-subset", type=int, default=10_000, help="probe training images (fixed subset)")
     parser.add_argument("--C", type=float, default=0.1, help="the same fixed C for every row")
     parser.add_argument("--batch-size", type=int, default=256)
-    add_output_args(parser)
-    args = parser.parse_args()
-    if args.render:
-        return render(json.loads(Path(args.render).read_text()), args.command, args.machine)
+    args = parse_or_render(parser, render)
+    if args is None:
+        return
     if not args.checkpoint:
         parser.error("--checkpoint is required")
     encoder = resolve_encoder(args.checkpoint)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.results_md import add_output_args, emit, update_section  # noqa: E402
+from eval.results_md import emit, parse_or_render, update_section  # noqa: E402
 from ssl_rep.eval.probe import chunk_rows  # noqa: E402
 
 
@@ -82,13 +82,12 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--dir", default="/tmp/ssl_rep_memory_bench")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    add_output_args(parser)
-    args = parser.parse_args()
+    args = parse_or_render(parser, render)
+    if args is None:
+        return
     folder = Path(args.dir)
     if args.child:
         return child(args.child, folder, args.classes)
-    if args.render:
-        return render(json.loads(Path(args.render).read_text()), args.command, args.machine)
     start = time.perf_counter()
     write_features(folder, args.n, args.dim, args.classes)
     result = {"n": args.n, "dim": args.dim, "classes": args.classes, "write_seconds": time.perf_counter() - start,

@@ -48,6 +48,26 @@ def table_section(key: str, title: str, default_command: str, header: list[str],
                    machine_name=machine_name)
 
 
+def device_table_section(rows: list[dict], key: str, title: str, default_command: str, header: list[str], line,
+                         command: str | None, machine_name: str | None, note: str = "") -> None:
+    """``table_section`` for rows measured on one device: the key and title name it, ``line(row)`` is a table row."""
+    device = rows[0]["device"]
+    table_section(f"{key}-{device}", f"{title} ({device})", default_command, header, [line(r) for r in rows], command,
+                  machine_name, note)
+
+
+def parse_or_render(parser, render):
+    """Parse a benchmark's arguments, with the output options every benchmark shares. With ``--render``, rewrite its
+    RESULTS.md section from the saved JSON instead and return None."""
+    import json
+    add_output_args(parser)
+    args = parser.parse_args()
+    if args.render:
+        render(json.loads(Path(args.render).read_text()), args.command, args.machine)
+        return None
+    return args
+
+
 def emit(result, args, render) -> None:
     """What every benchmark does with its result: ``--json`` copy, then RESULTS.md unless ``--no-results-md``."""
     import json

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.results_md import add_output_args, emit, update_section  # noqa: E402
+from eval.results_md import emit, parse_or_render, update_section  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
@@ -41,10 +41,9 @@ def main() -> None:
     parser.add_argument("--recipe", default="ae_digits")
     parser.add_argument("--every", type=float, default=5.0, help="seconds between samples")
     parser.add_argument("overrides", nargs="*")
-    add_output_args(parser)
-    args = parser.parse_args()
-    if args.render:
-        return render(json.loads(Path(args.render).read_text()), args.command, args.machine)
+    args = parse_or_render(parser, render)
+    if args is None:
+        return
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "ssl_rep.cli.pretrain", args.recipe, f"out_dir={tmp}", "trainer.device=cpu",
                "trainer.epochs=100000", "trainer.checkpoint_every=200", *args.overrides]
