@@ -70,6 +70,10 @@ class HostCopy:
         else:
             self.host = values
 
+    def ready(self) -> bool:
+        """Whether the values are on the host (reading them now would not wait)."""
+        return self.event is None or self.event.query()
+
     def tolist(self) -> list[float]:
         if self.event is not None:
             self.event.synchronize()
@@ -393,7 +397,10 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
                     window_time, window_images, window_losses = now, 0, []
                 bar.update(1)
                 if main and not interactive and (step % print_every == 0 or step == total):
-                    print(f"step {step}/{total} epoch {epoch} loss {last_loss:.4f} lr {lr:.4g} "
+                    if pending is not None and pending[0].ready():
+                        write_pending()   # already on the host (always on CPU): print the newest loss
+                    shown = "(on its way)" if math.isnan(last_loss) else f"{last_loss:.4f}"
+                    print(f"step {step}/{total} epoch {epoch} loss {shown} lr {lr:.4g} "
                           f"elapsed {time.time() - start_time:.0f}s", flush=True)
                 if step % cfg.trainer.checkpoint_every == 0 and step < total:
                     write_pending()   # never checkpoint weights a NaN has reached
