@@ -103,3 +103,30 @@ def test_multiview_gives_independent_augmentations():
     loader = torch.utils.data.DataLoader(ds, batch_size=4)
     (v0, v1), y = next(iter(loader))
     assert v0.shape == v1.shape == (4, 3, 32, 32) and y.shape == (4,)
+
+
+def test_separable_blur_equals_torchvisions_gaussian_blur():
+    """Same sigma draw, kernel, reflect padding and rounding as torchvision's 2-D blur, for every input type the
+    SimCLR recipe may hand it (non-square kernel, so x and y are not swapped)."""
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2 as T
+    from torchvision.transforms.v2 import functional as TF
+
+    from ssl_rep.data.transforms import SeparableGaussianBlur
+    rng = np.random.default_rng(0)
+    img = Image.fromarray((rng.random((40, 37, 3)) * 255).astype(np.uint8))
+    as_uint8 = TF.pil_to_tensor(img)
+    for inpt in (img, as_uint8, tv_tensors.Image(as_uint8), as_uint8.float() / 255):
+        torch.manual_seed(3)
+        ref = T.GaussianBlur((9, 5), sigma=(0.5, 2.0))(inpt)
+        torch.manual_seed(3)
+        ours = SeparableGaussianBlur((9, 5), sigma=(0.5, 2.0))(inpt)
+        assert type(ours) is type(ref)
+        if isinstance(ref, Image.Image):
+            ref, ours = TF.pil_to_tensor(ref), TF.pil_to_tensor(ours)
+        assert ours.dtype == ref.dtype
+        torch.testing.assert_close(ours.float(), ref.float(), atol=1e-5 if ref.is_floating_point() else 1, rtol=0)
+        assert not torch.equal(TF.to_dtype(ours, torch.float32, scale=True),
+                               TF.to_dtype(as_uint8, torch.float32, scale=True))   # it did blur
+    simclr = build_transform("simclr", size=224)
+    assert any(isinstance(t, SeparableGaussianBlur) for op in simclr.transforms for t in getattr(op, "transforms", []))
