@@ -7,7 +7,8 @@
 # (2026-11-26): start 22 s, tests 65 s, overhead 74 s (STEPS=80 WARMUP=20 REPEATS=3), data <= 60 s, extract 16 s,
 # decode about 60 s, suite about 270 s (SimCLR 25 epochs is 115 s of it), probe about 50 s: about 10 minutes in all.
 # One device call may run 10, so split them, e.g. PARTS="tests overhead data extract decode" (about 5 min),
-# then PARTS="suite probe" (about 5.5 min; probe reads the suite's SimCLR checkpoint, so run them in one call).
+# then PARTS="suite probe" (about 5.5 min; probe reads the suite's SimCLR checkpoint, so run them in one call,
+# or set PROBE_CKPT to a carried encoder.pt to run probe alone).
 set -u
 want() { [[ " ${PARTS:-all} " == *" all "* || " ${PARTS:-all} " == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
@@ -57,7 +58,9 @@ if want suite; then
   done
 fi
 if want probe; then
-  stamp "probe benchmark"; timeout 50 python3 eval/bench_probe.py --checkpoint runs/fashion-mnist-suite/simclr/checkpoints/last.pt \
+  # PROBE_CKPT: another encoder, e.g. a carried runs/fashion-mnist-cpu-subset/simclr/encoder.pt (the CPU table's)
+  stamp "probe benchmark"; timeout 50 python3 eval/bench_probe.py \
+    --checkpoint ${PROBE_CKPT:-runs/fashion-mnist-suite/simclr/checkpoints/last.pt} \
     --data fashion-mnist --root "$FM" --json "$OUT/bench_probe.json" --no-results-md 2>&1 | tail -3
 fi
 stamp "done"; ls -la "$OUT"
