@@ -69,6 +69,25 @@ def test_simclr_loss_falls_and_contrast_accuracy_rises(digits_views):
     assert logs1["contrast_acc"] > logs0["contrast_acc"]
 
 
+def test_simclr_logs_match_a_naive_count():
+    """contrast_acc and pos_sim against a per-anchor loop; identical views make every positive the best match."""
+    torch.manual_seed(0)
+    method = create_method("simclr", ssl_rep.create_encoder("resnet20"))
+    x = torch.randn(6, 3, 32, 32)
+    _, same = method(([x, x], torch.zeros(6, dtype=torch.long)))
+    assert same["contrast_acc"] == 1.0 and same["pos_sim"] == pytest.approx(1.0, abs=1e-5)
+    views = [x, torch.randn(6, 3, 32, 32)]
+    _, logs = method((views, torch.zeros(6, dtype=torch.long)))
+    with torch.no_grad():
+        z = torch.nn.functional.normalize(method.head(method.encoder(torch.cat(views))), dim=1)
+    hits = 0
+    for i in range(12):
+        sims = [(float(z[i] @ z[j]), j) for j in range(12) if j != i]
+        hits += max(sims)[1] == (i + 6) % 12
+    assert float(logs["contrast_acc"]) == pytest.approx(hits / 12)
+    assert float(logs["pos_sim"]) == pytest.approx(float((z[:6] * z[6:]).sum(1).mean()), abs=1e-5)
+
+
 def test_simclr_needs_two_views(digits_batch):
     with pytest.raises(ValueError, match="MultiView"):
         create_method("simclr", ssl_rep.create_encoder("resnet20"))(digits_batch)

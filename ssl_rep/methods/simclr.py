@@ -46,7 +46,8 @@ class SimCLR(Method):
             zn = nn.functional.normalize(z.float(), dim=1)
             sim = zn @ zn.T
             sim.fill_diagonal_(-2.0)
-            positive = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(sim.device)
+            # made on the device: a host tensor copied in would make every step wait for the GPU
+            positive = torch.arange(2 * n, device=sim.device).roll(n)   # n..2n-1, then 0..n-1
             acc = (sim.argmax(dim=1) == positive).float().mean()
             pos_sim = (zn[:n] * zn[n:]).sum(dim=1).mean()
         return loss, {"loss": loss.detach(), "pos_sim": pos_sim, "contrast_acc": acc}
