@@ -68,6 +68,7 @@ class Autoencoder(Method):
         self.mode, self.noise, self.loss_kind = mode, noise, loss
         self.noise_std, self.noise_ratio, self.mask_ratio, self.patch_size = noise_std, noise_ratio, mask_ratio, patch_size
         self.image_size = image_size
+        self._range_checked = False
         was_training = encoder.training
         with torch.no_grad():
             encoder.eval()
@@ -112,9 +113,13 @@ class Autoencoder(Method):
 
     def forward(self, batch):
         x = self.images_of(batch)
-        if self.loss_kind == "bce" and (x.min() < 0 or x.max() > 1):
-            raise ValueError("autoencoder loss='bce' needs images in [0, 1]; use loss='mse' for "
-                             "normalised images (or build the transform with stats=None)")
+        # Every batch on CPU; on a GPU the first batch only (a check reads the device, so it waits for it; the
+        # normalisation that would break it is the same for every batch).
+        if self.loss_kind == "bce" and (x.device.type == "cpu" or not self._range_checked):
+            if x.min() < 0 or x.max() > 1:
+                raise ValueError("autoencoder loss='bce' needs images in [0, 1]; use loss='mse' for "
+                                 "normalised images (or build the transform with stats=None)")
+            self._range_checked = True
         inputs, mask = self.corrupt(x)
         fmap = self.encoder.feature_map(inputs)
         self.probe_features = fmap.detach().mean(dim=(2, 3))
