@@ -260,6 +260,24 @@ def test_resume_with_a_different_config_is_refused(tmp_path):
               resume=True, progress=False)
 
 
+def test_online_probe_normalises_its_input_and_an_older_probe_layout_still_resumes(tmp_path, caplog):
+    out = tmp_path / "run"
+    args = [f"out_dir={out}", *FAST, "trainer.checkpoint_every=2"]
+    train(load_config("ae_digits", [*args, "trainer.max_steps=2"]), progress=False)
+    last = out / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    assert {"0.running_mean", "0.running_var", "1.weight", "1.bias"} <= set(state["probe"])
+    assert "0.weight" not in state["probe"]   # the BatchNorm has no affine parameters: the linear layer is the probe
+    # a checkpoint from before the BatchNorm: the probe restarts, everything else resumes
+    state["probe"] = {"weight": state["probe"]["1.weight"], "bias": state["probe"]["1.bias"]}
+    state["probe_optimizer"] = {}
+    last.unlink()
+    torch.save(state, last)
+    with caplog.at_level("WARNING", logger="ssl_rep.train"):
+        result = train(load_config("ae_digits", [*args, "trainer.max_steps=4"]), resume=True, progress=False)
+    assert result.steps == 4 and "older layout" in caplog.text
+
+
 def test_cli_reports_config_errors_without_traceback(tmp_path):
     proc = _run_cli(["simclr_digits", "optim.lrr=1", f"out_dir={tmp_path}"])
     out, _ = proc.communicate(timeout=120)

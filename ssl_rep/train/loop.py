@@ -33,6 +33,7 @@ from .schedule import lr_at
 
 log = logging.getLogger("ssl_rep.train")
 GPU_RESIDENT_MAX_BYTES = 4 << 30
+ONLINE_PROBE_LR = 0.03   # the online probe's peak AdamW lr; it follows the run's schedule (warmup, decay)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -176,16 +177,24 @@ def eval_tensors(dataset, device, num_workers: int, limit: int = 10_000):
 
 
 @torch.no_grad()
-def probe_accuracy(encoder: nn.Module, head: nn.Linear, images, labels, batch_size: int, autocast) -> float:
-    """Accuracy of the online linear head on held-out images (encoder in eval mode)."""
+def online_probe_head(num_features: int, num_classes: int) -> nn.Sequential:
+    """The online probe: a linear layer on the features normalised by a BatchNorm without affine parameters (as
+    MAE's linear probe), so the features' scale, which drifts during pretraining, does not set its step size."""
+    return nn.Sequential(nn.BatchNorm1d(num_features, affine=False), nn.Linear(num_features, num_classes))
+
+
+def probe_accuracy(encoder: nn.Module, head: nn.Module, images, labels, batch_size: int, autocast) -> float:
+    """Accuracy of the online probe on held-out images (encoder and head in eval mode)."""
     was_training = encoder.training
     encoder.eval()
+    head.eval()
     correct = 0
     for start in range(0, len(images), batch_size):
         with autocast():
             feats = encoder(images[start:start + batch_size])
         correct += (head(feats.float()).argmax(1) == labels[start:start + batch_size]).sum().item()
     encoder.train(was_training)
+    head.train()
     return correct / len(images)
 
 
@@ -241,8 +250,8 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
     optimizer = build_optimizer(method, cfg.optim)
     probe = probe_opt = None
     if cfg.trainer.online_probe and has_labels:
-        probe = nn.Linear(method.encoder.num_features, num_classes).to(device)
-        probe_opt = AdamW(probe.parameters(), lr=1e-3, weight_decay=0.0, fused=device.type == "cuda")
+        probe = online_probe_head(method.encoder.num_features, num_classes).to(device)
+        probe_opt = AdamW(probe.parameters(), lr=ONLINE_PROBE_LR, weight_decay=0.0, fused=device.type == "cuda")
     eval_set = build_eval_dataset(cfg, size) if probe is not None and main else None
     if eval_set is not None:
         eval_images, eval_labels = eval_tensors(eval_set, device, cfg.data.num_workers)
@@ -263,8 +272,12 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if probe is not None and state.get("probe"):
-            probe.load_state_dict(state["probe"])
-            probe_opt.load_state_dict(state["probe_optimizer"])
+            if "weight" in state["probe"]:   # written before the head normalised its input: start the probe afresh
+                log.warning("the checkpoint's online probe is a bare linear layer (an older layout); the probe "
+                            "restarts (the encoder, the method and their optimiser resume exactly)")
+            else:
+                probe.load_state_dict(state["probe"])
+                probe_opt.load_state_dict(state["probe_optimizer"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         per_rank = state.get("rng_per_rank") or [state["rng"]]
         set_rng_state(per_rank[rank] if len(per_rank) == world else state["rng"])
@@ -343,6 +356,8 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
                 lr = lr_at(step, cfg.optim.lr, total, cfg.schedule)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
+                if probe_opt is not None:
+                    probe_opt.param_groups[0]["lr"] = ONLINE_PROBE_LR * lr / cfg.optim.lr
                 images, labels = to_device(batch, device, cfg.trainer.channels_last)
                 with autocast():
                     loss, logs = model((images, labels))
