@@ -144,6 +144,17 @@ def test_online_probe_is_logged_each_epoch_and_never_changes_the_encoder(tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_online_probe_head_ignores_the_features_scale():
+    """Its BatchNorm (no affine parameters) makes the head's output, and so its gradient steps, independent of the
+    features' scale, which drifts during pretraining."""
+    from ssl_rep.train.loop import online_probe_head
+    torch.manual_seed(0)
+    head = online_probe_head(16, 5)
+    assert [n for n, _ in head.named_parameters()] == ["1.weight", "1.bias"]
+    x = torch.randn(32, 16) * torch.rand(16) + 3
+    torch.testing.assert_close(head(x), head(1000 * x), atol=1e-4, rtol=1e-4)
+
+
 def poison_autoencoder_loss(monkeypatch, factor: float, at) -> dict:
     """The autoencoder's loss times ``factor`` on the forward calls where ``at(call)`` holds; counts calls."""
     from ssl_rep.methods.autoencoder import Autoencoder
