@@ -192,10 +192,11 @@ def probe_accuracy(encoder: nn.Module, head: nn.Module, images, labels, batch_si
     for start in range(0, len(images), batch_size):
         with autocast():
             feats = encoder(images[start:start + batch_size])
-        correct += (head(feats.float()).argmax(1) == labels[start:start + batch_size]).sum().item()
+        # counted on the device, read once: a read per batch would wait for the device each time
+        correct = correct + (head(feats.float()).argmax(1) == labels[start:start + batch_size]).sum()
     encoder.train(was_training)
     head.train()
-    return correct / len(images)
+    return int(correct) / len(images)
 
 
 def to_device(batch, device: torch.device, channels_last: bool):
