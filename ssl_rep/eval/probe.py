@@ -13,6 +13,7 @@ DEFAULT_CS = tuple(np.logspace(-4, 2, 7))
 FULL_BATCH_MAX_BYTES = 2 << 30
 CHUNK_BYTES = 256 << 20   # streamed passes read this much float32 at a time
 PRECONDITION_ROWS = 65536  # rows that estimate the L-BFGS preconditioner
+EIGEN_FLOOR = 0.01         # its eigenvalues' floor, relative to their mean
 
 
 def chunk_rows(dim: int, minimum: int = 1024) -> int:
@@ -128,16 +129,18 @@ class LinearProbe:
     def _lbfgs(self, rotated, target: torch.Tensor, penalty: float, W: torch.Tensor, b: torch.Tensor):
         """Full-batch L-BFGS on the objective, preconditioned by a change of variables.
 
-        With ``(y, m, e, U) = self._rotate(X)`` and ``s = (e + 2 * penalty)^(-1/2)``:
+        With ``(y, m, e, U) = self._rotate(X)`` and ``s = (max(e, EIGEN_FLOOR * mean(e)) + 2 * penalty)^(-1/2)``:
         ``logits = x W^T + b = y (V diag(s))^T + c``, i.e. ``W = V diag(s) U^T`` and ``c = b + W m``. In ``V`` the
-        Hessian at ``W = 0`` (``Sigma + 2 * penalty * I``, up to the softmax factor) is the identity and the intercept
-        is decoupled, so correlated features (which SSL encoders give: a condition number of ~10^4 on Fashion-MNIST
+        Hessian at ``W = 0`` (``Sigma + 2 * penalty * I``, up to the softmax factor) is the identity (outside the
+        floored directions) and the intercept is decoupled, so correlated features (which SSL encoders give: a condition number of ~10^4 on Fashion-MNIST
         SimCLR features) no longer set the iteration count. The objective and its optimum are unchanged. The gradient
         is written out (no autograd graph), which halves the cost of an evaluation.
         """
         y, mean, evals, U = rotated
         n = len(y)
-        scale = (evals + 2 * penalty).rsqrt().float()
+        # eigenvalues floored at EIGEN_FLOOR of their mean: amplifying near-null directions further only amplifies
+        # float32 rounding, and on nearly separable data (digits pixels) L-BFGS then stalls far from the optimum
+        scale = (evals.clamp(min=EIGEN_FLOOR * float(evals.mean())) + 2 * penalty).rsqrt().float()
         V = ((W @ U) / scale).requires_grad_(True)
         c = (b + W @ mean).requires_grad_(True)
         rows = torch.arange(n, device=y.device)
