@@ -141,8 +141,7 @@ class LinearProbe:
         # eigenvalues floored at EIGEN_FLOOR of their mean: amplifying near-null directions further only amplifies
         # float32 rounding, and on nearly separable data (digits pixels) L-BFGS then stalls far from the optimum
         scale = (evals.clamp(min=EIGEN_FLOOR * float(evals.mean())) + 2 * penalty).rsqrt().float()
-        V = ((W @ U) / scale).requires_grad_(True)
-        c = (b + W @ mean).requires_grad_(True)
+        V, c = (W @ U) / scale, b + W @ mean   # the closure sets their gradients itself (no autograd)
         rows = torch.arange(n, device=y.device)
         opt = torch.optim.LBFGS([V, c], lr=1, max_iter=self.max_iter, history_size=20, tolerance_grad=1e-6,
                                 tolerance_change=1e-10, line_search_fn="strong_wolfe")

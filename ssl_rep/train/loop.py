@@ -176,13 +176,13 @@ def eval_tensors(dataset, device, num_workers: int, limit: int = 10_000):
     return torch.cat(xs).to(device), torch.cat(ys).to(device)
 
 
-@torch.no_grad()
 def online_probe_head(num_features: int, num_classes: int) -> nn.Sequential:
     """The online probe: a linear layer on the features normalised by a BatchNorm without affine parameters (as
     MAE's linear probe), so the features' scale, which drifts during pretraining, does not set its step size."""
     return nn.Sequential(nn.BatchNorm1d(num_features, affine=False), nn.Linear(num_features, num_classes))
 
 
+@torch.no_grad()
 def probe_accuracy(encoder: nn.Module, head: nn.Module, images, labels, batch_size: int, autocast) -> float:
     """Accuracy of the online probe on held-out images (encoder and head in eval mode)."""
     was_training = encoder.training
