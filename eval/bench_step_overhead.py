@@ -41,7 +41,8 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def bare_step_time(cfg, device, steps: int, warmup: int) -> float:
+def bare_step(cfg, device):
+    """The method's forward + backward + optimiser step on one batch already on ``device`` (a callable)."""
     dataset, size, num_classes, _ = build_train_dataset(cfg)
     items = [dataset[i] for i in range(cfg.data.batch_size)]
     images = items[0][0]
@@ -62,6 +63,11 @@ def bare_step_time(cfg, device, steps: int, warmup: int) -> float:
         loss.backward()
         opt.step()
 
+    return step
+
+
+def bare_step_time(cfg, device, steps: int, warmup: int) -> float:
+    step = bare_step(cfg, device)
     for _ in range(warmup):
         step()
     sync(device)   # like the loop, the timed steps queue work without waiting for the device in between
@@ -77,6 +83,29 @@ def loop_step_time(cfg, steps: int, warmup: int) -> float:
     train(cfg, progress=False)
     lines = {r["step"]: r for r in read_metrics(Path(cfg.out_dir) / "metrics.jsonl")}
     return (lines[warmup + steps]["elapsed"] - lines[warmup]["elapsed"]) / steps
+
+
+def overhead_config(method: str, data: str, device: torch.device, out_dir: str, warmup: int, steps: int,
+                    root: str | None = None, batch_size: int | None = None, extra: list[str] = ()):
+    """The recipe of ``method`` on ``data`` for a timed window of ``warmup + steps`` steps."""
+    # The recipe's own logging cadence (a logging step waits for the device); warmup and steps must be
+    # multiples of it so both ends of the timed window are logged.
+    # data.eval_split=null: the online probe still trains every step, but its end-of-epoch score on the
+    # held-out split (a forward pass over it: evaluation, not step overhead) is left out; on digits an
+    # epoch is 11-22 steps, so that pass alone adds 10-20% to a short window.
+    overrides = [f"out_dir={out_dir}", f"trainer.device={device}", "data.eval_split=null",
+                 f"trainer.max_steps={warmup + steps}", f"data.dataset={data}",
+                 "data.num_workers=2" if device.type == "cpu" else "data.num_workers=8"]
+    if root:
+        overrides.append(f"data.root={root}")
+    if batch_size:
+        overrides.append(f"data.batch_size={batch_size}")
+    cfg = load_config(f"{RECIPES[method]}_{'digits' if data == 'digits' else 'fashion_mnist'}",
+                      overrides + list(extra))
+    if warmup % cfg.trainer.log_every or steps % cfg.trainer.log_every:
+        raise SystemExit(f"--warmup and --steps must be multiples of trainer.log_every={cfg.trainer.log_every} "
+                         f"({method})")
+    return cfg
 
 
 def main() -> None:
@@ -98,29 +127,13 @@ def main() -> None:
                variant=" ".join(args.override))
         return
     device = torch.device(args.device)
-    recipe_data = "digits" if args.data == "digits" else "fashion_mnist"
     rows = []
     for method in args.methods.split(","):
         loops, bares = [], []
         for _ in range(args.repeats):
             with tempfile.TemporaryDirectory() as tmp:
-                # The recipe's own logging cadence (a logging step waits for the device); --warmup and
-                # --steps must be multiples of it so both ends of the timed window are logged.
-                # data.eval_split=null: the online probe still trains every step, but its end-of-epoch score
-                # on the held-out split (a forward pass over it: evaluation, not step overhead) is left out;
-                # on digits an epoch is 11-22 steps, so that pass alone adds 10-20% to a short window.
-                overrides = [f"out_dir={tmp}", f"trainer.device={args.device}", "data.eval_split=null",
-                             f"trainer.max_steps={args.warmup + args.steps}", f"data.dataset={args.data}",
-                             "data.num_workers=2" if device.type == "cpu" else "data.num_workers=8"]
-                if args.root:
-                    overrides.append(f"data.root={args.root}")
-                if args.batch_size:
-                    overrides.append(f"data.batch_size={args.batch_size}")
-                overrides += args.override
-                cfg = load_config(f"{RECIPES[method]}_{recipe_data}", overrides)
-                if args.warmup % cfg.trainer.log_every or args.steps % cfg.trainer.log_every:
-                    raise SystemExit(f"--warmup and --steps must be multiples of trainer.log_every="
-                                     f"{cfg.trainer.log_every} ({method})")
+                cfg = overhead_config(method, args.data, device, tmp, args.warmup, args.steps, args.root,
+                                      args.batch_size, args.override)
                 # bare steps before and after the loop: their mean cancels a host speed drift within the round
                 before = bare_step_time(cfg, device, args.steps, args.warmup)
                 loops.append(loop_step_time(cfg, args.steps, args.warmup))

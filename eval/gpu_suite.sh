@@ -11,6 +11,7 @@
 # or set PROBE_CKPT to a carried encoder.pt to run probe alone).
 set -u
 want() { [[ " ${PARTS:-all} " == *" all "* || " ${PARTS:-all} " == *" $1 "* ]]; }
+asked() { [[ " ${PARTS:-} " == *" $1 "* ]]; }   # opt-in stages, not part of "all"
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -37,20 +38,20 @@ if want overhead; then
 fi
 if want data; then
   stamp "data path"; timeout 60 python3 eval/bench_data_path.py --data fashion-mnist --root "$FM" --device cuda --workers 8 \
-    --json "$OUT/data_path.json" --no-results-md 2>&1 | tail -2
+    --max-batches ${DATA_BATCHES:-120} --json "$OUT/data_path.json" --no-results-md 2>&1 | tail -2
 fi
 if want extract; then
   stamp "extraction"; timeout 90 python3 eval/bench_extract.py --data fashion-mnist --root "$FM" --split train \
     --device cuda --workers 8 --json "$OUT/extract.json" --no-results-md 2>&1 | tail -2
 fi
 if want decode; then
-  stamp "jpeg decoding"; timeout 120 python3 eval/bench_decode.py --device cuda --workers 8 --n 512 --batch-size 128 \
+  stamp "jpeg decoding"; timeout 120 python3 eval/bench_decode.py --device cuda --workers 8 --n ${DECODE_N:-256} --batch-size 128 \
     --json "$OUT/decode.json" --no-results-md 2>&1 | grep "^{" | tail -2
 fi
 if want suite; then
   stamp "fashion-mnist suite"; timeout ${SUITE_TIMEOUT:-270} python3 eval/reproduce.py fashion-mnist-suite --device cuda \
     --root "$FM" --methods ${METHODS:-simclr,supervised,autoencoder,cpc} --cluster-methods kmeans,gmm \
-    --override data.num_workers=8 --override simclr:trainer.epochs=${SIMCLR_EPOCHS:-25} \
+    --override data.num_workers=8 --override simclr:trainer.epochs=${SIMCLR_EPOCHS:-15} \
     --override autoencoder:trainer.epochs=5 --override supervised:trainer.epochs=5 --override cpc:trainer.epochs=1 \
     ${EXTRA:-} --json "$OUT/fashion_mnist_suite.json" 2>&1 | grep -v "^step\|Warning\|warn" | tail -12
   for m in simclr supervised autoencoder cpc; do
@@ -62,5 +63,12 @@ if want probe; then
   stamp "probe benchmark"; timeout 50 python3 eval/bench_probe.py \
     --checkpoint ${PROBE_CKPT:-runs/fashion-mnist-suite/simclr/checkpoints/last.pt} \
     --data fashion-mnist --root "$FM" --json "$OUT/bench_probe.json" --no-results-md 2>&1 | tail -3
+fi
+if asked profile; then
+  # where the loop's extra time per step goes (eval/profile_step.py); opt-in: PARTS="... profile"
+  for m in ${PROFILE_METHODS:-autoencoder}; do
+    stamp "profile $m"; timeout 90 python3 eval/profile_step.py --method $m --data fashion-mnist --root "$FM" \
+      --device cuda --steps 40 --warmup 20 --out "$OUT" 2>&1 | grep "^=="
+  done
 fi
 stamp "done"; ls -la "$OUT"
