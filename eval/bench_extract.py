@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eval.results_md import device_table_section, emit, parse_or_render  # noqa: E402
 from ssl_rep.data import build_dataset, build_transform, stats_for  # noqa: E402
 from ssl_rep.encoders import create_encoder  # noqa: E402
-from ssl_rep.eval import extract_features  # noqa: E402
+from ssl_rep.eval import extract_features, features  # noqa: E402
 
 
 def sync(device):
@@ -64,8 +64,13 @@ def main() -> None:
     batch = torch.stack([dataset[i][0] for i in range(min(args.batch_size, len(dataset)))]).to(device)
     bare = bare_images_per_s(encoder, batch, len(dataset))
     rows = []
-    for label, ds in (("batched (in-memory)", dataset), ("DataLoader (per image)", per_image)):
+    paths = [("batched (in-memory)", dataset, features.RESIDENT_BYTES),
+             ("DataLoader (per image)", per_image, features.RESIDENT_BYTES)]
+    if device.type == "cuda":   # sets over RESIDENT_BYTES go to the GPU batch by batch from pinned memory
+        paths.insert(1, ("batched, pinned copy per batch (sets > 1 GiB)", dataset, 0))
+    for label, ds, resident in paths:
         seconds = []
+        features.RESIDENT_BYTES = resident
         for _ in range(args.repeats if ds is dataset else 1):   # the slow per-image path once
             start = time.perf_counter()
             extract_features(encoder, ds, args.batch_size, device, num_workers=args.workers, progress=False)

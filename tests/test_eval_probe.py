@@ -151,7 +151,12 @@ def test_extract_features_matches_a_manual_forward(small_digits):
 def test_batched_in_memory_path_gives_the_per_image_features(small_digits):
     from ssl_rep.eval.features import batched_source
     _, ds = small_digits
-    assert batched_source(ds, 64, torch.device("cpu")) is not None      # digits + eval at native size: batched
+    batches = batched_source(ds, 64, torch.device("cpu"))
+    assert batches is not None                                           # digits + eval at native size: batched
+    x, _ = next(iter(batches))
+    # the per-image path's layout (NCHW, contiguous): a channels-last batch would change the encoder's kernels
+    assert x.shape == (64, 3, 32, 32) and x.is_contiguous()
+    np.testing.assert_allclose(x.numpy(), torch.stack([ds[i][0] for i in range(64)]).numpy(), rtol=1e-6, atol=1e-6)
     every = torch.utils.data.Subset(ds, range(len(ds)))                  # same images through PIL, one by one
     assert batched_source(every, 64, torch.device("cpu")) is None
     enc = ssl_rep.create_encoder("resnet20")

@@ -98,6 +98,22 @@ def test_resident_loader_order_determinism_and_resume(per_call):
     assert abs(views.mean().item()) < 0.5 and 0.5 < views.std().item() < 1.5
 
 
+@pytest.mark.parametrize("transform", ["cifar_train", "simclr", "eval", "none"])
+def test_resident_loader_batches_are_nchw_and_match_the_images(transform):
+    """ArrayImageDataset.tensor() is a channels-last view; the batches must still come out NCHW (the layout the
+    loop trains in: a channels-last batch would cost a conversion per step or change the encoder's kernels)."""
+    ds = ssl_rep.build_dataset("digits", split="test")
+    loader = GPUResidentLoader(ds.tensor(), torch.as_tensor(ds.labels), 16, 0, transform, None, 32,
+                               n_views=2 if transform == "simclr" else 1, device="cpu")
+    loader.set_epoch(0)
+    images, labels = next(iter(loader))
+    for view in images if transform == "simclr" else [images]:
+        assert view.shape == (16, 3, 32, 32) and view.is_contiguous()
+    if transform in ("eval", "none"):   # no augmentation: the images themselves, scaled to [0, 1]
+        expected = torch.from_numpy(ds.images[loader.sampler.rank_order("cpu")[0].numpy()]).permute(0, 3, 1, 2)
+        torch.testing.assert_close(images, expected.float() / 255)
+
+
 def test_resident_loader_per_rank_batches_are_the_one_process_batch():
     ds = ssl_rep.build_dataset("digits")
     make = lambda rank, world, b: GPUResidentLoader(ds.tensor(), torch.as_tensor(ds.labels), b, seed=2,  # noqa: E731

@@ -169,7 +169,9 @@ class GPUResidentLoader:
         if transform not in GPU_TRANSFORMS:
             raise ValueError(f"GPU-resident data supports transforms {', '.join(GPU_TRANSFORMS)}, not {transform!r}")
         self.device = torch.device(device)
-        self.images = images.to(self.device, non_blocking=True)
+        # NCHW on the device (``ArrayImageDataset.tensor()`` is a channels-last view of the HWC array): batches come
+        # out in the layout the loop trains in, with no per-step conversion
+        self.images = images.to(self.device, non_blocking=True).contiguous()
         self.labels = labels.to(self.device)
         self.batch_size, self.seed, self.transform = batch_size, seed, transform
         self.size, self.n_views = size, n_views
