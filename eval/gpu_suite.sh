@@ -3,12 +3,11 @@
 # tests, the engine and data-path benchmarks on CUDA, the Fashion-MNIST suite (every run's
 # metrics.jsonl kept for the accuracy-vs-time figure) and the probe benchmark. Results land in $OUT.
 # Carried: .whl (faiss-cpu wheel for the device's Python) and .gpu_data/fashion-mnist (the IDX files).
-# PARTS picks stages (default all): tests overhead data extract decode suite probe. Stage times on an H100
-# (2026-11-26): start 22 s, tests 65 s, overhead 74 s (STEPS=80 WARMUP=20 REPEATS=3), data <= 60 s, extract 16 s,
-# decode about 60 s, suite about 270 s (SimCLR 25 epochs is 115 s of it), probe about 50 s: about 10 minutes in all.
-# One device call may run 10, so split them, e.g. PARTS="tests overhead data extract decode" (about 5 min),
-# then PARTS="suite probe" (about 5.5 min; probe reads the suite's SimCLR checkpoint, so run them in one call,
-# or set PROBE_CKPT to a carried encoder.pt to run probe alone).
+# PARTS picks stages (default all): tests overhead data extract decode suite probe; "profile" (eval/profile_step.py)
+# is opt-in. Stage times on an H200 (2026-11-26, commit f3c15c7): start 13 s, tests 60, overhead 81 (STEPS=80 WARMUP=20
+# REPEATS=3), data 27, extract 14, decode 25, suite 207 (SimCLR 15 epochs is 54 s of it), probe 23: 450 s in all, so
+# one 10-minute device call holds every stage (profile adds about 60 s). Probe reads the suite's SimCLR checkpoint:
+# run them in one call, or set PROBE_CKPT to a carried encoder.pt to run probe alone.
 set -u
 want() { [[ " ${PARTS:-all} " == *" all "* || " ${PARTS:-all} " == *" $1 "* ]]; }
 asked() { [[ " ${PARTS:-} " == *" $1 "* ]]; }   # opt-in stages, not part of "all"

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.profiler import ProfilerActivity, profile, schedule
 
@@ -31,7 +32,8 @@ def summary(prof, steps: int, label: str, rows: int) -> str:
     ops = sum(e.count for e in events if e.key.startswith("aten::")) / steps
     launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC",
                                                          "cudaMemcpyAsync")) / steps
-    device_ms = sum(getattr(e, "self_device_time_total", 0) for e in events) / steps / 1e3
+    # kernels and copies only: an op's row also carries its kernels' device time, which would count them twice
+    device_ms = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / steps / 1e3
     head = (f"== {label}: host wall {wall:.2f} ms/step, {ops:.0f} aten ops/step, {launches:.0f} launches+copies/step, "
             f"device busy {device_ms:.2f} ms/step ({len(per_step)} distinct events)")
     return head + "\n" + events.table(sort_by="self_cpu_time_total", row_limit=rows) + "\n"
