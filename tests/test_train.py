@@ -147,7 +147,7 @@ def test_online_probe_is_logged_each_epoch_and_never_changes_the_encoder(tmp_pat
 def test_online_probe_head_ignores_the_features_scale():
     """Its BatchNorm (no affine parameters) makes the head's output, and so its gradient steps, independent of the
     features' scale, which drifts during pretraining."""
-    from ssl_rep.train.loop import online_probe_head
+    from ssl_rep.train.online_probe import online_probe_head
     torch.manual_seed(0)
     head = online_probe_head(16, 5)
     assert [n for n, _ in head.named_parameters()] == ["1.weight", "1.bias"]

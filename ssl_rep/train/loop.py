@@ -28,12 +28,12 @@ from .data import build_eval_dataset, build_loader, build_train_dataset, mix_see
 from .distributed import barrier, gather_objects, init_distributed, mean_over_ranks
 from .gpu_data import GPU_TRANSFORMS, GPUResidentLoader
 from .metrics import MetricsLog
+from .online_probe import ONLINE_PROBE_LR, eval_tensors, online_probe_head, probe_accuracy
 from .optim import AdamW, build_optimizer
 from .schedule import lr_at
 
 log = logging.getLogger("ssl_rep.train")
 GPU_RESIDENT_MAX_BYTES = 4 << 30
-ONLINE_PROBE_LR = 0.03   # the online probe's peak AdamW lr; it follows the run's schedule (warmup, decay)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -157,46 +157,6 @@ def use_gpu_resident(cfg: Config, dataset, device: torch.device, transform_name:
     if cfg.data.gpu_resident == "off" or not possible:
         return False
     return cfg.data.gpu_resident == "on" or int(np.prod(dataset.images.shape)) <= GPU_RESIDENT_MAX_BYTES
-
-
-def eval_tensors(dataset, device, num_workers: int, limit: int = 10_000):
-    """The held-out split's first ``limit`` images, transformed once and kept on ``device``."""
-    if isinstance(dataset, torch.utils.data.IterableDataset):   # streamed shards: the first batches read
-        xs, ys, seen = [], [], 0
-        for x, y in torch.utils.data.DataLoader(dataset, batch_size=512):
-            xs.append(x)
-            ys.append(y)
-            seen += len(x)
-            if seen >= limit:
-                break
-        return torch.cat(xs)[:limit].to(device), torch.cat(ys)[:limit].to(device)
-    subset = torch.utils.data.Subset(dataset, range(min(len(dataset), limit)))
-    loader = torch.utils.data.DataLoader(subset, batch_size=512, num_workers=num_workers)
-    xs, ys = zip(*loader)
-    return torch.cat(xs).to(device), torch.cat(ys).to(device)
-
-
-def online_probe_head(num_features: int, num_classes: int) -> nn.Sequential:
-    """The online probe: a linear layer on the features normalised by a BatchNorm without affine parameters (as
-    MAE's linear probe), so the features' scale, which drifts during pretraining, does not set its step size."""
-    return nn.Sequential(nn.BatchNorm1d(num_features, affine=False), nn.Linear(num_features, num_classes))
-
-
-@torch.no_grad()
-def probe_accuracy(encoder: nn.Module, head: nn.Module, images, labels, batch_size: int, autocast) -> float:
-    """Accuracy of the online probe on held-out images (encoder and head in eval mode)."""
-    was_training = encoder.training
-    encoder.eval()
-    head.eval()
-    correct = 0
-    for start in range(0, len(images), batch_size):
-        with autocast():
-            feats = encoder(images[start:start + batch_size])
-        # counted on the device, read once: a read per batch would wait for the device each time
-        correct = correct + (head(feats.float()).argmax(1) == labels[start:start + batch_size]).sum()
-    encoder.train(was_training)
-    head.train()
-    return int(correct) / len(images)
 
 
 def to_device(batch, device: torch.device, channels_last: bool):
