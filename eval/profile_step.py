@@ -58,7 +58,7 @@ def difference(loop, bare, steps: int, rows: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def profiled(fn, warmup: int, steps: int, on_step=None):
+def profiled(fn, warmup: int, steps: int):
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     prof = profile(activities=activities, schedule=schedule(wait=max(warmup - 1, 0), warmup=1, active=steps, repeat=1))
     with prof:
