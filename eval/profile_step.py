@@ -27,7 +27,6 @@ PROBE_PARAMS = 2   # the online probe's optimiser holds the head's weight and bi
 
 def summary(prof, steps: int, label: str, rows: int) -> str:
     events = prof.key_averages()
-    per_step = {e.key: e for e in events}
     wall = sum(e.cpu_time_total for e in events if e.key.startswith("ProfilerStep")) / steps / 1e3
     ops = sum(e.count for e in events if e.key.startswith("aten::")) / steps
     launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC",
@@ -35,7 +34,7 @@ def summary(prof, steps: int, label: str, rows: int) -> str:
     # kernels and copies only: an op's row also carries its kernels' device time, which would count them twice
     device_ms = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / steps / 1e3
     head = (f"== {label}: host wall {wall:.2f} ms/step, {ops:.0f} aten ops/step, {launches:.0f} launches+copies/step, "
-            f"device busy {device_ms:.2f} ms/step ({len(per_step)} distinct events)")
+            f"device busy {device_ms:.2f} ms/step ({len(events)} distinct events)")
     return head + "\n" + events.table(sort_by="self_cpu_time_total", row_limit=rows) + "\n"
 
 
