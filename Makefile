@@ -6,6 +6,8 @@ VENV ?= .venv
 # torch/torchvision are pinned to the builds this project is tested with; override on other platforms,
 # e.g. make test TORCH_SPEC="torch torchvision"
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# the CUDA build of torch takes 5.5 GB in .venv: stop before pip does, with the reason, when the disk is short
+MIN_FREE_GIB ?= 6
 BIN := $(VENV)/bin
 DEMO_OUT ?= runs/demo
 
@@ -14,6 +16,11 @@ DEMO_OUT ?= runs/demo
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c "import os, shutil, sys; where = os.path.dirname(os.path.abspath('$(VENV)')); \
+	free = shutil.disk_usage(where).free / 2**30; \
+	sys.exit(0 if free >= $(MIN_FREE_GIB) else f'setup: only {free:.1f} GiB free on the disk of {where}; installing \
+	$(TORCH_SPEC) needs about $(MIN_FREE_GIB) GiB (torch is a CUDA build, 5.5 GB in $(VENV)). \
+	Free some space, or run with MIN_FREE_GIB=0 to try anyway.')"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install $(TORCH_SPEC)

@@ -5,12 +5,14 @@ process each: LinearProbe (fixed C, streamed mini-batch solver) and k-means (fit
 every point assigned in chunks). Reports peak anonymous memory (what the process allocated: a full
 float32 copy would show here) and peak RSS (which also counts memory-mapped file pages the kernel
 can drop). Goal: fits a 24 GiB machine with no full copy in RAM.
-    python eval/bench_memory.py [--n 1281167] [--dim 2048] [--classes 100] [--dir /tmp/feats]
+    python eval/bench_memory.py [--n 1281167] [--dim 2048] [--classes 100] [--dir /tmp/feats] [--keep]
+The 5 GiB feature file is deleted at the end unless --keep (then a rerun with the same shape reuses it).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -81,6 +83,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--dir", default="/tmp/ssl_rep_memory_bench")
+    parser.add_argument("--keep", action="store_true", help="keep the feature file in --dir for the next run")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parse_or_render(parser, render)
     if args is None:
@@ -93,11 +96,15 @@ def main() -> None:
     result = {"n": args.n, "dim": args.dim, "classes": args.classes, "write_seconds": time.perf_counter() - start,
               "file_gib": (folder / "features.npy").stat().st_size / 2**30,
               "full_float32_gib": args.n * args.dim * 4 / 2**30, "tasks": []}
-    for task in ("probe", "kmeans"):
-        out = subprocess.run([sys.executable, __file__, "--child", task, "--dir", str(folder), "--classes",
-                              str(args.classes)], capture_output=True, text=True, check=True)
-        result["tasks"].append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(json.dumps(result["tasks"][-1]), flush=True)
+    try:
+        for task in ("probe", "kmeans"):
+            out = subprocess.run([sys.executable, __file__, "--child", task, "--dir", str(folder), "--classes",
+                                  str(args.classes)], capture_output=True, text=True, check=True)
+            result["tasks"].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(json.dumps(result["tasks"][-1]), flush=True)
+    finally:
+        if not args.keep:  # several GiB on a disk that CI and other work share
+            shutil.rmtree(folder, ignore_errors=True)
     emit(result, args, render)
 
 

@@ -3,6 +3,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,3 +80,16 @@ def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
     from PIL import Image
     img = Image.open(shot).convert("L")
     assert len(np.unique(np.asarray(img))) > 50  # plots rendered, not a blank page
+
+
+def test_setup_stops_before_installing_when_the_disk_is_short(tmp_path):
+    """`make setup` (under `make test` / `make demo`, so under CI) checks free space before pip fills the disk."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    venv = tmp_path / "venv"
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(["make", "-C", str(root), "setup", f"VENV={venv}", "MIN_FREE_GIB=1000000000",
+                          f"PYTHON={sys.executable}"], capture_output=True, text=True)
+    assert out.returncode != 0
+    assert f"GiB free on the disk of {tmp_path}" in out.stderr and "MIN_FREE_GIB=0" in out.stderr
+    assert not venv.exists()
