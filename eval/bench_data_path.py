@@ -60,7 +60,8 @@ def main() -> None:
         loader, sampler = build_loader(dataset, cfg, device, cfg.seed)
         resident = GPUResidentLoader(dataset.tensor(), torch.as_tensor(dataset.labels), cfg.data.batch_size, cfg.seed,
                                      transform, stats_for(cfg.data.dataset), size,
-                                     n_views=2 if recipe == "simclr" else 1, device=device)
+                                     n_views=2 if recipe == "simclr" else 1, device=device,
+                                     min_scale=cfg.data.min_scale)
         epoch_seconds(resident, device, 3)   # warm-up: kernels, worker start
         sampler.set_epoch(1)
         epoch_seconds(loader, device, 3)

@@ -78,6 +78,8 @@ def test_overrides_are_typed():
     ("trainer.epochs=2.5", "trainer.epochs: expected int"),
     ("optim.lr=-1", "optim.lr: must be > 0"),
     ("data.batch_size=0", "data.batch_size: must be > 0"),
+    ("data.min_scale=0", "data.min_scale: must be in (0, 1], got 0.0"),
+    ("data.min_scale=1.5", "data.min_scale: must be in (0, 1], got 1.5"),
     ("optim.name=adam", "valid: sgd, adamw, lars"),
     ("method.context=lstm", "unknown key 'method.context' for method 'simclr'; valid options: temperature"),
     ("encoder.shortcut=C", "encoder.shortcut: 'C' is not a valid choice; valid: A, B"),
@@ -271,6 +273,24 @@ def test_resume_with_a_different_config_is_refused(tmp_path):
               resume=True, progress=False)
 
 
+def test_a_run_saved_before_a_config_key_existed_still_resumes(tmp_path):
+    """A checkpoint whose config lacks a key added since (here data.min_scale) resumes: the key reads as its
+    default, which is the behaviour that run had."""
+    out = tmp_path / "run"
+    train(load_config("ae_digits", [f"out_dir={out}", "trainer.max_steps=2", *FAST]), progress=False)
+    last = out / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    del state["config"]["data"]["min_scale"]
+    last.unlink()   # last.pt is a hard link to the step's file: write a new file, not through the link
+    torch.save(state, last)
+    result = train(load_config("ae_digits", [f"out_dir={out}", "trainer.max_steps=4", *FAST]), resume=True,
+                   progress=False)
+    assert result.steps == 4
+    with pytest.raises(ConfigError, match="data.min_scale"):   # a changed value is still refused
+        train(load_config("ae_digits", [f"out_dir={out}", "trainer.max_steps=6", *FAST, "data.min_scale=0.5"]),
+              resume=True, progress=False)
+
+
 def test_online_probe_normalises_its_input_and_an_older_probe_layout_still_resumes(tmp_path, caplog):
     out = tmp_path / "run"
     args = [f"out_dir={out}", *FAST, "trainer.checkpoint_every=2"]
@@ -304,6 +324,39 @@ def test_subset_pretrains_on_a_fixed_random_sample():
     assert len(a) == 100 and np.array_equal(a.images, b.images) and not np.array_equal(a.images, c.images)
     full = ssl_rep.build_dataset("digits")
     assert any(np.array_equal(a.images[0], img) for img in full.images)
+
+
+def test_min_scale_reaches_both_data_paths(tmp_path, monkeypatch):
+    """``data.min_scale`` sets the crop area of the DataLoader path's RandomResizedCrop and of the resident path."""
+    from ssl_rep.train import gpu_data
+    from ssl_rep.train.data import choose_transform
+    cfg = load_config("simclr_digits", ["data.min_scale=0.4"])
+    crop = choose_transform(cfg, 8)[0].transform.transforms[0]
+    assert crop.scale == (0.4, 1.0)
+    assert choose_transform(load_config("simclr_digits"), 8)[0].transform.transforms[0].scale == (0.08, 1.0)
+    seen, original = [], gpu_data.resized_crop_flip
+    monkeypatch.setattr(gpu_data, "resized_crop_flip", lambda x, size, gen, min_scale=0.08:
+                        seen.append(min_scale) or original(x, size, gen, min_scale))
+    train(load_config("simclr_digits", [*FAST, "data.min_scale=0.4", "data.gpu_resident=on", "trainer.max_steps=2",
+                                        "data.eval_split=null", f"out_dir={tmp_path}"]), progress=False)
+    assert seen and set(seen) == {0.4}
+
+
+def test_resident_crop_areas_lie_between_min_scale_and_one():
+    """The resident path's crops: on a coordinate ramp (x in channel 0, y in channel 1) each view's value range is its
+    crop's width and height, so their product is the crop's area, which must lie in [min_scale, 1]."""
+    from ssl_rep.train.gpu_data import resized_crop_flip
+    side, size = 128, 32
+    ramp = (torch.arange(side) + 0.5) / side
+    x = torch.stack((ramp.expand(side, side), ramp[:, None].expand(side, side))).expand(2048, 2, side, side)
+    gen = torch.Generator().manual_seed(0)
+    for min_scale in (0.08, 0.5):
+        out = resized_crop_flip(x, size, gen, min_scale).flatten(2)
+        extent = (out.amax(2) - out.amin(2)) * size / (size - 1)   # sample points span (size - 1) / size of a crop
+        area = extent.prod(dim=1)
+        assert area.min() >= min_scale * 0.95 and area.max() <= 1.0
+        assert area.quantile(0.02) <= min_scale * 1.3   # the lower bound is reached, not just respected
+        assert area.median() < (1 + min_scale) / 2 + 0.1 and area.median() > min_scale
 
 
 # ------------------------------------------------------------------ logs and compile

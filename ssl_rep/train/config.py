@@ -35,6 +35,7 @@ class DataConfig:
     num_workers: int = 2
     transform: str = "auto"          # auto | cifar_train | imagenet_train | imagenet_rrc | simclr | eval | none
     image_size: Optional[int] = None  # crop size; None = the dataset's own size (224 for folders)
+    min_scale: float = 0.08          # smallest crop area, as a fraction of the image (simclr, imagenet_rrc)
     gpu_resident: str = "auto"       # auto | on | off: keep uint8 images on the device (GPU or CPU), augment batches there
     decode_on: str = "workers"       # workers | device: image folders' JPEGs decoded by DataLoader workers (PIL) or
                                      # in batches on the training device (nvjpeg on a GPU), then augmented there
@@ -113,6 +114,7 @@ POSITIVE = {"data.subset", "data.batch_size", "optim.lr", "trainer.epochs", "tra
             "trainer.log_every", "trainer.keep_checkpoints"}
 NON_NEGATIVE = {"data.num_workers", "optim.weight_decay", "optim.momentum", "schedule.warmup_steps",
                 "schedule.min_lr", "optim.grad_clip", "schedule.gamma"}
+FRACTION = {"data.min_scale"}
 OPEN_SECTIONS = ("encoder", "method")  # extra keys become options, checked against a signature
 
 
@@ -168,6 +170,8 @@ def _check_value(key: str, value: Any) -> None:
         raise ConfigError(f"{key}: must be > 0, got {value!r}")
     if key in NON_NEGATIVE and value < 0:
         raise ConfigError(f"{key}: must be >= 0, got {value!r}")
+    if key in FRACTION and not 0 < value <= 1:
+        raise ConfigError(f"{key}: must be in (0, 1], got {value!r}")
 
 
 def _build(cls, values: dict, prefix: str):

@@ -108,6 +108,8 @@ def choose_transform(cfg: Config, size: int):
         kwargs["padding"] = max(1, size // 8)
     if name == "eval":
         kwargs["resize"] = None if size <= 64 else int(size * 256 / 224)
+    if name in ("simclr", "imagenet_rrc"):
+        kwargs["min_scale"] = cfg.data.min_scale
     transform = build_transform(name, **kwargs)
     if method == "simclr":
         transform = MultiView(transform, 2)

@@ -165,7 +165,7 @@ class GPUResidentLoader:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int, transform: str,
                  stats: str | None, size: int, n_views: int = 1, device="cuda", rank: int = 0, world_size: int = 1,
-                 batches_per_call: int | None = None):
+                 batches_per_call: int | None = None, min_scale: float = 0.08):
         if transform not in GPU_TRANSFORMS:
             raise ValueError(f"GPU-resident data supports transforms {', '.join(GPU_TRANSFORMS)}, not {transform!r}")
         self.device = torch.device(device)
@@ -174,7 +174,7 @@ class GPUResidentLoader:
         self.images = images.to(self.device, non_blocking=True).contiguous()
         self.labels = labels.to(self.device)
         self.batch_size, self.seed, self.transform = batch_size, seed, transform
-        self.size, self.n_views = size, n_views
+        self.size, self.n_views, self.min_scale = size, n_views, min_scale
         mean, std = mean_std(stats, self.device)
         self.unit_scale, self.shift = 1 / std, -mean / std   # for [0, 1] images
         self.scale = self.unit_scale / 255   # for uint8 ones
@@ -197,7 +197,7 @@ class GPUResidentLoader:
     def augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """uint8 images -> normalised float32 views; ``(x / 255 - mean) / std`` is one multiply-add."""
         if self.transform == "simclr":   # the colour jitter works on [0, 1] images
-            x = colour_jitter(resized_crop_flip(x.float().div_(255.0), self.size, gen), gen)
+            x = colour_jitter(resized_crop_flip(x.float().div_(255.0), self.size, gen, self.min_scale), gen)
             return torch.addcmul(self.shift, x, self.unit_scale)
         if self.transform == "cifar_train":
             x = crop_flip(x, max(1, self.size // 8), gen)

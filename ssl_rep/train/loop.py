@@ -23,7 +23,7 @@ from ..encoders import create_encoder
 from ..methods import create_method
 from .checkpoint import (CheckpointError, atomic_save, encoder_payload, load_checkpoint, rng_state, save_checkpoint,
                          set_rng_state)
-from .config import Config, ConfigError, config_to_dict, save_config
+from .config import Config, ConfigError, config_from_dict, config_to_dict, save_config
 from .data import build_eval_dataset, build_loader, build_train_dataset, mix_seed
 from .distributed import barrier, gather_objects, init_distributed, mean_over_ranks
 from .gpu_data import GPU_TRANSFORMS, GPUResidentLoader
@@ -131,6 +131,10 @@ def _flatten(values: dict, prefix: str = "") -> dict:
 
 
 def check_resume_config(cfg: Config, saved: dict, path: Path) -> None:
+    try:   # a key added to the config since that run was saved reads as its default, which is how the run ran
+        saved = config_to_dict(config_from_dict(saved))
+    except ConfigError:
+        pass
     current, before = _flatten(config_to_dict(cfg)), _flatten(saved)
     changed = [k for k in current if not k.startswith("trainer.") and k != "out_dir" and current[k] != before.get(k)]
     if changed:
@@ -221,7 +225,7 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
         loader = GPUResidentLoader(dataset.tensor(), torch.as_tensor(dataset.labels), cfg.data.batch_size, cfg.seed,
                                    transform_name, stats_for(cfg.data.dataset), size,
                                    n_views=2 if cfg.method.name == "simclr" else 1, device=device, rank=rank,
-                                   world_size=world)
+                                   world_size=world, min_scale=cfg.data.min_scale)
         sampler = loader
     else:
         loader, sampler = build_loader(dataset, cfg, device, cfg.seed, rank, world, transform_name, size)
