@@ -6,7 +6,8 @@
     python eval/reproduce.py --render results.json             # (re)write RESULTS.md from a saved run
 
 Every suite has a row per pretext method, a random-init encoder and raw pixels; each row gets the
-linear probe (top-1/top-5), kNN@20 and k-means ACC/NMI on the test split.
+linear probe (top-1/top-5), kNN@20 and k-means ACC/NMI on the test split, and k-means ACC on the
+L2-normalised features (the unit sphere that contrastive losses and the cosine kNN work on).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from ssl_rep.cli import probe as probe_cli  # noqa: E402
 from ssl_rep.cli.cluster import run_cluster  # noqa: E402
 from ssl_rep.cli.probe import run_probe  # noqa: E402
 from ssl_rep.data import build_dataset  # noqa: E402
-from ssl_rep.eval import KNNClassifier, LinearProbe, cluster, clustering_scores  # noqa: E402
+from ssl_rep.eval import KNNClassifier, LinearProbe, cluster, clustering_scores, preprocess  # noqa: E402
 from ssl_rep.train import load_config, train  # noqa: E402
 
 EXPERIMENTS = {
@@ -63,10 +64,16 @@ def evaluate(checkpoint: str, data: str, root, device, cluster_methods, train_su
     subset = ["--train-subset", str(train_subset)] if train_subset else []
     probe = run_probe(eval_args(probe_cli.parse_args, checkpoint, data, root, device, "--knn-k", "20", *subset,
                                 cache_dir=cache_dir))
-    results, _, _, _, _ = run_cluster(eval_args(cluster_cli.parse_args, checkpoint, data, root, device, "--methods",
+    results, _, X, y, _ = run_cluster(eval_args(cluster_cli.parse_args, checkpoint, data, root, device, "--methods",
                                                 ",".join(cluster_methods), "--max-memory-gb", "8", cache_dir=cache_dir))
     return {"top1": probe["top1"], "top5": probe["top5"], "knn20": probe["knn"]["20"],
-            "clusters": {m: r.get("scores", {"error": r.get("error")}) for m, r in results.items()}}
+            "clusters": {m: r.get("scores", {"error": r.get("error")}) for m, r in results.items()},
+            "kmeans_l2": kmeans_l2(X, y)}
+
+
+def kmeans_l2(X, y) -> dict:
+    """k-means (the suites' default settings) on the L2-normalised features."""
+    return clustering_scores(y, cluster(preprocess(X, l2_normalize=True), "kmeans", n_clusters=len(np.unique(y))))
 
 
 def raw_pixels(data: str, root, cluster_methods, train_subset=None) -> dict:
@@ -81,7 +88,7 @@ def raw_pixels(data: str, root, cluster_methods, train_subset=None) -> dict:
     probe = LinearProbe().fit(X, y)
     clusters = {m: clustering_scores(yt, cluster(Xt, m, n_clusters=10, max_memory_gb=8.0)) for m in cluster_methods}
     return {"top1": probe.score(Xt, yt), "top5": probe.top_k_accuracy(Xt, yt), "knn20": KNNClassifier(20).fit(X, y).score(Xt, yt),
-            "clusters": clusters}
+            "clusters": clusters, "kmeans_l2": kmeans_l2(Xt, yt)}
 
 
 def for_method(overrides: list[str], method: str) -> list[str]:
@@ -130,16 +137,17 @@ def run(name: str, device: str, root, overrides: list[str], methods: list[str], 
 
 
 def render(result: dict) -> None:
-    lines = ["| encoder | pretraining | linear top-1 | top-5 | kNN@20 | k-means ACC | k-means NMI | best other clustering (ACC) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| encoder | pretraining | linear top-1 | top-5 | kNN@20 | k-means ACC | k-means NMI | k-means ACC, L2 "
+             "| best other clustering (ACC) |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["rows"].items():
         km = r["clusters"].get("kmeans", {})
         others = {m: s["acc"] for m, s in r["clusters"].items() if m != "kmeans" and "acc" in s}
         best = max(others, key=others.get) if others else None
         pre = (f"{r['epochs']} epochs, {r['steps']} steps, {r['pretrain_seconds'] / 60:.1f} min"
                if "pretrain_seconds" in r else r.get("note", "–"))
+        l2 = f"{r['kmeans_l2']['acc']:.4f}" if "kmeans_l2" in r else "–"   # runs saved before the column
         lines.append(f"| {name} | {pre} | {r['top1']:.4f} | {r['top5']:.4f} | {r['knn20']:.4f} | "
-                     f"{km.get('acc', float('nan')):.4f} | {km.get('nmi', float('nan')):.4f} | "
+                     f"{km.get('acc', float('nan')):.4f} | {km.get('nmi', float('nan')):.4f} | {l2} | "
                      f"{f'{best} {others[best]:.4f}' if best else '–'} |")
     body = "\n".join(lines) + f"\n\nOverrides: `{' '.join(result['overrides']) or 'none'}`.  \n" \
                               f"Published anchors: {result['anchors']}." + (f"  \n{result['notes']}" if result.get("notes") else "")
