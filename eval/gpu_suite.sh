@@ -41,7 +41,7 @@ if want data; then
 fi
 if want extract; then
   stamp "extraction"; timeout 90 python3 eval/bench_extract.py --data fashion-mnist --root "$FM" --split train \
-    --device cuda --workers 8 --json "$OUT/extract.json" --no-results-md 2>&1 | tail -2
+    --device cuda --workers 8 --repeats 5 --json "$OUT/extract.json" --no-results-md 2>&1 | tail -2
 fi
 if want decode; then
   stamp "jpeg decoding"; timeout 120 python3 eval/bench_decode.py --device cuda --workers 8 --n ${DECODE_N:-256} --batch-size 128 \
