@@ -6,9 +6,15 @@ import pytest
 from eval import reproduce
 
 
-def test_digits_suite_runs_every_row_and_writes_its_table(tmp_path, monkeypatch):
-    sections = {}
-    monkeypatch.setattr(reproduce, "update_section", lambda key, title, command, body, **kw: sections.update({key: body}))
+@pytest.fixture
+def sections(monkeypatch) -> dict:
+    """RESULTS.md sections that ``reproduce.render`` writes, caught here instead of in eval/RESULTS.md."""
+    caught = {}
+    monkeypatch.setattr(reproduce, "update_section", lambda key, title, command, body, **kw: caught.update({key: body}))
+    return caught
+
+
+def test_digits_suite_runs_every_row_and_writes_its_table(tmp_path, monkeypatch, sections):
     monkeypatch.chdir(tmp_path)   # runs/ and the feature cache go here
     out = tmp_path / "digits.json"
     result = reproduce.run("digits-suite", "cpu", None, ["trainer.max_steps=3", "data.num_workers=0"],
@@ -26,9 +32,7 @@ def test_digits_suite_runs_every_row_and_writes_its_table(tmp_path, monkeypatch)
     assert all(line.count("|") == 10 for line in table.splitlines() if line.startswith("|"))
 
 
-def test_render_keeps_runs_saved_before_the_l2_column(monkeypatch):
-    sections = {}
-    monkeypatch.setattr(reproduce, "update_section", lambda key, title, command, body, **kw: sections.update({key: body}))
+def test_render_keeps_runs_saved_before_the_l2_column(sections):
     row = {"top1": 0.9, "top5": 1.0, "knn20": 0.8, "clusters": {"kmeans": {"acc": 0.5, "nmi": 0.4}}}
     reproduce.render({"experiment": "x", "rows": {"random init": row}, "overrides": [], "anchors": "a",
                       "command": "c", "machine": "m"})
