@@ -17,15 +17,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from eval.bench_step_overhead import sync  # noqa: E402
 from eval.results_md import device_table_section, emit, parse_or_render  # noqa: E402
 from ssl_rep.data import build_dataset, build_transform, stats_for  # noqa: E402
 from ssl_rep.encoders import create_encoder  # noqa: E402
 from ssl_rep.eval import extract_features, features  # noqa: E402
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 @torch.no_grad()

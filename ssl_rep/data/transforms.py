@@ -34,6 +34,7 @@ DATASET_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, f
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 TRANSFORMS = ("cifar_train", "imagenet_train", "imagenet_rrc", "eval", "ten_crop", "simclr", "none")
+MIN_SCALE = 0.08   # RandomResizedCrop's smallest crop area by default (torchvision, SimCLR); data.min_scale
 
 _to_tensor = T.Compose([T.ToImage(), T.ToDtype(torch.float32, scale=True)])
 
@@ -108,7 +109,7 @@ class SeparableGaussianBlur(T.GaussianBlur):
 
 def build_transform(name: str, stats: str | None = "imagenet", size: int | None = None,
                     resize: int | None = 256, padding: int = 4, scale_range: tuple[int, int] = (256, 480),
-                    min_scale: float = 0.08, strength: float = 1.0) -> Callable:
+                    min_scale: float = MIN_SCALE, strength: float = 1.0) -> Callable:
     """Build a named transform (table in the module docstring); ``stats`` picks the normalisation."""
     post = [T.ToImage(), T.ToDtype(torch.float32, scale=True), *normalization(stats)]
     if name == "cifar_train":

@@ -35,7 +35,7 @@ class DataConfig:
     num_workers: int = 2
     transform: str = "auto"          # auto | cifar_train | imagenet_train | imagenet_rrc | simclr | eval | none
     image_size: Optional[int] = None  # crop size; None = the dataset's own size (224 for folders)
-    min_scale: float = 0.08          # smallest crop area, as a fraction of the image (simclr, imagenet_rrc)
+    min_scale: float = 0.08          # smallest crop area, a fraction of the image (simclr, imagenet_rrc); = transforms.MIN_SCALE
     gpu_resident: str = "auto"       # auto | on | off: keep uint8 images on the device (GPU or CPU), augment batches there
     decode_on: str = "workers"       # workers | device: image folders' JPEGs decoded by DataLoader workers (PIL) or
                                      # in batches on the training device (nvjpeg on a GPU), then augmented there

@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..data.transforms import mean_std
+from ..data.transforms import MIN_SCALE, mean_std
 from .data import EpochSampler, mix_seed
 
 GPU_TRANSFORMS = ("cifar_train", "simclr", "eval", "none")
@@ -58,7 +58,7 @@ def crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
     return F.pad(x, (pad, pad, pad, pad)).flatten(2).gather(2, index).view(n, c, h, w)
 
 
-def resized_crop_flip(x: torch.Tensor, size: int, gen: torch.Generator, min_scale: float = 0.08) -> torch.Tensor:
+def resized_crop_flip(x: torch.Tensor, size: int, gen: torch.Generator, min_scale: float = MIN_SCALE) -> torch.Tensor:
     """RandomResizedCrop(scale=(min_scale, 1), ratio=(3/4, 4/3)) + horizontal flip, one grid_sample."""
     n, dev = len(x), x.device
     u = _uniform(gen, n, ((min_scale, 1.0), (math.log(3 / 4), math.log(4 / 3)), (-1.0, 1.0), (-1.0, 1.0),
@@ -165,7 +165,7 @@ class GPUResidentLoader:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int, transform: str,
                  stats: str | None, size: int, n_views: int = 1, device="cuda", rank: int = 0, world_size: int = 1,
-                 batches_per_call: int | None = None, min_scale: float = 0.08):
+                 batches_per_call: int | None = None, min_scale: float = MIN_SCALE):
         if transform not in GPU_TRANSFORMS:
             raise ValueError(f"GPU-resident data supports transforms {', '.join(GPU_TRANSFORMS)}, not {transform!r}")
         self.device = torch.device(device)
