@@ -27,6 +27,7 @@ from ssl_rep.cli import probe as probe_cli  # noqa: E402
 from ssl_rep.cli.cluster import run_cluster  # noqa: E402
 from ssl_rep.cli.probe import run_probe  # noqa: E402
 from ssl_rep.data import build_dataset  # noqa: E402
+from ssl_rep.encoders import CheckpointError, load_encoder  # noqa: E402
 from ssl_rep.eval import KNNClassifier, LinearProbe, cluster, clustering_scores, preprocess  # noqa: E402
 from ssl_rep.train import load_config, train  # noqa: E402
 
@@ -73,9 +74,24 @@ def evaluate(checkpoint: str, data: str, root, device, cluster_methods, train_su
                                 cache_dir=cache_dir))
     results, _, X, y, _ = run_cluster(eval_args(cluster_cli.parse_args, checkpoint, data, root, device, "--methods",
                                                 ",".join(cluster_methods), "--max-memory-gb", "8", cache_dir=cache_dir))
-    return {"top1": probe["top1"], "top5": probe["top5"], "knn20": probe["knn"]["20"],
-            "clusters": {m: r.get("scores", {"error": r.get("error")}) for m, r in results.items()},
-            "kmeans_l2": kmeans_l2(X, y)}
+    row = {"top1": probe["top1"], "top5": probe["top5"], "knn20": probe["knn"]["20"],
+           "clusters": {m: r.get("scores", {"error": r.get("error")}) for m, r in results.items()},
+           "kmeans_l2": kmeans_l2(X, y)}
+    if has_projection_head(checkpoint):   # SimCLR: k-means also on the sphere its loss compares on
+        projected, *_ = run_cluster(eval_args(cluster_cli.parse_args, checkpoint, data, root, device, "--methods",
+                                              "kmeans", "--features", "projection", "--l2", cache_dir=cache_dir))
+        row["kmeans_projection_l2"] = projected["kmeans"]["scores"]
+    return row
+
+
+def has_projection_head(checkpoint: str) -> bool:
+    if checkpoint.startswith("random:"):
+        return False
+    try:
+        load_encoder(checkpoint, projection=True)
+    except CheckpointError:
+        return False
+    return True
 
 
 def kmeans_l2(X, y) -> dict:
@@ -145,7 +161,7 @@ def run(name: str, device: str, root, overrides: list[str], methods: list[str], 
 
 def render(result: dict) -> None:
     lines = ["| encoder | pretraining | linear top-1 | top-5 | kNN@20 | k-means ACC | k-means NMI | k-means ACC, L2 "
-             "| best other clustering (ACC) |", "|---|---|---|---|---|---|---|---|---|"]
+             "| k-means ACC, projection L2 | best other clustering (ACC) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["rows"].items():
         km = r["clusters"].get("kmeans", {})
         others = {m: s["acc"] for m, s in r["clusters"].items() if m != "kmeans" and "acc" in s}
@@ -153,8 +169,9 @@ def render(result: dict) -> None:
         pre = (f"{r['epochs']} epochs, {r['steps']} steps, {r['pretrain_seconds'] / 60:.1f} min"
                if "pretrain_seconds" in r else r.get("note", "–"))
         l2 = f"{r['kmeans_l2']['acc']:.4f}" if "kmeans_l2" in r else "–"   # runs saved before the column
+        proj = f"{r['kmeans_projection_l2']['acc']:.4f}" if "kmeans_projection_l2" in r else "–"  # SimCLR rows only
         lines.append(f"| {name} | {pre} | {r['top1']:.4f} | {r['top5']:.4f} | {r['knn20']:.4f} | "
-                     f"{km.get('acc', float('nan')):.4f} | {km.get('nmi', float('nan')):.4f} | {l2} | "
+                     f"{km.get('acc', float('nan')):.4f} | {km.get('nmi', float('nan')):.4f} | {l2} | {proj} | "
                      f"{f'{best} {others[best]:.4f}' if best else '–'} |")
     body = "\n".join(lines) + f"\n\nOverrides: `{' '.join(result['overrides']) or 'none'}`.  \n" \
                               f"Published anchors: {result['anchors']}." + (f"  \n{result['notes']}" if result.get("notes") else "")

@@ -26,17 +26,21 @@ def test_digits_suite_runs_every_row_and_writes_its_table(tmp_path, monkeypatch,
         assert 0.1 < row["top1"] <= row["top5"] <= 1, name
         assert 0 < row["clusters"]["kmeans"]["acc"] <= 1 and 0 < row["kmeans_l2"]["acc"] <= 1, name
     assert saved["rows"]["simclr"]["steps"] == 3
+    # only SimCLR has a projection head; its k-means on the L2-normalised head output is a column of its own
+    assert [n for n, r in saved["rows"].items() if "kmeans_projection_l2" in r] == ["simclr"]
+    assert 0 < saved["rows"]["simclr"]["kmeans_projection_l2"]["acc"] <= 1
     assert saved["rows"]["raw pixels"]["top1"] > 0.9   # logistic regression on 8x8 digits: ~0.96
     table = sections["suite-digits-suite"]
     assert "k-means ACC, L2" in table and "| raw pixels |" in table and "| random init |" in table
-    assert all(line.count("|") == 10 for line in table.splitlines() if line.startswith("|"))
+    assert "k-means ACC, projection L2" in table
+    assert all(line.count("|") == 11 for line in table.splitlines() if line.startswith("|"))
 
 
-def test_render_keeps_runs_saved_before_the_l2_column(sections):
+def test_render_keeps_runs_saved_before_the_l2_and_projection_columns(sections):
     row = {"top1": 0.9, "top5": 1.0, "knn20": 0.8, "clusters": {"kmeans": {"acc": 0.5, "nmi": 0.4}}}
     reproduce.render({"experiment": "x", "rows": {"random init": row}, "overrides": [], "anchors": "a",
                       "command": "c", "machine": "m"})
-    assert "| random init | – | 0.9000 | 1.0000 | 0.8000 | 0.5000 | 0.4000 | – | – |" in sections["suite-x"]
+    assert "| random init | – | 0.9000 | 1.0000 | 0.8000 | 0.5000 | 0.4000 | – | – | – |" in sections["suite-x"]
 
 
 @pytest.mark.parametrize("name", sorted(reproduce.EXPERIMENTS))

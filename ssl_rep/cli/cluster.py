@@ -107,12 +107,12 @@ def main(argv=None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "clusters.json").write_text(json.dumps({"checkpoint": args.checkpoint, "data": args.data,
                                                       "split": args.split, "quantize": args.quantize,
-                                                      "methods": results}, indent=2))
+                                                      "features": args.features, "methods": results}, indent=2))
         recon = autoencoder_reconstructions(args.checkpoint, dataset)
         report = write_report(out / "report.html", results, X, y, labels, image_at=image_getter(dataset),
                               reconstructions=recon, title=f"Clusters of {args.checkpoint} on {args.data}/{args.split}",
                               meta={"checkpoint": args.checkpoint, "data": f"{args.data}/{args.split}",
-                                    "points": len(X), "feature dim": X.shape[1]},
+                                    "features": args.features, "points": len(X), "feature dim": X.shape[1]},
                               class_names=getattr(dataset, "classes", None), seed=args.seed)
     print(f"wrote {out / 'clusters.json'} and {report}")
 

@@ -54,20 +54,29 @@ def add_encoder_and_data_args(parser) -> None:
     parser.add_argument("--quantize", choices=("none", "int8"), default="none",
                         help="evaluate an int8 copy of the encoder (post-training static quantization on the CPU, "
                              "calibrated on 512 training images)")
+    parser.add_argument("--features", choices=("backbone", "projection"), default="backbone",
+                        help="backbone: the encoder's pooled features (default); projection: the output of the "
+                             "projection head it was trained with (SimCLR training checkpoints), which can cluster "
+                             "better when L2-normalised (--l2)")
 
 
-def resolve_encoder(spec: str, seed: int = 0) -> torch.nn.Module:
+def resolve_encoder(spec: str, seed: int = 0, projection: bool = False) -> torch.nn.Module:
     if spec.startswith("random:"):
+        if projection:
+            raise ValueError(f"--features projection needs a trained SimCLR checkpoint; {spec} has no head")
         torch.manual_seed(seed)
         name, _, rest = spec[len("random:"):].partition("?")
         kwargs = dict(kv.split("=", 1) for kv in rest.split("&") if kv) if rest else {}
         return create_encoder(name, **kwargs).eval()
-    return load_encoder(spec)
+    return load_encoder(spec, projection=projection)
 
 
 def encoder_for(args, calibration_split: str) -> torch.nn.Module:
     """The encoder named by ``--checkpoint``; with ``--quantize int8`` its int8 copy (then on the CPU)."""
-    encoder = resolve_encoder(args.checkpoint, args.seed)
+    projection = getattr(args, "features", "backbone") == "projection"
+    if projection and getattr(args, "quantize", "none") == "int8":
+        raise ValueError("--quantize int8 quantizes the encoder alone: use it with --features backbone")
+    encoder = resolve_encoder(args.checkpoint, args.seed, projection)
     if getattr(args, "quantize", "none") == "int8":
         from ..quantize import quantize_encoder
         calibration = fixed_subset(eval_dataset(args.data, calibration_split, args.root, args.image_size), 512,

@@ -54,17 +54,21 @@ def encoder_spec_and_weights(obj: dict, path: Path) -> tuple[str, dict, dict]:
                           f"{ENCODER_FORMAT!r} or {CHECKPOINT_FORMAT!r})")
 
 
-def load_encoder(path: str | Path, map_location="cpu") -> torch.nn.Module:
+def load_encoder(path: str | Path, map_location="cpu", projection: bool = False) -> torch.nn.Module:
     """Rebuild the encoder saved in ``path`` (``OUT/encoder.pt`` or ``OUT/checkpoints/last.pt``).
 
     Returns the encoder in eval mode: ``enc(x) -> (N, enc.num_features)``. A file from another
     encoder, a truncated or foreign file gives a :class:`CheckpointError` naming the file (and the
     missing/unexpected weights when the architecture differs).
+
+    ``projection=True``: the encoder followed by the projection head it was trained with (a SimCLR
+    training checkpoint), as a :class:`~ssl_rep.encoders.heads.ProjectedEncoder`.
     """
     from . import create_encoder
 
     path = Path(path)
-    name, kwargs, weights = encoder_spec_and_weights(safe_load(path, map_location), path)
+    obj = safe_load(path, map_location)
+    name, kwargs, weights = encoder_spec_and_weights(obj, path)
     try:
         encoder = create_encoder(name, **kwargs)
     except (ValueError, TypeError, KeyError) as exc:
@@ -74,4 +78,26 @@ def load_encoder(path: str | Path, map_location="cpu") -> torch.nn.Module:
         raise CheckpointError(f"{path}: weights do not fit encoder {name!r}: missing {result.missing_keys[:5]}"
                               f"{'...' if len(result.missing_keys) > 5 else ''}, unexpected "
                               f"{result.unexpected_keys[:5]}{'...' if len(result.unexpected_keys) > 5 else ''}")
+    if projection:
+        from .heads import ProjectedEncoder
+        return ProjectedEncoder(encoder, projection_head(obj, path)).eval()
     return encoder.eval()
+
+
+def projection_head(obj: dict, path: Path) -> torch.nn.Module:
+    """The projection MLP (``head.*`` weights) of a training checkpoint; errors name the file."""
+    from .heads import head_from_weights
+
+    if obj.get("format") == ENCODER_FORMAT:
+        raise CheckpointError(f"{path} holds the encoder alone; the projection head is in the training checkpoint "
+                              f"({path.parent / 'checkpoints' / 'last.pt'})")
+    weights = {k[len("head."):]: v for k, v in obj["model"].items() if k.startswith("head.")}
+    method = ((obj.get("config") or {}).get("method") or {}).get("name", "?")
+    if not weights:
+        raise CheckpointError(f"{path}: no projection head in this checkpoint (method {method!r}); "
+                              f"projection features need a SimCLR checkpoint")
+    try:
+        return head_from_weights(weights)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: the head of method {method!r} is not a projection MLP "
+                              f"(Linear -> [BatchNorm1d] -> ReLU -> Linear): {str(exc).splitlines()[0]}") from exc

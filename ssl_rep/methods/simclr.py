@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..encoders.heads import projection_mlp
 from .base import Method
 from .losses import nt_xent
 
@@ -14,7 +15,8 @@ class SimCLR(Method):
     batch: ``([view0 (B, 3, H, W), view1 (B, 3, H, W)], labels)`` (``MultiView(..., 2)`` makes it).
     Projection head: ``Linear(D, hidden) [-> BatchNorm1d] -> ReLU -> Linear(hidden, out_dim)``.
     Each anchor has 2B - 2 negatives (2 x global batch - 2 under torch.distributed). Evaluate the
-    encoder's features (before the head), as the paper does.
+    encoder's features (before the head), as the paper does; for clustering, the L2-normalised head
+    output can be the better space (``load_encoder(ckpt, projection=True)``, ``--features projection``).
     logs: ``loss``, ``pos_sim`` (mean cosine of positive pairs), ``contrast_acc`` (fraction of
     anchors whose most similar candidate is their positive).
     """
@@ -27,9 +29,7 @@ class SimCLR(Method):
         self.global_negatives = global_negatives   # under torch.distributed: negatives from every process
         d = encoder.num_features
         self.temperature = temperature
-        self.head = nn.Sequential(nn.Linear(d, hidden_dim, bias=not head_batchnorm),
-                                  nn.BatchNorm1d(hidden_dim) if head_batchnorm else nn.Identity(),
-                                  nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+        self.head = projection_mlp(d, hidden_dim, out_dim, batchnorm=head_batchnorm)
 
     def forward(self, batch):
         views = self.images_of(batch)

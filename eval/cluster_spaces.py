@@ -1,0 +1,86 @@
+"""k-means: which feature space of a SimCLR model clusters best? For each checkpoint, k-means with 5
+seeds on the test split in each space: the backbone (raw, L2, standardised, PCA-16 + L2, PCA-whitened
++ L2), the projection head's hidden layer (raw, L2) and its output (raw, L2; ``--features projection``).
+    python eval/cluster_spaces.py --checkpoint NAME=OUT/checkpoints/last.pt [...] --data fashion-mnist
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from eval.results_md import emit, parse_or_render, table_section  # noqa: E402
+from ssl_rep.cli.common import features_for  # noqa: E402
+from ssl_rep.encoders import load_encoder  # noqa: E402
+from ssl_rep.eval import cluster, clustering_scores, preprocess  # noqa: E402
+
+
+def spaces(X: np.ndarray, head: torch.nn.Module) -> dict[str, np.ndarray]:
+    from sklearn.decomposition import PCA
+    with torch.no_grad():
+        hidden = head[:3](torch.from_numpy(X)).numpy()     # Linear -> BatchNorm -> ReLU
+        Z = head(torch.from_numpy(X)).numpy()
+    l2 = lambda F: preprocess(F, l2_normalize=True)  # noqa: E731
+    return {"backbone": X, "backbone, L2": l2(X), "backbone, standardised": (X - X.mean(0)) / (X.std(0) + 1e-6),
+            "backbone, PCA-16 + L2": l2(preprocess(X, pca=16)),
+            "backbone, PCA-whitened + L2": l2(PCA(whiten=True, random_state=0).fit_transform(X)),
+            "head hidden layer": hidden, "head hidden layer, L2": l2(hidden),
+            "projection": Z, "projection, L2": l2(Z)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--checkpoint", action="append", required=True,
+                        help="NAME=PATH of a SimCLR training checkpoint (repeatable)")
+    parser.add_argument("--data", default="fashion-mnist")
+    parser.add_argument("--root", default=None)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    args = parse_or_render(parser, render)
+    if args is None:
+        return
+    rows = []
+    for spec in args.checkpoint:
+        name, _, path = spec.partition("=")
+        projected = load_encoder(path, projection=True)
+        opts = Namespace(root=args.root, image_size=None, seed=0, cache_dir="none", batch_size=512,
+                         device=args.device, workers=2)
+        X, y, _ = features_for(projected.encoder, args.data, args.split, opts)
+        for space, F in spaces(np.asarray(X, np.float32), projected.head.cpu().eval()).items():
+            scores = [clustering_scores(y, cluster(F, "kmeans", n_clusters=len(np.unique(y)), seed=s))
+                      for s in range(args.seeds)]
+            row = {"checkpoint": name, "path": path, "space": space, "dim": int(F.shape[1]),
+                   "acc": [s["acc"] for s in scores], "nmi": [s["nmi"] for s in scores]}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    emit({"data": args.data, "split": args.split, "rows": rows}, args, render)
+
+
+def render(result: dict, command: str | None, machine_name: str | None = None) -> None:
+    names = list(dict.fromkeys(r["checkpoint"] for r in result["rows"]))
+    by = {(r["checkpoint"], r["space"]): r for r in result["rows"]}
+    lines = []
+    for space in dict.fromkeys(r["space"] for r in result["rows"]):
+        cells = []
+        for name in names:
+            r = by.get((name, space))
+            cells.append(f"{np.mean(r['acc']):.3f} ± {np.std(r['acc']):.3f} / {np.mean(r['nmi']):.3f}" if r else "–")
+        lines.append(f"| {space} | " + " | ".join(cells) + " |")
+    n = len(result["rows"][0]["acc"])
+    table_section(f"cluster-spaces-{result['data']}", f"k-means: which feature space ({result['data']})",
+                  "python eval/cluster_spaces.py",
+                  ["space", *[f"{name}: ACC mean ± sd / NMI" for name in names]], lines, command, machine_name,
+                  note=f"k-means (ssl_rep's: faiss, k-means++, best of 3 restarts) with {n} seeds on the "
+                       f"{result['data']} {result['split']} split, k = the number of classes. "
+                       + result.get("note", ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Projection-head features: ``load_encoder(ckpt, projection=True)`` and ``--features projection``."""
+import json
+
+import pytest
+import torch
+
+import ssl_rep
+from ssl_rep.cli import cluster as cluster_cli
+from ssl_rep.cli import probe as probe_cli
+from ssl_rep.encoders import CheckpointError
+from ssl_rep.methods import create_method
+from ssl_rep.train import load_config, train
+
+TINY = ["trainer.max_steps=3", "data.batch_size=32", "data.num_workers=0"]
+
+
+def tiny(config: str, out, *extra: str):
+    train(load_config(config, [f"out_dir={out}", *TINY, *extra]), progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def simclr_run(tmp_path_factory):
+    return tiny("simclr_digits", tmp_path_factory.mktemp("simclr"))
+
+
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_projection_is_the_trained_head_on_the_encoder(request, tmp_path, batchnorm):
+    out = request.getfixturevalue("simclr_run") if batchnorm else tiny("simclr_digits", tmp_path,
+                                                                        "method.head_batchnorm=false")
+    ckpt = out / "checkpoints" / "last.pt"
+    state = torch.load(ckpt, weights_only=True)
+    method = create_method("simclr", ssl_rep.load_encoder(ckpt), hidden_dim=256, out_dim=64,
+                           head_batchnorm=batchnorm)
+    method.load_state_dict({k: v for k, v in state["model"].items() if not k.startswith("probe")})
+    method.eval()
+    projected = ssl_rep.load_encoder(ckpt, projection=True)
+    assert not projected.training and projected.num_features == 64
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        expected = method.head(method.encoder(x))
+        assert torch.allclose(projected(x), expected, atol=1e-5)
+        assert not torch.allclose(projected(x)[:, :8], method.encoder(x)[:, :8])  # not the backbone
+    assert projected.encoder_kwargs["head"] == [64, 256, 64]
+
+
+def test_projection_errors_name_the_file_and_the_way_out(simclr_run, tmp_path):
+    with pytest.raises(CheckpointError, match=r"encoder\.pt holds the encoder alone.*checkpoints/last\.pt"):
+        ssl_rep.load_encoder(simclr_run / "encoder.pt", projection=True)
+    ae = tiny("ae_digits", tmp_path / "ae") / "checkpoints" / "last.pt"
+    with pytest.raises(CheckpointError, match=r"last\.pt: no projection head .*method 'autoencoder'.*SimCLR"):
+        ssl_rep.load_encoder(ae, projection=True)
+    for argv, message in [(["--checkpoint", "random:resnet20"], "random:resnet20 has no head"),
+                          (["--checkpoint", str(simclr_run / "checkpoints" / "last.pt"), "--quantize", "int8"],
+                           "--quantize int8 quantizes the encoder alone")]:
+        with pytest.raises(SystemExit) as exit_info:
+            probe_cli.main([*argv, "--data", "digits", "--features", "projection", "--cache-dir", "none",
+                            "--out", str(tmp_path / "p")])
+        assert exit_info.value.code == 2
+    assert not (tmp_path / "p").exists()
+
+
+def test_cli_projection_features_are_recorded_and_cached_apart(simclr_run, tmp_path, capsys):
+    ckpt = str(simclr_run / "checkpoints" / "last.pt")
+    common = ["--checkpoint", ckpt, "--data", "digits", "--cache-dir", str(tmp_path / "cache"), "--workers", "0",
+              "--methods", "kmeans"]
+    for features in ("backbone", "projection"):
+        cluster_cli.main([*common, "--features", features, "--l2", "--out", str(tmp_path / features)])
+    runs = {f: json.loads((tmp_path / f / "clusters.json").read_text()) for f in ("backbone", "projection")}
+    assert runs["projection"]["features"] == "projection" and runs["backbone"]["features"] == "backbone"
+    for r in runs.values():
+        assert r["methods"]["kmeans"]["params"]["l2_normalize"] is True
+    assert len(list((tmp_path / "cache").iterdir())) == 2   # one feature cache per space, never shared
+    assert "projection" in (tmp_path / "projection" / "report.html").read_text()
+    probe_cli.main(["--checkpoint", ckpt, "--data", "digits", "--features", "projection", "--knn-k", "5",
+                    "--cache-dir", "none", "--workers", "0", "--out", str(tmp_path / "p")])
+    probe = json.loads((tmp_path / "p" / "probe.json").read_text())
+    assert probe["features"] == "projection" and probe["feature_dim"] == 64 and probe["top1"] > 0.3
+
+
+def test_cluster_spaces_study_agrees_with_the_cli(simclr_run, tmp_path, monkeypatch):
+    from eval import cluster_spaces
+    sections = {}
+    monkeypatch.setattr(cluster_spaces, "table_section", lambda key, *a, **kw: sections.update({key: (a, kw)}))
+    ckpt = str(simclr_run / "checkpoints" / "last.pt")
+    monkeypatch.setattr("sys.argv", ["cluster_spaces.py", "--checkpoint", f"tiny={ckpt}", "--data", "digits",
+                                     "--seeds", "1", "--json", str(tmp_path / "spaces.json")])
+    cluster_spaces.main()
+    rows = {r["space"]: r for r in json.loads((tmp_path / "spaces.json").read_text())["rows"]}
+    assert len(rows) == 9 and rows["projection"]["dim"] == 64 and rows["head hidden layer"]["dim"] == 256
+    cluster_cli.main(["--checkpoint", ckpt, "--data", "digits", "--features", "projection", "--l2", "--methods",
+                      "kmeans", "--cache-dir", "none", "--workers", "0", "--out", str(tmp_path / "c")])
+    cli = json.loads((tmp_path / "c" / "clusters.json").read_text())["methods"]["kmeans"]["scores"]
+    assert abs(rows["projection, L2"]["acc"][0] - cli["acc"]) <= 0.01   # the same space, the same k-means seed
+    assert "cluster-spaces-digits" in sections
