@@ -36,7 +36,7 @@ def spaces(X: np.ndarray, head: torch.nn.Module) -> dict[str, np.ndarray]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--checkpoint", action="append", required=True,
+    parser.add_argument("--checkpoint", action="append", default=[],
                         help="NAME=PATH of a SimCLR training checkpoint (repeatable)")
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--root", default=None)
@@ -46,6 +46,8 @@ def main() -> None:
     args = parse_or_render(parser, render)
     if args is None:
         return
+    if not args.checkpoint:
+        parser.error("name at least one --checkpoint NAME=PATH")
     rows = []
     for spec in args.checkpoint:
         name, _, path = spec.partition("=")
