@@ -4,7 +4,7 @@
 # metrics.jsonl kept for the accuracy-vs-time figure) and the probe benchmark. Results land in $OUT.
 # Carried: .whl (faiss-cpu wheel for the device's Python) and .gpu_data/fashion-mnist (the IDX files).
 # PARTS picks stages (default all): tests overhead data extract decode suite probe; "profile" (eval/profile_step.py)
-# and "wide" (SimCLR ResNet-18 on Fashion-MNIST, WIDE_EPOCHS=15, not yet timed) are opt-in. Stage times on an H200 (2026-11-26, commit f3c15c7): start 13 s, tests 60, overhead 81 (STEPS=80 WARMUP=20
+# and "wide" (SimCLR ResNet-18 on Fashion-MNIST, epochs to fit WIDE_BUDGET=300 s, or WIDE_EPOCHS) are opt-in. Stage times on an H200 (2026-11-26, commit f3c15c7): start 13 s, tests 60, overhead 81 (STEPS=80 WARMUP=20
 # REPEATS=3), data 27, extract 14, decode 25, suite 207 (SimCLR 15 epochs is 54 s of it), probe 23: 450 s in all, so
 # one 10-minute device call holds every stage (profile adds about 60 s). Probe reads the suite's SimCLR checkpoint:
 # run them in one call, or set PROBE_CKPT to a carried encoder.pt to run probe alone.
@@ -64,10 +64,23 @@ if want probe; then
     --data fashion-mnist --root "$FM" --json "$OUT/bench_probe.json" --no-results-md 2>&1 | tail -3
 fi
 if asked wide; then
-  # opt-in: SimCLR with ResNet-18 (cifar stem) on Fashion-MNIST, the wider encoder for the >= 91% probe goal
-  stamp "fashion-mnist resnet18"; timeout ${WIDE_TIMEOUT:-300} python3 eval/reproduce.py fashion-mnist-resnet18 \
+  # opt-in: SimCLR with ResNet-18 (cifar stem) on Fashion-MNIST, the wider encoder for the >= 91% probe goal.
+  # Without WIDE_EPOCHS, a timing run of WIDE_TIMING_STEPS steps sets the epochs that fit WIDE_BUDGET seconds of
+  # training (eval/epochs_for_budget.py), so the stage ends inside its timeout with a result.
+  EPOCHS=${WIDE_EPOCHS:-}
+  if [ -z "$EPOCHS" ]; then
+    stamp "resnet18 timing"; rm -rf /tmp/wide_timing
+    timeout 150 python3 -m ssl_rep.cli.pretrain simclr_fashion_mnist encoder.name=resnet18 encoder.stem=cifar \
+      trainer.device=cuda data.root="$FM" data.num_workers=8 data.eval_split=null out_dir=/tmp/wide_timing \
+      trainer.max_steps=${WIDE_TIMING_STEPS:-100} trainer.log_every=5 > "$OUT/wide_timing.log" 2>&1
+    EPOCHS=$(python3 eval/epochs_for_budget.py /tmp/wide_timing/metrics.jsonl --budget ${WIDE_BUDGET:-300} \
+      --images 60000 --batch-size 256 2>>"$OUT/wide_timing.log" || echo 15)
+    tail -1 "$OUT/wide_timing.log"
+  fi
+  stamp "fashion-mnist resnet18, $EPOCHS epochs"; timeout ${WIDE_TIMEOUT:-$(( ${WIDE_BUDGET:-300} + 200 ))} \
+    python3 eval/reproduce.py fashion-mnist-resnet18 \
     --device cuda --root "$FM" --methods simclr --cluster-methods kmeans,gmm --override data.num_workers=8 \
-    --override simclr:trainer.epochs=${WIDE_EPOCHS:-15} ${WIDE_EXTRA:-} --json "$OUT/fashion_mnist_resnet18.json" 2>&1 \
+    --override simclr:trainer.epochs=$EPOCHS ${WIDE_EXTRA:-} --json "$OUT/fashion_mnist_resnet18.json" 2>&1 \
     | grep -v "^step\|Warning\|warn" | tail -6
   cp runs/fashion-mnist-resnet18/simclr/metrics.jsonl "$OUT/fm_r18_simclr_metrics.jsonl" 2>/dev/null
 fi

@@ -49,3 +49,15 @@ def test_every_experiment_names_recipes_that_load(name):
     spec = reproduce.EXPERIMENTS[name]
     for method, recipe in spec["recipes"].items():
         load_config(recipe, reproduce.for_method(spec.get("overrides", []), method))
+
+
+def test_epochs_for_budget_times_the_second_half_of_a_run():
+    from eval.epochs_for_budget import epochs_for_budget, seconds_per_step
+    # 40 s of compilation before step 5, then 0.5 s per step: only the steady state counts
+    lines = [{"step": s, "elapsed": (40 if s >= 5 else 0) + 0.5 * s, "loss": 1.0} for s in range(1, 81)]
+    lines.insert(10, {"epoch": 0, "online_probe": 0.5})   # lines without timing are skipped
+    assert seconds_per_step(lines) == pytest.approx(0.5)
+    assert epochs_for_budget(lines, 300, images=60_000, batch_size=256) == 2   # 234 steps x 0.5 s = 117 s/epoch
+    assert epochs_for_budget(lines, 10, images=60_000, batch_size=256) == 1    # never 0
+    with pytest.raises(ValueError, match="at least two logged steps"):
+        seconds_per_step(lines[:1])
