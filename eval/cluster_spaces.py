@@ -48,12 +48,12 @@ def main() -> None:
         return
     if not args.checkpoint:
         parser.error("name at least one --checkpoint NAME=PATH")
+    opts = Namespace(root=args.root, image_size=None, seed=0, cache_dir="none", batch_size=512, device=args.device,
+                     workers=2)
     rows = []
     for spec in args.checkpoint:
         name, _, path = spec.partition("=")
         projected = load_encoder(path, projection=True)
-        opts = Namespace(root=args.root, image_size=None, seed=0, cache_dir="none", batch_size=512,
-                         device=args.device, workers=2)
         X, y, _ = features_for(projected.encoder, args.data, args.split, opts)
         for space, F in spaces(np.asarray(X, np.float32), projected.head.cpu().eval()).items():
             scores = [clustering_scores(y, cluster(F, "kmeans", n_clusters=len(np.unique(y)), seed=s))

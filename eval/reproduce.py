@@ -27,7 +27,7 @@ from ssl_rep.cli import probe as probe_cli  # noqa: E402
 from ssl_rep.cli.cluster import run_cluster  # noqa: E402
 from ssl_rep.cli.probe import run_probe  # noqa: E402
 from ssl_rep.data import build_dataset  # noqa: E402
-from ssl_rep.encoders import CheckpointError, load_encoder  # noqa: E402
+from ssl_rep.encoders import CheckpointError  # noqa: E402
 from ssl_rep.eval import KNNClassifier, LinearProbe, cluster, clustering_scores, preprocess  # noqa: E402
 from ssl_rep.train import load_config, train  # noqa: E402
 
@@ -77,21 +77,14 @@ def evaluate(checkpoint: str, data: str, root, device, cluster_methods, train_su
     row = {"top1": probe["top1"], "top5": probe["top5"], "knn20": probe["knn"]["20"],
            "clusters": {m: r.get("scores", {"error": r.get("error")}) for m, r in results.items()},
            "kmeans_l2": kmeans_l2(X, y)}
-    if has_projection_head(checkpoint):   # SimCLR: k-means also on the sphere its loss compares on
-        projected, *_ = run_cluster(eval_args(cluster_cli.parse_args, checkpoint, data, root, device, "--methods",
-                                              "kmeans", "--features", "projection", "--l2", cache_dir=cache_dir))
-        row["kmeans_projection_l2"] = projected["kmeans"]["scores"]
+    if not checkpoint.startswith("random:"):   # SimCLR: k-means also on the sphere its loss compares on
+        try:
+            projected, *_ = run_cluster(eval_args(cluster_cli.parse_args, checkpoint, data, root, device, "--methods",
+                                                  "kmeans", "--features", "projection", "--l2", cache_dir=cache_dir))
+            row["kmeans_projection_l2"] = projected["kmeans"]["scores"]
+        except CheckpointError:   # refused before any extraction: the method has no projection head
+            pass
     return row
-
-
-def has_projection_head(checkpoint: str) -> bool:
-    if checkpoint.startswith("random:"):
-        return False
-    try:
-        load_encoder(checkpoint, projection=True)
-    except CheckpointError:
-        return False
-    return True
 
 
 def kmeans_l2(X, y) -> dict:
