@@ -413,6 +413,23 @@ def test_torch_compile_trains_like_eager(tmp_path):
     assert runs["true"] == pytest.approx(runs["false"], rel=1e-2)
 
 
+@pytest.mark.parametrize("recipe", ["simclr_digits", "supervised_digits"])
+def test_bf16_on_the_cpu_runs_in_bf16_and_trains_like_fp32(tmp_path, recipe):
+    """trainer.precision=bf16 reaches the CPU (auto stays fp32 there): the losses differ from fp32's in the low
+    bits but follow them, and the weights stay float32."""
+    runs = {}
+    for precision in ("auto", "fp32", "bf16"):
+        out = tmp_path / precision
+        train(load_config(recipe, [f"out_dir={out}", "trainer.max_steps=6", "trainer.device=cpu",
+                                   f"trainer.precision={precision}", *FAST]), progress=False)
+        runs[precision] = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
+        weights = torch.load(out / "encoder.pt", map_location="cpu", weights_only=False)["state_dict"]
+        assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float32}
+    assert runs["auto"] == runs["fp32"]
+    assert runs["bf16"] != runs["fp32"]
+    assert runs["bf16"] == pytest.approx(runs["fp32"], rel=5e-2)
+
+
 # ------------------------------------------------------------------ faults
 @pytest.mark.parametrize("errno_, words", [(28, "No space left on device"), (13, "Permission denied")])
 def test_failing_checkpoint_write_stops_clearly_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, errno_,

@@ -1,0 +1,92 @@
+"""Training on the CPU: time per step of the real loop in fp32, with channels_last, and in bf16 autocast.
+
+Each method's recipe runs ``--repeats`` rounds; a round runs every variant once, back to back, so a drift of the
+host's speed hits all of them alike. The speed-up of a variant is the fp32 median time per step over its median;
+the range is over the per-round ratios. ``trainer.precision=auto`` stays fp32 on the CPU (its results then match
+every earlier CPU run bit for bit); this measures what ``trainer.precision=bf16`` buys where the CPU has native
+bf16 (AVX512-BF16 or AMX). Usage:
+    python eval/bench_cpu_precision.py [--data fashion-mnist] [--methods simclr,supervised] [--steps 20] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from eval.bench_step_overhead import loop_step_time, overhead_config  # noqa: E402
+from eval.results_md import emit, parse_or_render, table_section  # noqa: E402
+
+VARIANTS = {"fp32": ["trainer.precision=fp32"],
+            "fp32 + channels_last": ["trainer.precision=fp32", "trainer.channels_last=true"],
+            "bf16": ["trainer.precision=bf16"],
+            "bf16 + channels_last": ["trainer.precision=bf16", "trainer.channels_last=true"]}
+
+
+def native_bf16() -> bool:
+    """Whether oneDNN runs bf16 in hardware on this CPU (AVX512-BF16 / AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="fashion-mnist")
+    parser.add_argument("--root", default=None, help="dataset root (e.g. the Fashion-MNIST folder)")
+    parser.add_argument("--methods", default="simclr,supervised")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, the first is the baseline: "
+                        f"{', '.join(VARIANTS)}")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parse_or_render(parser, render)
+    if args is None:
+        return
+    names = [v.strip() for v in args.variants.split(",")]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    cpu = torch.device("cpu")
+    rows = []
+    for method in args.methods.split(","):
+        times = {n: [] for n in names}
+        for _ in range(args.repeats):
+            for name in names:
+                with tempfile.TemporaryDirectory() as tmp:
+                    cfg = overhead_config(method, args.data, cpu, tmp, args.warmup, args.steps, args.root,
+                                          extra=VARIANTS[name])
+                    times[name].append(loop_step_time(cfg, args.steps, args.warmup))
+        base = times[names[0]]
+        for name in names:
+            per_round = [b / t for b, t in zip(base, times[name])]
+            rows.append({"method": method, "variant": name, "batch_size": cfg.data.batch_size,
+                         "ms": statistics.median(times[name]) * 1e3,
+                         "speedup": statistics.median(base) / statistics.median(times[name]),
+                         "speedup_min": min(per_round), "speedup_max": max(per_round)})
+            print(rows[-1], flush=True)
+    result = {"data": args.data, "steps": args.steps, "repeats": args.repeats, "threads": torch.get_num_threads(),
+              "native_bf16": native_bf16(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "rows": rows}
+    emit(result, args, render)
+
+
+def render(result: dict, command: str | None, machine_name: str | None = None) -> None:
+    base = result["rows"][0]["variant"]
+    lines = [f"| {r['method']} | {r['batch_size']} | {r['variant']} | {r['ms']:.0f} | {r['speedup']:.2f}x | "
+             f"{r['speedup_min']:.2f}-{r['speedup_max']:.2f} |" for r in result["rows"]]
+    note = (f"The real training loop (`train`, the method's {result['data']} recipe, ResNet-20), {result['steps']} "
+            f"timed steps after the warmup, medians of {result['repeats']} rounds; {result['threads']} threads. "
+            f"Speed-up against {base} in the same round. This CPU: native bf16 "
+            f"{'yes' if result['native_bf16'] else 'no'} (torch's CPU capability: {result['cpu_capability']}).")
+    table_section(f"cpu-precision-{result['data']}", f"Training on the CPU: fp32, channels_last, bf16 ({result['data']})",
+                  "python eval/bench_cpu_precision.py", ["method", "batch", "variant", "ms/step", "speed-up",
+                                                         "per-round"], lines, command, machine_name, note)
+
+
+if __name__ == "__main__":
+    main()
