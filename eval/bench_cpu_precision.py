@@ -20,19 +20,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eval.bench_step_overhead import loop_step_time, overhead_config  # noqa: E402
 from eval.results_md import emit, parse_or_render, table_section  # noqa: E402
+from ssl_rep.train.loop import native_bf16  # noqa: E402
 
 VARIANTS = {"fp32": ["trainer.precision=fp32"],
             "fp32 + channels_last": ["trainer.precision=fp32", "trainer.channels_last=true"],
             "bf16": ["trainer.precision=bf16"],
             "bf16 + channels_last": ["trainer.precision=bf16", "trainer.channels_last=true"]}
-
-
-def native_bf16() -> bool:
-    """Whether oneDNN runs bf16 in hardware on this CPU (AVX512-BF16 / AMX); elsewhere bf16 is emulated and slow."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def main() -> None:

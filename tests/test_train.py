@@ -1,4 +1,5 @@
 import json
+import logging
 import math
 import os
 import signal
@@ -414,14 +415,19 @@ def test_torch_compile_trains_like_eager(tmp_path):
 
 
 @pytest.mark.parametrize("recipe", ["simclr_digits", "supervised_digits"])
-def test_bf16_on_the_cpu_runs_in_bf16_and_trains_like_fp32(tmp_path, recipe):
-    """trainer.precision=bf16 reaches the CPU (auto stays fp32 there): the losses differ from fp32's in the low
-    bits but follow them, and the weights stay float32."""
+def test_bf16_on_the_cpu_runs_in_bf16_and_trains_like_fp32(tmp_path, recipe, monkeypatch, caplog):
+    """trainer.precision=bf16 reaches the CPU (auto stays fp32 there, and says where bf16 is native): the losses
+    differ from fp32's in the low bits but follow them, and the weights stay float32."""
+    import ssl_rep.train.loop as loop
+    monkeypatch.setattr(loop, "native_bf16", lambda: True)
     runs = {}
     for precision in ("auto", "fp32", "bf16"):
         out = tmp_path / precision
-        train(load_config(recipe, [f"out_dir={out}", "trainer.max_steps=6", "trainer.device=cpu",
-                                   f"trainer.precision={precision}", *FAST]), progress=False)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="ssl_rep.train"):
+            train(load_config(recipe, [f"out_dir={out}", "trainer.max_steps=6", "trainer.device=cpu",
+                                       f"trainer.precision={precision}", *FAST]), progress=False)
+        assert ("trainer.precision=bf16 trainer.channels_last=true" in caplog.text) == (precision == "auto")
         runs[precision] = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
         weights = torch.load(out / "encoder.pt", map_location="cpu", weights_only=False)["state_dict"]
         assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float32}
