@@ -2,8 +2,8 @@
 
 Each method's recipe runs ``--repeats`` rounds; a round runs every variant once, back to back, so a drift of the
 host's speed hits all of them alike. The speed-up of a variant is the fp32 median time per step over its median;
-the range is over the per-round ratios. ``trainer.precision=auto`` stays fp32 on the CPU (its results then match
-every earlier CPU run bit for bit); this measures what ``trainer.precision=bf16`` buys where the CPU has native
+the range is over the per-round ratios. ``trainer.precision=auto`` stays fp32 on the CPU (so CPU results stay
+comparable with earlier runs); this measures what ``trainer.precision=bf16`` buys where the CPU has native
 bf16 (AVX512-BF16 or AMX). Usage:
     python eval/bench_cpu_precision.py [--data fashion-mnist] [--methods simclr,supervised] [--steps 20] [--repeats 3]
 """
