@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .cli import cluster as cluster_cli
 from .cli import probe as probe_cli
+from .cli.common import setup_logging
 from .train import load_config, train
 
 
@@ -23,6 +24,7 @@ def main(argv=None) -> None:
     parser.add_argument("--config", default="simclr_digits", help="pretraining recipe (a name in configs/)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for the recipe")
     args = parser.parse_args(argv)
+    setup_logging()   # the training loop's notes (e.g. the faster bf16 setting on such CPUs), as under ssl-pretrain
     out = Path(args.out)
     start = time.time()
     print(f"[1/4] pretraining ({args.config}) -> {out / 'pretrain'}", flush=True)

@@ -1,5 +1,6 @@
 """The command lines end to end on a tiny pretraining run: probe, cluster, report, errors."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -93,3 +94,23 @@ def test_setup_stops_before_installing_when_the_disk_is_short(tmp_path):
     assert out.returncode != 0
     assert f"GiB free on the disk of {tmp_path}" in out.stderr and "MIN_FREE_GIB=0" in out.stderr
     assert not venv.exists()
+
+
+def test_demo_runs_pretrain_probe_cluster_and_shows_the_loops_notes(tmp_path):
+    """`make demo` (python -m ssl_rep.demo) end to end at a few steps, in its own process: summary, report, and the
+    loop's INFO notes on stderr (here the bf16 hint, with the CPU check forced on)."""
+    code = ("import sys, ssl_rep.train.loop as loop; loop.native_bf16 = lambda: True; from ssl_rep import demo; "
+            "demo.main(sys.argv[1:])")
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-c", code, "--out", str(out), "trainer.max_steps=4", "data.num_workers=0",
+                           "trainer.device=cpu"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "SSL_REP_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pretrain_steps"] == 4 and summary["data"] == "digits"
+    assert 0 < summary["probe"]["pretrained"]["top1"] <= 1 and 0 < summary["probe"]["random_init"]["top1"] <= 1
+    assert {"kmeans", "meanshift", "dbscan", "gmm", "agglomerative"} <= set(summary["clusters"])
+    assert 0 < summary["clusters"]["kmeans"]["acc"] <= 1
+    assert (out / "cluster" / "report.html").stat().st_size > 1000
+    assert "INFO ssl_rep.train: this CPU runs bf16 in hardware" in proc.stderr
+    assert "report:" in proc.stdout
