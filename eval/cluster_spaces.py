@@ -24,8 +24,8 @@ from ssl_rep.eval import cluster, clustering_scores, preprocess  # noqa: E402
 def spaces(X: np.ndarray, head: torch.nn.Module) -> dict[str, np.ndarray]:
     from sklearn.decomposition import PCA
     with torch.no_grad():
-        hidden = head[:3](torch.from_numpy(X)).numpy()     # Linear -> BatchNorm -> ReLU
-        Z = head(torch.from_numpy(X)).numpy()
+        hidden_t = head[:3](torch.from_numpy(X))     # Linear -> BatchNorm -> ReLU
+        hidden, Z = hidden_t.numpy(), head[3:](hidden_t).numpy()
     l2 = lambda F: preprocess(F, l2_normalize=True)  # noqa: E731
     return {"backbone": X, "backbone, L2": l2(X), "backbone, standardised": (X - X.mean(0)) / (X.std(0) + 1e-6),
             "backbone, PCA-16 + L2": l2(preprocess(X, pca=16)),

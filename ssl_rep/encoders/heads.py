@@ -2,8 +2,9 @@
 
 The linear probe reads the encoder's features (before the head), as the SimCLR paper does. For
 clustering, the L2-normalised head output -- the sphere on which the contrastive loss compares
-images -- can be the better space: k-means on Fashion-MNIST, eval/RESULTS.md "k-means: which
-feature space".
+images -- can be the better space early in training, and the worse one after longer training:
+k-means on Fashion-MNIST, eval/RESULTS.md "k-means: which feature space" and "SimCLR on the CPU
+in bf16".
 """
 from __future__ import annotations
 
