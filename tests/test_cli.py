@@ -56,6 +56,25 @@ def test_cluster_guard_is_reported_not_fatal(tiny_run, tmp_path, capsys):
     assert "scores" in clusters["kmeans"]
 
 
+def test_cluster_umap_prepares_once_and_feeds_every_method(tmp_path, capsys):
+    from ssl_rep.cli.common import encoder_for, features_for
+    from ssl_rep.eval import cluster, clustering_scores, preprocess
+
+    argv = ["--checkpoint", "random:resnet20", "--data", "digits", "--methods", "kmeans,dbscan", "--l2",
+            "--umap", "5", "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache"), "--workers", "0"]
+    cluster_cli.main(argv)
+    assert capsys.readouterr().out.count("UMAP to 5 dimensions") == 1   # one UMAP for both methods
+    clusters = json.loads((tmp_path / "clusters.json").read_text())["methods"]
+    for method in ("kmeans", "dbscan"):   # no default PCA for dbscan once UMAP has reduced the features
+        assert clusters[method]["params"] | {"n_clusters": 10} == {"l2_normalize": True, "pca": None, "umap": 5,
+                                                                  "n_clusters": 10}
+    args = cluster_cli.parse_args(argv)
+    X, y, _ = features_for(encoder_for(args, "test"), "digits", "test", args)
+    expected = clustering_scores(y, cluster(preprocess(X, l2_normalize=True, umap=5), "kmeans", n_clusters=10))
+    assert clusters["kmeans"]["scores"]["acc"] == pytest.approx(expected["acc"])
+    assert "<b>UMAP</b>: 5 dims" in (tmp_path / "report.html").read_text()
+
+
 @pytest.mark.parametrize("args,message", [
     (["--checkpoint", "nowhere.pt", "--data", "digits"], "nowhere.pt: no such checkpoint file"),
     (["--checkpoint", "random:resnet21", "--data", "digits"], "unknown encoder 'resnet21'"),

@@ -54,13 +54,20 @@ def run_cluster(args) -> tuple[dict, dict, np.ndarray, np.ndarray | None, object
     encoder = encoder_for(args, args.split)
     X, y, dataset = features_for(encoder, args.data, args.split, args)
     n_clusters = args.n_clusters or (len(np.unique(y)) if y is not None else 10)
-    results, labels = {}, {}
+    results, labels, prepared = {}, {}, {}
     for method in args.methods:
-        pca = args.pca if args.pca is not None else (DENSITY_PCA if method in DENSITY_METHODS else None)
-        params = {"l2_normalize": args.l2, "pca": pca}
-        start = time.time()
+        density_pca = DENSITY_PCA if method in DENSITY_METHODS and not args.umap else None
+        pca = args.pca if args.pca is not None else density_pca
+        params = {"l2_normalize": args.l2, "pca": pca, "umap": args.umap}
         try:
-            Z = preprocess(X, l2_normalize=args.l2, pca=pca, seed=args.seed)
+            if pca not in prepared:   # UMAP takes minutes on large sets: prepare each distinct input once
+                start = time.time()
+                prepared[pca] = preprocess(X, l2_normalize=args.l2, pca=pca, umap=args.umap, seed=args.seed)
+                if args.umap:
+                    print(f"  UMAP to {args.umap} dimensions{f' after PCA {pca}' if pca else ''} "
+                          f"({time.time() - start:.1f}s)")
+            Z = prepared[pca]
+            start = time.time()
             pred = cluster(Z, method, n_clusters=n_clusters, seed=args.seed, max_samples=args.max_samples,
                            max_memory_gb=args.max_memory_gb)
         except (MemoryError, ValueError) as exc:
@@ -87,6 +94,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pca", type=int, default=None,
                         help=f"PCA dimensions before clustering (default: none; {DENSITY_PCA} for meanshift/dbscan)")
     parser.add_argument("--l2", action="store_true", help="L2-normalise features before clustering")
+    parser.add_argument("--umap", type=int, default=None, metavar="DIM",
+                        help="UMAP to DIM dimensions (min_dist 0) after --l2/--pca, before every method; "
+                             "e.g. --l2 --umap 10 lifts k-means on SimCLR features by ~10 points ACC")
     parser.add_argument("--max-samples", type=int, default=None,
                         help="cluster a random subsample and assign the rest to the nearest (for O(n^2) methods)")
     parser.add_argument("--max-memory-gb", type=float, default=4.0, help="refuse runs estimated above this")
@@ -112,8 +122,10 @@ def main(argv=None) -> None:
         report = write_report(out / "report.html", results, X, y, labels, image_at=image_getter(dataset),
                               reconstructions=recon, title=f"Clusters of {args.checkpoint} on {args.data}/{args.split}",
                               meta={"checkpoint": args.checkpoint, "data": f"{args.data}/{args.split}",
-                                    "features": args.features, "points": len(X), "feature dim": X.shape[1]},
-                              class_names=getattr(dataset, "classes", None), seed=args.seed)
+                                    "features": args.features, "points": len(X), "feature dim": X.shape[1],
+                                    **({"UMAP": f"{args.umap} dims"} if args.umap else {})},
+                              class_names=getattr(dataset, "classes", None), seed=args.seed,
+                              umap_map=bool(args.umap))
     print(f"wrote {out / 'clusters.json'} and {report}")
 
 

@@ -6,6 +6,8 @@ and the ways out (``max_samples``, a connectivity graph, k-means).
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .checks import check_features
@@ -17,8 +19,13 @@ class ClusteringTooLargeError(MemoryError):
     """An O(n^2) clustering that would not fit; the message holds the estimate and the options."""
 
 
-def preprocess(X, l2_normalize: bool = False, pca: int | None = None, umap: int | None = None, seed: int = 0):
-    """Optional L2 normalisation, PCA to ``pca`` dimensions, UMAP to ``umap`` (needs umap-learn)."""
+def preprocess(X, l2_normalize: bool = False, pca: int | None = None, umap: int | None = None, seed: int = 0,
+               umap_neighbors: int = 15):
+    """Optional L2 normalisation, PCA to ``pca`` dimensions, then UMAP to ``umap`` dimensions.
+
+    UMAP runs with ``min_dist=0`` (packed clusters, the setting UMAP's docs and N2D use for clustering
+    rather than for plotting) and ``random_state=seed`` (reproducible, hence single-threaded). On
+    Fashion-MNIST SimCLR features it lifts k-means from ~0.58 to ~0.68 ACC (eval/RESULTS.md)."""
     X = np.asarray(X, dtype=np.float32)
     if l2_normalize:
         X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
@@ -30,7 +37,14 @@ def preprocess(X, l2_normalize: bool = False, pca: int | None = None, umap: int 
             import umap as umap_lib
         except ImportError as exc:
             raise ImportError("umap=... needs the umap-learn package: pip install umap-learn") from exc
-        X = umap_lib.UMAP(n_components=umap, random_state=seed).fit_transform(X).astype(np.float32)
+        if umap >= X.shape[1]:
+            raise ValueError(f"umap={umap} must be fewer dimensions than the features' {X.shape[1]}")
+        if len(X) <= umap_neighbors:
+            raise ValueError(f"umap needs more points than umap_neighbors={umap_neighbors}, got {len(X)}")
+        with warnings.catch_warnings():   # "n_jobs overridden to 1 by setting random_state": intended
+            warnings.filterwarnings("ignore", message=".*n_jobs value.*", category=UserWarning)
+            X = umap_lib.UMAP(n_components=umap, n_neighbors=umap_neighbors, min_dist=0.0,
+                              random_state=seed).fit_transform(X).astype(np.float32)
     return X
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _embeddings(X: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+def _embeddings(X: np.ndarray, seed: int, umap_map: bool = False) -> dict[str, np.ndarray]:
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
@@ -30,20 +31,20 @@ def _embeddings(X: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     if len(X) > 10:
         perplexity = min(30.0, (len(X) - 1) / 3)
         out["t-SNE"] = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(X)
-    try:
+    if umap_map and len(X) > 15:   # opt-in: UMAP's first call in a process compiles for ~15 s
         import umap
-        out["UMAP"] = umap.UMAP(n_components=2, random_state=seed).fit_transform(X)
-    except ImportError:
-        pass
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*n_jobs value.*", category=UserWarning)
+            out["UMAP"] = umap.UMAP(n_components=2, random_state=seed).fit_transform(X)
     return out
 
 
-def map_figure(X, y_true, y_pred, method: str, seed: int = 0, max_points: int = 2000) -> str:
+def map_figure(X, y_true, y_pred, method: str, seed: int = 0, max_points: int = 2000, umap_map: bool = False) -> str:
     import matplotlib.pyplot as plt
 
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(X), min(len(X), max_points), replace=False))
-    maps = _embeddings(np.asarray(X)[pick], seed)
+    maps = _embeddings(np.asarray(X)[pick], seed, umap_map)
     colourings = [(f"clusters ({method})", y_pred[pick])] + ([("true class", y_true[pick])] if y_true is not None else [])
     fig, axes = plt.subplots(len(colourings), len(maps), figsize=(4.2 * len(maps), 4 * len(colourings)), squeeze=False)
     for r, (title, colour) in enumerate(colourings):
@@ -123,12 +124,13 @@ def _fmt(value) -> str:
 def write_report(path: str | Path, results: dict[str, dict], features: np.ndarray, y_true, labels: dict[str, np.ndarray],
                  image_at=None, reconstructions: tuple[np.ndarray, np.ndarray] | None = None,
                  title: str = "ssl_rep clustering report", meta: dict | None = None, class_names=None,
-                 seed: int = 0) -> Path:
+                 seed: int = 0, umap_map: bool = False) -> Path:
     """Write one HTML page (all images embedded) and return its path.
 
     ``results``: method -> {"scores": {...}, "params": {...}, "seconds": float} (or {"error": str});
     ``labels``: method -> cluster labels. The best method (highest ``acc``, else silhouette) gets
-    the maps, the confusion matrix and the sample grid (``image_at(i)`` -> uint8 (H, W, 3) image i).
+    the maps (PCA, t-SNE, and UMAP with ``umap_map``), the confusion matrix and the sample grid
+    (``image_at(i)`` -> uint8 (H, W, 3) image i).
     """
     import matplotlib
     matplotlib.use("Agg")
@@ -153,7 +155,8 @@ def write_report(path: str | Path, results: dict[str, dict], features: np.ndarra
     sections.append(f"<h2>Scores</h2><table><tr>{header}</tr>{''.join(rows)}</table>")
     if best is not None:
         pred = labels[best]
-        sections.append(f"<h2>Feature maps</h2><img alt='feature maps' src='{map_figure(features, y_true, pred, best, seed)}'>")
+        maps = map_figure(features, y_true, pred, best, seed, umap_map=umap_map)
+        sections.append(f"<h2>Feature maps</h2><img alt='feature maps' src='{maps}'>")
         if y_true is not None:
             sections.append(f"<h2>Confusion matrix ({html.escape(best)})</h2>"
                             f"<img alt='confusion matrix' src='{confusion_figure(y_true, pred, class_names)}'>")
