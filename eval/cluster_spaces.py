@@ -1,6 +1,8 @@
 """k-means: which feature space of a SimCLR model clusters best? For each checkpoint, k-means with 5
 seeds on the test split in each space: the backbone (raw, L2, standardised, PCA-16 + L2, PCA-whitened
 + L2), the projection head's hidden layer (raw, L2) and its output (raw, L2; ``--features projection``).
+``--umap DIM`` adds the backbone and hidden layer after L2 + UMAP (``ssl-cluster --l2 --umap DIM``),
+refitted per seed; ``--checkpoint pixels`` adds the raw-pixel baseline (its "backbone" is the pixels).
     python eval/cluster_spaces.py --checkpoint NAME=OUT/checkpoints/last.pt [...] --data fashion-mnist
 """
 from __future__ import annotations
@@ -17,32 +19,48 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eval.results_md import emit, parse_or_render, table_section  # noqa: E402
 from ssl_rep.cli.common import features_for  # noqa: E402
+from ssl_rep.data import build_dataset  # noqa: E402
 from ssl_rep.encoders import load_encoder  # noqa: E402
 from ssl_rep.eval import cluster, clustering_scores, preprocess  # noqa: E402
 
 
-def spaces(X: np.ndarray, head: torch.nn.Module) -> dict[str, np.ndarray]:
+def spaces(X: np.ndarray, head: torch.nn.Module | None, umap: int | None = None) -> dict[str, tuple]:
+    """space name -> (features, UMAP dimensions to reduce them to per seed, or None)."""
     from sklearn.decomposition import PCA
-    with torch.no_grad():
-        hidden_t = head[:3](torch.from_numpy(X))     # Linear -> BatchNorm -> ReLU
-        hidden, Z = hidden_t.numpy(), head[3:](hidden_t).numpy()
     l2 = lambda F: preprocess(F, l2_normalize=True)  # noqa: E731
-    return {"backbone": X, "backbone, L2": l2(X), "backbone, standardised": (X - X.mean(0)) / (X.std(0) + 1e-6),
-            "backbone, PCA-16 + L2": l2(preprocess(X, pca=16)),
-            "backbone, PCA-whitened + L2": l2(PCA(whiten=True, random_state=0).fit_transform(X)),
-            "head hidden layer": hidden, "head hidden layer, L2": l2(hidden),
-            "projection": Z, "projection, L2": l2(Z)}
+    out = {"backbone": X, "backbone, L2": l2(X), "backbone, standardised": (X - X.mean(0)) / (X.std(0) + 1e-6),
+           "backbone, PCA-16 + L2": l2(preprocess(X, pca=16)),
+           "backbone, PCA-whitened + L2": l2(PCA(whiten=True, random_state=0).fit_transform(X))}
+    if head is not None:
+        with torch.no_grad():
+            hidden_t = head[:3](torch.from_numpy(X))     # Linear -> BatchNorm -> ReLU
+            hidden, Z = hidden_t.numpy(), head[3:](hidden_t).numpy()
+        out.update({"head hidden layer": hidden, "head hidden layer, L2": l2(hidden),
+                    "projection": Z, "projection, L2": l2(Z)})
+    out = {name: (F, None) for name, F in out.items()}
+    if umap:
+        for name in ("backbone, L2", "head hidden layer, L2"):
+            if name in out:
+                out[f"{name} + UMAP-{umap}"] = (out[name][0], umap)
+    return out
+
+
+def pixels(data: str, root, split: str) -> tuple[np.ndarray, np.ndarray]:
+    ds = build_dataset(data, split=split, root=root)
+    return np.asarray(ds.images, np.float32).reshape(len(ds), -1) / 255, np.asarray(ds.labels)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--checkpoint", action="append", default=[],
-                        help="NAME=PATH of a SimCLR training checkpoint (repeatable)")
+                        help="NAME=PATH of a SimCLR training checkpoint (repeatable); 'pixels' for raw pixels")
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--root", default=None)
     parser.add_argument("--split", default="test")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--umap", type=int, default=None, metavar="DIM",
+                        help="also cluster the L2 backbone and hidden layer after UMAP to DIM dimensions")
     args = parse_or_render(parser, render)
     if args is None:
         return
@@ -53,12 +71,18 @@ def main() -> None:
     rows = []
     for spec in args.checkpoint:
         name, _, path = spec.partition("=")
-        projected = load_encoder(path, projection=True)
-        X, y, _ = features_for(projected.encoder, args.data, args.split, opts)
-        for space, F in spaces(np.asarray(X, np.float32), projected.head.cpu().eval()).items():
-            scores = [clustering_scores(y, cluster(F, "kmeans", n_clusters=len(np.unique(y)), seed=s))
+        if name == "pixels":
+            X, y = pixels(args.data, args.root, args.split)
+            head = None
+        else:
+            projected = load_encoder(path, projection=True)
+            X, y, _ = features_for(projected.encoder, args.data, args.split, opts)
+            head = projected.head.cpu().eval()
+        for space, (F, umap) in spaces(np.asarray(X, np.float32), head, args.umap).items():
+            scores = [clustering_scores(y, cluster(preprocess(F, umap=umap, seed=s) if umap else F, "kmeans",
+                                                   n_clusters=len(np.unique(y)), seed=s))
                       for s in range(args.seeds)]
-            row = {"checkpoint": name, "path": path, "space": space, "dim": int(F.shape[1]),
+            row = {"checkpoint": name, "path": path, "space": space, "dim": umap or int(F.shape[1]),
                    "acc": [s["acc"] for s in scores], "nmi": [s["nmi"] for s in scores]}
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -81,6 +105,11 @@ def render(result: dict, command: str | None, machine_name: str | None = None) -
                   ["space", *[f"{name}: ACC mean ± sd / NMI" for name in names]], lines, command, machine_name,
                   note=f"k-means (ssl_rep's: faiss, k-means++, best of 3 restarts) with {n} seeds on the "
                        f"{result['data']} {result['split']} split, k = the number of classes. "
+                       + ("'+ UMAP-d': `ssl-cluster --l2 --umap d` (min_dist 0, 15 neighbours), UMAP refitted with "
+                          "each seed, so its spread is in the ± . " if any("UMAP" in r["space"] for r in result["rows"])
+                          else "")
+                       + ("In the pixels column 'backbone' means the raw pixels (/255). "
+                          if "pixels" in names else "")
                        + result.get("note", ""))
 
 

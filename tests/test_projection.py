@@ -83,11 +83,17 @@ def test_cluster_spaces_study_agrees_with_the_cli(simclr_run, tmp_path, monkeypa
     sections = {}
     monkeypatch.setattr(cluster_spaces, "table_section", lambda key, *a, **kw: sections.update({key: (a, kw)}))
     ckpt = str(simclr_run / "checkpoints" / "last.pt")
-    monkeypatch.setattr("sys.argv", ["cluster_spaces.py", "--checkpoint", f"tiny={ckpt}", "--data", "digits",
-                                     "--seeds", "1", "--json", str(tmp_path / "spaces.json")])
+    monkeypatch.setattr("sys.argv", ["cluster_spaces.py", "--checkpoint", f"tiny={ckpt}", "--checkpoint", "pixels",
+                                     "--data", "digits", "--seeds", "1", "--umap", "5",
+                                     "--json", str(tmp_path / "spaces.json")])
     cluster_spaces.main()
-    rows = {r["space"]: r for r in json.loads((tmp_path / "spaces.json").read_text())["rows"]}
-    assert len(rows) == 9 and rows["projection"]["dim"] == 64 and rows["head hidden layer"]["dim"] == 256
+    result = json.loads((tmp_path / "spaces.json").read_text())["rows"]
+    rows = {r["space"]: r for r in result if r["checkpoint"] == "tiny"}
+    assert len(rows) == 11 and rows["projection"]["dim"] == 64 and rows["head hidden layer"]["dim"] == 256
+    assert rows["backbone, L2 + UMAP-5"]["dim"] == rows["head hidden layer, L2 + UMAP-5"]["dim"] == 5
+    pixel_rows = {r["space"]: r for r in result if r["checkpoint"] == "pixels"}
+    assert len(pixel_rows) == 6 and "head hidden layer" not in pixel_rows
+    assert pixel_rows["backbone, L2 + UMAP-5"]["acc"][0] > pixel_rows["backbone, L2"]["acc"][0] + 0.03
     cluster_cli.main(["--checkpoint", ckpt, "--data", "digits", "--features", "projection", "--l2", "--methods",
                       "kmeans", "--cache-dir", "none", "--workers", "0", "--out", str(tmp_path / "c")])
     cli = json.loads((tmp_path / "c" / "clusters.json").read_text())["methods"]["kmeans"]["scores"]
