@@ -100,14 +100,15 @@ def render(result: dict, command: str | None, machine_name: str | None = None) -
             cells.append(f"{np.mean(r['acc']):.3f} ± {np.std(r['acc']):.3f} / {np.mean(r['nmi']):.3f}" if r else "–")
         lines.append(f"| {space} | " + " | ".join(cells) + " |")
     n = len(result["rows"][0]["acc"])
-    table_section(f"cluster-spaces-{result['data']}", f"k-means: which feature space ({result['data']})",
+    umap = any("UMAP" in r["space"] for r in result["rows"])   # a study of its own, beside the plain one
+    table_section(f"cluster-spaces-{result['data']}" + ("-umap" if umap else ""),
+                  f"k-means{' with UMAP' if umap else ''}: which feature space ({result['data']})",
                   "python eval/cluster_spaces.py",
                   ["space", *[f"{name}: ACC mean ± sd / NMI" for name in names]], lines, command, machine_name,
                   note=f"k-means (ssl_rep's: faiss, k-means++, best of 3 restarts) with {n} seeds on the "
                        f"{result['data']} {result['split']} split, k = the number of classes. "
                        + ("'+ UMAP-d': `ssl-cluster --l2 --umap d` (min_dist 0, 15 neighbours), UMAP refitted with "
-                          "each seed, so its spread is in the ± . " if any("UMAP" in r["space"] for r in result["rows"])
-                          else "")
+                          "each seed, so its spread is in the ± . " if umap else "")
                        + ("In the pixels column 'backbone' means the raw pixels (/255). "
                           if "pixels" in names else "")
                        + result.get("note", ""))

@@ -98,4 +98,4 @@ def test_cluster_spaces_study_agrees_with_the_cli(simclr_run, tmp_path, monkeypa
                       "kmeans", "--cache-dir", "none", "--workers", "0", "--out", str(tmp_path / "c")])
     cli = json.loads((tmp_path / "c" / "clusters.json").read_text())["methods"]["kmeans"]["scores"]
     assert abs(rows["projection, L2"]["acc"][0] - cli["acc"]) <= 0.01   # the same space, the same k-means seed
-    assert "cluster-spaces-digits" in sections
+    assert "cluster-spaces-digits-umap" in sections   # a UMAP study does not overwrite the plain one
