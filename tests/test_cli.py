@@ -73,6 +73,7 @@ def test_cluster_umap_prepares_once_and_feeds_every_method(tmp_path, capsys):
     expected = clustering_scores(y, cluster(preprocess(X, l2_normalize=True, umap=5), "kmeans", n_clusters=10))
     assert clusters["kmeans"]["scores"]["acc"] == pytest.approx(expected["acc"])
     assert "<b>UMAP</b>: 5 dims" in (tmp_path / "report.html").read_text()
+    assert clusters["kmeans"]["preprocess_seconds"] == clusters["dbscan"]["preprocess_seconds"] > 0
 
 
 @pytest.mark.parametrize("args,message", [

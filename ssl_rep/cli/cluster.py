@@ -54,7 +54,7 @@ def run_cluster(args) -> tuple[dict, dict, np.ndarray, np.ndarray | None, object
     encoder = encoder_for(args, args.split)
     X, y, dataset = features_for(encoder, args.data, args.split, args)
     n_clusters = args.n_clusters or (len(np.unique(y)) if y is not None else 10)
-    results, labels, prepared = {}, {}, {}
+    results, labels, prepared = {}, {}, {}   # prepared: pca -> (input, seconds it took)
     for method in args.methods:
         density_pca = DENSITY_PCA if method in DENSITY_METHODS and not args.umap else None
         pca = args.pca if args.pca is not None else density_pca
@@ -62,11 +62,12 @@ def run_cluster(args) -> tuple[dict, dict, np.ndarray, np.ndarray | None, object
         try:
             if pca not in prepared:   # UMAP takes minutes on large sets: prepare each distinct input once
                 start = time.time()
-                prepared[pca] = preprocess(X, l2_normalize=args.l2, pca=pca, umap=args.umap, seed=args.seed)
+                Z = preprocess(X, l2_normalize=args.l2, pca=pca, umap=args.umap, seed=args.seed)
+                prepared[pca] = Z, time.time() - start
                 if args.umap:
                     print(f"  UMAP to {args.umap} dimensions{f' after PCA {pca}' if pca else ''} "
-                          f"({time.time() - start:.1f}s)")
-            Z = prepared[pca]
+                          f"({prepared[pca][1]:.1f}s)")
+            Z, prepare_seconds = prepared[pca]
             start = time.time()
             pred = cluster(Z, method, n_clusters=n_clusters, seed=args.seed, max_samples=args.max_samples,
                            max_memory_gb=args.max_memory_gb)
@@ -77,7 +78,8 @@ def run_cluster(args) -> tuple[dict, dict, np.ndarray, np.ndarray | None, object
         seconds = time.time() - start
         scores = clustering_scores(y, pred, X, seed=args.seed) if y is not None else {
             "n_clusters": int(len(np.unique(pred[pred >= 0]))), "noise_fraction": float((pred < 0).mean())}
-        results[method] = {"params": {**params, "n_clusters": n_clusters}, "scores": scores, "seconds": seconds}
+        results[method] = {"params": {**params, "n_clusters": n_clusters}, "scores": scores, "seconds": seconds,
+                           "preprocess_seconds": prepare_seconds}   # shared by the methods with the same input
         labels[method] = pred
         shown = "  ".join(f"{k} {scores[k]:.4f}" for k in ("acc", "nmi", "ari", "purity") if k in scores)
         print(f"  {method:14s} {shown}  clusters {scores['n_clusters']}  ({seconds:.1f}s)")
