@@ -19,13 +19,24 @@ class ClusteringTooLargeError(MemoryError):
     """An O(n^2) clustering that would not fit; the message holds the estimate and the options."""
 
 
+def umap_embed(X, n_components: int, seed: int = 0, **options) -> np.ndarray:
+    """UMAP (umap-learn) seeded with ``random_state=seed``: reproducible, hence single-threaded."""
+    try:
+        import umap as umap_lib
+    except ImportError as exc:
+        raise ImportError("UMAP needs the umap-learn package: pip install umap-learn") from exc
+    with warnings.catch_warnings():   # "n_jobs value 1 overridden to 1 by setting random_state": intended
+        warnings.filterwarnings("ignore", message=".*n_jobs value.*", category=UserWarning)
+        return umap_lib.UMAP(n_components=n_components, random_state=seed, **options).fit_transform(X)
+
+
 def preprocess(X, l2_normalize: bool = False, pca: int | None = None, umap: int | None = None, seed: int = 0,
                umap_neighbors: int = 15):
     """Optional L2 normalisation, PCA to ``pca`` dimensions, then UMAP to ``umap`` dimensions.
 
-    UMAP runs with ``min_dist=0`` (packed clusters, the setting UMAP's docs and N2D use for clustering
-    rather than for plotting) and ``random_state=seed`` (reproducible, hence single-threaded). On
-    Fashion-MNIST SimCLR features it lifts k-means from ~0.58 to ~0.68 ACC (eval/RESULTS.md)."""
+    UMAP runs with ``min_dist=0`` (packed clusters: the setting UMAP's docs and N2D use for clustering
+    rather than for plotting). On Fashion-MNIST SimCLR features it lifts k-means by 4-6 points of ACC
+    (best 0.69) and NMI by about 10 (eval/RESULTS.md, "k-means with UMAP")."""
     X = np.asarray(X, dtype=np.float32)
     if l2_normalize:
         X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
@@ -33,18 +44,11 @@ def preprocess(X, l2_normalize: bool = False, pca: int | None = None, umap: int 
         from sklearn.decomposition import PCA
         X = PCA(n_components=pca, random_state=seed).fit_transform(X).astype(np.float32)
     if umap:
-        try:
-            import umap as umap_lib
-        except ImportError as exc:
-            raise ImportError("umap=... needs the umap-learn package: pip install umap-learn") from exc
         if umap >= X.shape[1]:
             raise ValueError(f"umap={umap} must be fewer dimensions than the features' {X.shape[1]}")
         if len(X) <= umap_neighbors:
             raise ValueError(f"umap needs more points than umap_neighbors={umap_neighbors}, got {len(X)}")
-        with warnings.catch_warnings():   # "n_jobs overridden to 1 by setting random_state": intended
-            warnings.filterwarnings("ignore", message=".*n_jobs value.*", category=UserWarning)
-            X = umap_lib.UMAP(n_components=umap, n_neighbors=umap_neighbors, min_dist=0.0,
-                              random_state=seed).fit_transform(X).astype(np.float32)
+        X = umap_embed(X, umap, seed, n_neighbors=umap_neighbors, min_dist=0.0).astype(np.float32)
     return X
 
 

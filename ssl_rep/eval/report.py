@@ -4,7 +4,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +31,8 @@ def _embeddings(X: np.ndarray, seed: int, umap_map: bool = False) -> dict[str, n
         perplexity = min(30.0, (len(X) - 1) / 3)
         out["t-SNE"] = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(X)
     if umap_map and len(X) > 15:   # opt-in: UMAP's first call in a process compiles for ~15 s
-        import umap
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*n_jobs value.*", category=UserWarning)
-            out["UMAP"] = umap.UMAP(n_components=2, random_state=seed).fit_transform(X)
+        from .cluster import umap_embed
+        out["UMAP"] = umap_embed(X, 2, seed)
     return out
 
 
