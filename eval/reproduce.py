@@ -7,11 +7,13 @@
 
 Every suite has a row per pretext method, a random-init encoder and raw pixels; each row gets the
 linear probe (top-1/top-5), kNN@20 and k-means ACC/NMI on the test split, and k-means ACC on the
-L2-normalised features (the unit sphere that contrastive losses and the cosine kNN work on).
+L2-normalised features (the unit sphere that contrastive losses and the cosine kNN work on), also after
+UMAP to 10 dimensions (``ssl-cluster --l2 --umap 10``; skipped where umap-learn is not installed).
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -76,7 +78,7 @@ def evaluate(checkpoint: str, data: str, root, device, cluster_methods, train_su
                                                 ",".join(cluster_methods), "--max-memory-gb", "8", cache_dir=cache_dir))
     row = {"top1": probe["top1"], "top5": probe["top5"], "knn20": probe["knn"]["20"],
            "clusters": {m: r.get("scores", {"error": r.get("error")}) for m, r in results.items()},
-           "kmeans_l2": kmeans_l2(X, y)}
+           **kmeans_l2_columns(X, y)}
     if not checkpoint.startswith("random:"):   # SimCLR: k-means also on the sphere its loss compares on
         try:
             projected, *_ = run_cluster(eval_args(cluster_cli.parse_args, checkpoint, data, root, device, "--methods",
@@ -87,9 +89,21 @@ def evaluate(checkpoint: str, data: str, root, device, cluster_methods, train_su
     return row
 
 
-def kmeans_l2(X, y) -> dict:
-    """k-means (the suites' default settings) on the L2-normalised features."""
-    return clustering_scores(y, cluster(preprocess(X, l2_normalize=True), "kmeans", n_clusters=len(np.unique(y))))
+UMAP_DIM = 10
+
+
+def kmeans_l2_columns(X, y) -> dict:
+    """k-means (the suites' default settings) on the L2-normalised features, and after L2 + UMAP to
+    ``UMAP_DIM`` dimensions where umap-learn is installed (the GPU image may lack it): the columns
+    ``kmeans_l2`` and ``kmeans_l2_umap``."""
+    k = len(np.unique(y))
+    out = {"kmeans_l2": clustering_scores(y, cluster(preprocess(X, l2_normalize=True), "kmeans", n_clusters=k))}
+    if importlib.util.find_spec("umap") is None:
+        print("k-means after UMAP skipped: umap-learn is not installed", file=sys.stderr)
+    elif X.shape[1] > UMAP_DIM:
+        Z = preprocess(X, l2_normalize=True, umap=UMAP_DIM)
+        out["kmeans_l2_umap"] = clustering_scores(y, cluster(Z, "kmeans", n_clusters=k))
+    return out
 
 
 def raw_pixels(data: str, root, cluster_methods, train_subset=None) -> dict:
@@ -104,7 +118,7 @@ def raw_pixels(data: str, root, cluster_methods, train_subset=None) -> dict:
     probe = LinearProbe().fit(X, y)
     clusters = {m: clustering_scores(yt, cluster(Xt, m, n_clusters=10, max_memory_gb=8.0)) for m in cluster_methods}
     return {"top1": probe.score(Xt, yt), "top5": probe.top_k_accuracy(Xt, yt), "knn20": KNNClassifier(20).fit(X, y).score(Xt, yt),
-            "clusters": clusters, "kmeans_l2": kmeans_l2(Xt, yt)}
+            "clusters": clusters, **kmeans_l2_columns(Xt, yt)}
 
 
 def for_method(overrides: list[str], method: str) -> list[str]:
@@ -154,7 +168,8 @@ def run(name: str, device: str, root, overrides: list[str], methods: list[str], 
 
 def render(result: dict) -> None:
     lines = ["| encoder | pretraining | linear top-1 | top-5 | kNN@20 | k-means ACC | k-means NMI | k-means ACC, L2 "
-             "| k-means ACC, projection L2 | best other clustering (ACC) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"| k-means ACC, L2 + UMAP-{UMAP_DIM} | k-means ACC, projection L2 | best other clustering (ACC) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["rows"].items():
         km = r["clusters"].get("kmeans", {})
         others = {m: s["acc"] for m, s in r["clusters"].items() if m != "kmeans" and "acc" in s}
@@ -162,9 +177,10 @@ def render(result: dict) -> None:
         pre = (f"{r['epochs']} epochs, {r['steps']} steps, {r['pretrain_seconds'] / 60:.1f} min"
                if "pretrain_seconds" in r else r.get("note", "–"))
         l2 = f"{r['kmeans_l2']['acc']:.4f}" if "kmeans_l2" in r else "–"   # runs saved before the column
+        umap = f"{r['kmeans_l2_umap']['acc']:.4f}" if "kmeans_l2_umap" in r else "–"  # needs umap-learn
         proj = f"{r['kmeans_projection_l2']['acc']:.4f}" if "kmeans_projection_l2" in r else "–"  # SimCLR rows only
         lines.append(f"| {name} | {pre} | {r['top1']:.4f} | {r['top5']:.4f} | {r['knn20']:.4f} | "
-                     f"{km.get('acc', float('nan')):.4f} | {km.get('nmi', float('nan')):.4f} | {l2} | {proj} | "
+                     f"{km.get('acc', float('nan')):.4f} | {km.get('nmi', float('nan')):.4f} | {l2} | {umap} | {proj} | "
                      f"{f'{best} {others[best]:.4f}' if best else '–'} |")
     body = "\n".join(lines) + f"\n\nOverrides: `{' '.join(result['overrides']) or 'none'}`.  \n" \
                               f"Published anchors: {result['anchors']}." + (f"  \n{result['notes']}" if result.get("notes") else "")

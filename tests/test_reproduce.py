@@ -25,22 +25,33 @@ def test_digits_suite_runs_every_row_and_writes_its_table(tmp_path, monkeypatch,
     for name, row in saved["rows"].items():
         assert 0.1 < row["top1"] <= row["top5"] <= 1, name
         assert 0 < row["clusters"]["kmeans"]["acc"] <= 1 and 0 < row["kmeans_l2"]["acc"] <= 1, name
+        assert 0 < row["kmeans_l2_umap"]["acc"] <= 1, name
     assert saved["rows"]["simclr"]["steps"] == 3
     # only SimCLR has a projection head; its k-means on the L2-normalised head output is a column of its own
     assert [n for n, r in saved["rows"].items() if "kmeans_projection_l2" in r] == ["simclr"]
     assert 0 < saved["rows"]["simclr"]["kmeans_projection_l2"]["acc"] <= 1
     assert saved["rows"]["raw pixels"]["top1"] > 0.9   # logistic regression on 8x8 digits: ~0.96
+    pixels = saved["rows"]["raw pixels"]   # UMAP separates the digits' pixels (ACC 0.60 -> 0.83 in test_projection)
+    assert pixels["kmeans_l2_umap"]["acc"] > pixels["kmeans_l2"]["acc"] + 0.05
     table = sections["suite-digits-suite"]
     assert "k-means ACC, L2" in table and "| raw pixels |" in table and "| random init |" in table
-    assert "k-means ACC, projection L2" in table
-    assert all(line.count("|") == 11 for line in table.splitlines() if line.startswith("|"))
+    assert "k-means ACC, projection L2" in table and "k-means ACC, L2 + UMAP-10" in table
+    assert all(line.count("|") == 12 for line in table.splitlines() if line.startswith("|"))
 
 
-def test_render_keeps_runs_saved_before_the_l2_and_projection_columns(sections):
+def test_render_keeps_runs_saved_before_the_l2_umap_and_projection_columns(sections):
     row = {"top1": 0.9, "top5": 1.0, "knn20": 0.8, "clusters": {"kmeans": {"acc": 0.5, "nmi": 0.4}}}
     reproduce.render({"experiment": "x", "rows": {"random init": row}, "overrides": [], "anchors": "a",
                       "command": "c", "machine": "m"})
-    assert "| random init | – | 0.9000 | 1.0000 | 0.8000 | 0.5000 | 0.4000 | – | – | – |" in sections["suite-x"]
+    assert "| random init | – | 0.9000 | 1.0000 | 0.8000 | 0.5000 | 0.4000 | – | – | – | – |" in sections["suite-x"]
+
+
+def test_umap_column_is_skipped_without_umap_learn(monkeypatch):
+    """The GPU image has no umap-learn: the suite still runs, without the UMAP column."""
+    import numpy as np
+    X, y = np.random.default_rng(0).normal(size=(60, 16)).astype(np.float32), np.arange(60) % 3
+    monkeypatch.setattr(reproduce.importlib.util, "find_spec", lambda name: None)
+    assert list(reproduce.kmeans_l2_columns(X, y)) == ["kmeans_l2"]
 
 
 @pytest.mark.parametrize("name", sorted(reproduce.EXPERIMENTS))
