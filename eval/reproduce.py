@@ -96,13 +96,12 @@ def kmeans_l2_columns(X, y) -> dict:
     """k-means (the suites' default settings) on the L2-normalised features, and after L2 + UMAP to
     ``UMAP_DIM`` dimensions where umap-learn is installed (the GPU image may lack it): the columns
     ``kmeans_l2`` and ``kmeans_l2_umap``."""
-    k = len(np.unique(y))
-    out = {"kmeans_l2": clustering_scores(y, cluster(preprocess(X, l2_normalize=True), "kmeans", n_clusters=k))}
+    k, unit = len(np.unique(y)), preprocess(X, l2_normalize=True)   # normalised once, for both columns
+    out = {"kmeans_l2": clustering_scores(y, cluster(unit, "kmeans", n_clusters=k))}
     if importlib.util.find_spec("umap") is None:
         print("k-means after UMAP skipped: umap-learn is not installed", file=sys.stderr)
     elif X.shape[1] > UMAP_DIM:
-        Z = preprocess(X, l2_normalize=True, umap=UMAP_DIM)
-        out["kmeans_l2_umap"] = clustering_scores(y, cluster(Z, "kmeans", n_clusters=k))
+        out["kmeans_l2_umap"] = clustering_scores(y, cluster(preprocess(unit, umap=UMAP_DIM), "kmeans", n_clusters=k))
     return out
 
 
