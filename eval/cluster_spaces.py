@@ -50,27 +50,44 @@ def pixels(data: str, root, split: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(ds.images, np.float32).reshape(len(ds), -1) / 255, np.asarray(ds.labels)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def add_checkpoint_args(parser, what: str) -> None:
+    """The arguments of a study over checkpoints: which ones (``NAME=PATH``, or ``pixels``), data, device."""
     parser.add_argument("--checkpoint", action="append", default=[],
-                        help="NAME=PATH of a SimCLR training checkpoint (repeatable); 'pixels' for raw pixels")
+                        help=f"NAME=PATH of {what} (repeatable); 'pixels' for raw pixels")
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--root", default=None)
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--umap", type=int, default=None, metavar="DIM",
-                        help="also cluster the L2 backbone and hidden layer after UMAP to DIM dimensions")
+
+
+def parse_checkpoint_study(parser, render) -> tuple[Namespace | None, Namespace | None]:
+    """``parse_or_render``, then at least one ``--checkpoint``; also the options ``features_for`` extracts with
+    (no feature cache). ``(None, None)`` after ``--render``."""
     args = parse_or_render(parser, render)
     if args is None:
-        return
+        return None, None
     if not args.checkpoint:
         parser.error("name at least one --checkpoint NAME=PATH")
-    opts = Namespace(root=args.root, image_size=None, seed=0, cache_dir="none", batch_size=512, device=args.device,
-                     workers=2)
+    return args, Namespace(root=args.root, image_size=None, seed=0, cache_dir="none", batch_size=512,
+                           device=args.device, workers=2)
+
+
+def checkpoints(args) -> list[tuple[str, str]]:
+    """``(name, path)`` of each ``--checkpoint NAME=PATH`` (path '' for ``pixels``)."""
+    return [(spec.partition("=")[0], spec.partition("=")[2]) for spec in args.checkpoint]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    add_checkpoint_args(parser, "a SimCLR training checkpoint")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--umap", type=int, default=None, metavar="DIM",
+                        help="also cluster the L2 backbone and hidden layer after UMAP to DIM dimensions")
+    args, opts = parse_checkpoint_study(parser, render)
+    if args is None:
+        return
     rows = []
-    for spec in args.checkpoint:
-        name, _, path = spec.partition("=")
+    for name, path in checkpoints(args):
         if name == "pixels":
             X, y = pixels(args.data, args.root, args.split)
             head = None

@@ -11,8 +11,8 @@ from torchvision.transforms import v2 as T
 
 from ..eval import CLUSTER_METHODS, cluster, clustering_scores, preprocess
 from ..eval.report import write_report
-from .common import EXPECTED_ERRORS, add_encoder_and_data_args, default_out, features_for, friendly_errors, \
-    image_getter, encoder_for, setup_logging
+from .common import EXPECTED_ERRORS, add_encoder_and_data_args, default_out, features_for, features_name, \
+    friendly_errors, image_getter, encoder_for, setup_logging
 
 # Density-based methods look for dense regions, which high-dimensional features do not have;
 # they run on a PCA projection unless --pca says otherwise.
@@ -119,12 +119,12 @@ def main(argv=None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "clusters.json").write_text(json.dumps({"checkpoint": args.checkpoint, "data": args.data,
                                                       "split": args.split, "quantize": args.quantize,
-                                                      "features": args.features, "methods": results}, indent=2))
+                                                      "features": features_name(args), "methods": results}, indent=2))
         recon = autoencoder_reconstructions(args.checkpoint, dataset)
         report = write_report(out / "report.html", results, X, y, labels, image_at=image_getter(dataset),
                               reconstructions=recon, title=f"Clusters of {args.checkpoint} on {args.data}/{args.split}",
                               meta={"checkpoint": args.checkpoint, "data": f"{args.data}/{args.split}",
-                                    "features": args.features, "points": len(X), "feature dim": X.shape[1],
+                                    "features": features_name(args), "points": len(X), "feature dim": X.shape[1],
                                     **({"UMAP": f"{args.umap} dims"} if args.umap else {})},
                               class_names=getattr(dataset, "classes", None), seed=args.seed,
                               umap_map=bool(args.umap))

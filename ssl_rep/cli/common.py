@@ -3,17 +3,19 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from ..data import build_dataset, build_transform, stats_for
 from ..data.base import ArrayImageDataset
 from ..data.shards import IndexedShards, ShardDataset
-from ..encoders import CheckpointError, create_encoder, load_encoder
+from ..encoders import CheckpointError, GridPooledEncoder, create_encoder, load_encoder
 from ..eval import extract_features
 
 DEFAULT_CACHE = Path(os.environ.get("SSL_REP_CACHE", Path.home() / ".cache" / "ssl_rep" / "features"))
@@ -54,10 +56,12 @@ def add_encoder_and_data_args(parser) -> None:
     parser.add_argument("--quantize", choices=("none", "int8"), default="none",
                         help="evaluate an int8 copy of the encoder (post-training static quantization on the CPU, "
                              "calibrated on 512 training images)")
-    parser.add_argument("--features", choices=("backbone", "projection"), default="backbone",
+    parser.add_argument("--features", choices=("backbone", "projection", "grid"), default="backbone",
                         help="backbone: the encoder's pooled features (default); projection: the output of the "
                              "projection head it was trained with (SimCLR training checkpoints), which can cluster "
-                             "better when L2-normalised (--l2)")
+                             "better when L2-normalised (--l2); grid: the encoder's last feature map average-pooled "
+                             "to a G x G grid (--grid) and flattened, G*G times the backbone's width")
+    parser.add_argument("--grid", type=int, default=2, help="cells per side for --features grid (default 2)")
 
 
 def resolve_encoder(spec: str, seed: int = 0, projection: bool = False) -> torch.nn.Module:
@@ -66,17 +70,24 @@ def resolve_encoder(spec: str, seed: int = 0, projection: bool = False) -> torch
             raise ValueError(f"--features projection needs a trained SimCLR checkpoint; {spec} has no head")
         torch.manual_seed(seed)
         name, _, rest = spec[len("random:"):].partition("?")
-        kwargs = dict(kv.split("=", 1) for kv in rest.split("&") if kv) if rest else {}
+        # values read as YAML scalars, as the config's are: random:resnet20?width=32&shortcut=B
+        kwargs = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in rest.split("&") if kv)}
         return create_encoder(name, **kwargs).eval()
     return load_encoder(spec, projection=projection)
 
 
 def encoder_for(args, calibration_split: str) -> torch.nn.Module:
-    """The encoder named by ``--checkpoint``; with ``--quantize int8`` its int8 copy (then on the CPU)."""
-    projection = getattr(args, "features", "backbone") == "projection"
-    if projection and getattr(args, "quantize", "none") == "int8":
+    """The encoder named by ``--checkpoint``, read as ``--features`` says; with ``--quantize int8`` its int8 copy
+    (then on the CPU)."""
+    features = getattr(args, "features", "backbone")
+    projection = features == "projection"
+    if features != "backbone" and getattr(args, "quantize", "none") == "int8":
         raise ValueError("--quantize int8 quantizes the encoder alone: use it with --features backbone")
+    if features == "grid" and args.grid < 1:
+        raise ValueError(f"--grid must be at least 1 (cells per side), got {args.grid}")
     encoder = resolve_encoder(args.checkpoint, args.seed, projection)
+    if features == "grid":
+        encoder = GridPooledEncoder(encoder, args.grid)
     if getattr(args, "quantize", "none") == "int8":
         from ..quantize import quantize_encoder
         calibration = fixed_subset(eval_dataset(args.data, calibration_split, args.root, args.image_size), 512,
@@ -86,11 +97,16 @@ def encoder_for(args, calibration_split: str) -> torch.nn.Module:
     return encoder
 
 
+def features_name(args) -> str:
+    """What ``--features`` read, for the JSON and the report: ``backbone``, ``projection`` or ``grid GxG``."""
+    return f"grid {args.grid}x{args.grid}" if args.features == "grid" else args.features
+
+
 def default_out(args) -> Path:
     if args.out:
         return Path(args.out)
     if args.checkpoint.startswith("random:"):
-        return Path("runs") / f"random_{args.checkpoint[len('random:'):].replace(':', '_')}"
+        return Path("runs") / ("random_" + re.sub(r"[^\w.-]", "_", args.checkpoint[len("random:"):]))
     path = Path(args.checkpoint).resolve()
     return path.parent.parent if path.parent.name == "checkpoints" else path.parent
 

@@ -6,8 +6,8 @@ import json
 import time
 
 from ..eval import KNNClassifier, LinearProbe
-from .common import EXPECTED_ERRORS, add_encoder_and_data_args, default_out, features_for, friendly_errors, \
-    encoder_for, setup_logging
+from .common import EXPECTED_ERRORS, add_encoder_and_data_args, default_out, features_for, features_name, \
+    friendly_errors, encoder_for, setup_logging
 
 
 def run_probe(args) -> dict:
@@ -20,7 +20,7 @@ def run_probe(args) -> dict:
                          f"a probe needs labelled train and test splits")
     probe = LinearProbe(C=args.C, device=args.device, random_state=args.seed).fit(X, y)
     result = {"checkpoint": args.checkpoint, "data": args.data, "train_split": args.train_split,
-              "test_split": args.test_split, "quantize": args.quantize, "features": args.features,
+              "test_split": args.test_split, "quantize": args.quantize, "features": features_name(args),
               "n_train": len(X), "n_test": len(Xt), "feature_dim": int(X.shape[1]),
               "top1": probe.score(Xt, yt), "top5": probe.top_k_accuracy(Xt, yt, 5), "C": probe.C_,
               "val_scores": probe.val_scores_, "knn": {}}

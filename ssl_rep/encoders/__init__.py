@@ -4,7 +4,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Callable
 
-from .base import NORMS, Encoder, make_norm
+from .base import NORMS, Encoder, GridPooledEncoder, make_norm
 from .cifar_resnet import CifarResNet
 from .patch_grid import PatchGridEncoder
 from .timm_encoder import TimmEncoder
@@ -46,4 +46,4 @@ def create_encoder(name: str, **kwargs) -> Encoder:
 
 from .io import CheckpointError, load_encoder  # noqa: E402  (io needs create_encoder defined)
 
-__all__ = ["NORMS", "CheckpointError", "Encoder", "PatchGridEncoder", "load_encoder", "create_encoder", "list_encoders", "make_norm"]
+__all__ = ["NORMS", "CheckpointError", "Encoder", "GridPooledEncoder", "PatchGridEncoder", "load_encoder", "create_encoder", "list_encoders", "make_norm"]

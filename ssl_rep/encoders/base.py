@@ -1,9 +1,10 @@
-"""The one encoder interface: ``forward`` -> pooled features, ``feature_map`` -> last spatial map."""
+"""The encoder interface (``forward`` -> pooled features, ``feature_map`` -> last spatial map) and a grid-pooled view."""
 from __future__ import annotations
 
 import abc
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 NORMS = ("batch", "group", "layer", "none")
@@ -41,3 +42,32 @@ class Encoder(nn.Module, abc.ABC):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.feature_map(x).mean(dim=(2, 3))
+
+
+class GridPooledEncoder(nn.Module):
+    """An encoder whose last feature map is average-pooled to a ``grid x grid`` grid, not to one value per channel.
+
+    ``forward(x)``: ``(N, C, h, w)`` map -> ``adaptive_avg_pool2d`` to ``(N, C, grid, grid)`` -> flattened
+    ``(N, grid * grid * C)``, channel-major (all cells of channel 0 first). ``grid=1`` is the encoder's own
+    globally pooled features. Linear probes read such pooled conv maps (Zhang et al. 2017, Goyal et al. 2019
+    resize each map to a few thousand dims): the probe sees where in the image a feature fired, which the global
+    average discards. ``encoder_name``/``encoder_kwargs`` carry the grid, so cached features of the two never mix.
+    """
+
+    def __init__(self, encoder: nn.Module, grid: int):
+        super().__init__()
+        if not isinstance(grid, int) or isinstance(grid, bool) or grid < 1:
+            raise ValueError(f"grid must be a positive integer (cells per side), got {grid!r}")
+        if not callable(getattr(encoder, "feature_map", None)):
+            raise ValueError(f"{getattr(encoder, 'encoder_name', type(encoder).__name__)} has no feature_map to "
+                             f"pool on a grid (a projection head acts on pooled features)")
+        self.encoder, self.grid = encoder, grid
+        self.num_features = encoder.num_features * grid * grid
+        self.encoder_name = f"grid{grid}:{getattr(encoder, 'encoder_name', type(encoder).__name__)}"
+        self.encoder_kwargs = {**getattr(encoder, "encoder_kwargs", {}), "grid": grid}
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder.feature_map(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(self.encoder.feature_map(x), self.grid).flatten(1)
