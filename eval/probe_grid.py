@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eval.cluster_spaces import add_checkpoint_args, checkpoints, parse_checkpoint_study, pixels  # noqa: E402
 from eval.results_md import emit, table_section  # noqa: E402

@@ -78,6 +78,8 @@ def test_random_spec_reads_yaml_values_and_names_a_plain_folder():
     encoder = resolve_encoder("random:resnet20?width=8&shortcut=B")
     assert encoder.num_features == 32 and encoder.encoder_kwargs == {"width": 8, "shortcut": "B"}
     assert default_out(Namespace(out=None, checkpoint="random:resnet20?width=8")) == Path("runs/random_resnet20_width_8")
+    with pytest.raises(ValueError, match=r"random:resnet20\?width: write the encoder's arguments as .*key=value"):
+        resolve_encoder("random:resnet20?width")
 
 
 def test_probe_grid_study_agrees_with_the_cli(tmp_path, monkeypatch):

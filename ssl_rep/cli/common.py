@@ -70,8 +70,11 @@ def resolve_encoder(spec: str, seed: int = 0, projection: bool = False) -> torch
             raise ValueError(f"--features projection needs a trained SimCLR checkpoint; {spec} has no head")
         torch.manual_seed(seed)
         name, _, rest = spec[len("random:"):].partition("?")
+        pairs = [kv.partition("=") for kv in rest.split("&") if kv]
+        if any(not sep for _, sep, _ in pairs):
+            raise ValueError(f"{spec}: write the encoder's arguments as random:<encoder>?key=value&key=value")
         # values read as YAML scalars, as the config's are: random:resnet20?width=32&shortcut=B
-        kwargs = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in rest.split("&") if kv)}
+        kwargs = {k: yaml.safe_load(v) for k, _, v in pairs}
         return create_encoder(name, **kwargs).eval()
     return load_encoder(spec, projection=projection)
 
