@@ -73,7 +73,7 @@ def parse_checkpoint_study(parser, render) -> tuple[Namespace | None, Namespace 
 
 def checkpoints(args) -> list[tuple[str, str]]:
     """``(name, path)`` of each ``--checkpoint NAME=PATH`` (path '' for ``pixels``)."""
-    return [(spec.partition("=")[0], spec.partition("=")[2]) for spec in args.checkpoint]
+    return [spec.partition("=")[::2] for spec in args.checkpoint]
 
 
 def main() -> None:

@@ -15,12 +15,33 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eval.cluster_spaces import add_checkpoint_args, checkpoints, parse_checkpoint_study, pixels  # noqa: E402
 from eval.results_md import emit, table_section  # noqa: E402
 from ssl_rep.cli.common import features_for, resolve_encoder  # noqa: E402
 from ssl_rep.encoders import GridPooledEncoder  # noqa: E402
 from ssl_rep.eval import KNNClassifier, LinearProbe  # noqa: E402
+
+
+class EveryGrid(torch.nn.Module):
+    """``GridPooledEncoder`` for several grids at once: the encoder runs once, its map is pooled per grid, and the
+    pooled features are concatenated in ``grids`` order (``columns()`` gives each grid's slice)."""
+
+    def __init__(self, encoder: torch.nn.Module, grids: list[int]):
+        super().__init__()
+        self.encoder, self.grids = encoder, grids
+        self.num_features = sum(encoder.num_features * g * g for g in grids)
+
+    def columns(self) -> list[slice]:
+        ends = np.cumsum([self.encoder.num_features * g * g for g in self.grids])
+        return [slice(end - self.encoder.num_features * g * g, end) for g, end in zip(self.grids, ends)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fmap = self.encoder.feature_map(x)
+        return torch.cat([GridPooledEncoder.pool(fmap, g) for g in self.grids], dim=1)
 
 
 def probe_row(X, y, Xt, yt, device: str) -> dict:
@@ -38,6 +59,8 @@ def main() -> None:
     if args is None:
         return
     grids = [int(g) for g in args.grids.split(",") if g]
+    if not grids or min(grids) < 1:
+        parser.error(f"--grids takes positive cells per side, e.g. 1,2,3; got {args.grids!r}")
     rows = []
     for name, path in checkpoints(args):
         if name == "pixels":
@@ -45,11 +68,11 @@ def main() -> None:
             rows.append({"checkpoint": name, "path": "", "grid": None, **probe_row(X, y, Xt, yt, args.device)})
             print(json.dumps(rows[-1]), flush=True)
             continue
-        encoder = resolve_encoder(path)
-        for grid in grids:
-            pooled = GridPooledEncoder(encoder, grid)
-            X, y, _ = features_for(pooled, args.data, "train", opts)
-            Xt, yt, _ = features_for(pooled, args.data, "test", opts)
+        every = EveryGrid(resolve_encoder(path), grids)   # one pass over the images for all the grids
+        X_all, y, _ = features_for(every, args.data, "train", opts)
+        Xt_all, yt, _ = features_for(every, args.data, "test", opts)
+        for grid, cols in zip(grids, every.columns()):
+            X, Xt = np.ascontiguousarray(X_all[:, cols]), np.ascontiguousarray(Xt_all[:, cols])
             rows.append({"checkpoint": name, "path": path, "grid": grid, **probe_row(X, y, Xt, yt, args.device)})
             print(json.dumps(rows[-1]), flush=True)
     emit({"data": args.data, "rows": rows}, args, render)

@@ -69,5 +69,10 @@ class GridPooledEncoder(nn.Module):
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder.feature_map(x)
 
+    @staticmethod
+    def pool(fmap: torch.Tensor, grid: int) -> torch.Tensor:
+        """``(N, C, h, w)`` -> ``(N, grid * grid * C)``: each channel's mean over each of ``grid x grid`` cells."""
+        return F.adaptive_avg_pool2d(fmap, grid).flatten(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(self.encoder.feature_map(x), self.grid).flatten(1)
+        return self.pool(self.encoder.feature_map(x), self.grid)
