@@ -14,7 +14,7 @@ asked() { [[ " ${PARTS:-} " == *" $1 "* ]]; }   # opt-in stages, not part of "al
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  [ -d /tmp/site/faiss ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD
 else
   export PYTHONPATH=$PWD
@@ -67,12 +67,13 @@ if asked wide; then
   # opt-in: SimCLR with ResNet-18 (cifar stem) on Fashion-MNIST, the wider encoder for the >= 91% probe goal.
   # Without WIDE_EPOCHS, a timing run of WIDE_TIMING_STEPS steps sets the epochs that fit WIDE_BUDGET seconds of
   # training (eval/epochs_for_budget.py), so the stage ends inside its timeout with a result.
+  # WIDE_OVERRIDES: key=value overrides for both the timing run and the training (e.g. trainer.channels_last=true)
   EPOCHS=${WIDE_EPOCHS:-}
   if [ -z "$EPOCHS" ]; then
     stamp "resnet18 timing"; rm -rf /tmp/wide_timing
     timeout 150 python3 -m ssl_rep.cli.pretrain simclr_fashion_mnist encoder.name=resnet18 encoder.stem=cifar \
       trainer.device=cuda data.root="$FM" data.num_workers=8 data.eval_split=null out_dir=/tmp/wide_timing \
-      trainer.max_steps=${WIDE_TIMING_STEPS:-100} trainer.log_every=5 > "$OUT/wide_timing.log" 2>&1
+      trainer.max_steps=${WIDE_TIMING_STEPS:-100} trainer.log_every=5 ${WIDE_OVERRIDES:-} > "$OUT/wide_timing.log" 2>&1
     EPOCHS=$(python3 eval/epochs_for_budget.py /tmp/wide_timing/metrics.jsonl --budget ${WIDE_BUDGET:-300} \
       --images 60000 --batch-size 256 2>>"$OUT/wide_timing.log" || echo 15)
     tail -1 "$OUT/wide_timing.log"
@@ -80,7 +81,8 @@ if asked wide; then
   stamp "fashion-mnist resnet18, $EPOCHS epochs"; timeout ${WIDE_TIMEOUT:-$(( ${WIDE_BUDGET:-300} + 200 ))} \
     python3 eval/reproduce.py fashion-mnist-resnet18 \
     --device cuda --root "$FM" --methods simclr --cluster-methods kmeans,gmm --override data.num_workers=8 \
-    --override simclr:trainer.epochs=$EPOCHS ${WIDE_EXTRA:-} --json "$OUT/fashion_mnist_resnet18.json" 2>&1 \
+    --override simclr:trainer.epochs=$EPOCHS $(for o in ${WIDE_OVERRIDES:-}; do echo "--override simclr:$o"; done) \
+    ${WIDE_EXTRA:-} --json "$OUT/fashion_mnist_resnet18.json" 2>&1 \
     | grep -v "^step\|Warning\|warn" | tail -6
   cp runs/fashion-mnist-resnet18/simclr/metrics.jsonl "$OUT/fm_r18_simclr_metrics.jsonl" 2>/dev/null
 fi
