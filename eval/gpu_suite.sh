@@ -4,7 +4,9 @@
 # metrics.jsonl kept for the accuracy-vs-time figure) and the probe benchmark. Results land in $OUT.
 # Carried: .whl (faiss-cpu wheel for the device's Python) and .gpu_data/fashion-mnist (the IDX files).
 # PARTS picks stages (default all): tests overhead data extract decode suite probe; "profile" (eval/profile_step.py)
-# and "wide" (SimCLR ResNet-18 on Fashion-MNIST, epochs to fit WIDE_BUDGET=300 s, or WIDE_EPOCHS) are opt-in. Stage times on an H200 (2026-11-26, commit f3c15c7): start 13 s, tests 60, overhead 81 (STEPS=80 WARMUP=20
+# and "wide" (SimCLR ResNet-18 on Fashion-MNIST, epochs to fit WIDE_BUDGET=280 s, or WIDE_EPOCHS) are opt-in; "wide" takes
+# a device call of its own (on an H200, 2026-11-27, e02061d: timing 34 s, 84 epochs in 301 s, then about 180 s to
+# evaluate the SimCLR and random-init rows, about 40 s more for raw pixels). Stage times on an H200 (2026-11-26, commit f3c15c7): start 13 s, tests 60, overhead 81 (STEPS=80 WARMUP=20
 # REPEATS=3), data 27, extract 14, decode 25, suite 207 (SimCLR 15 epochs is 54 s of it), probe 23: 450 s in all, so
 # one 10-minute device call holds every stage (profile adds about 60 s). Probe reads the suite's SimCLR checkpoint:
 # run them in one call, or set PROBE_CKPT to a carried encoder.pt to run probe alone.
@@ -74,11 +76,11 @@ if asked wide; then
     timeout 150 python3 -m ssl_rep.cli.pretrain simclr_fashion_mnist encoder.name=resnet18 encoder.stem=cifar \
       trainer.device=cuda data.root="$FM" data.num_workers=8 data.eval_split=null out_dir=/tmp/wide_timing \
       trainer.max_steps=${WIDE_TIMING_STEPS:-100} trainer.log_every=5 ${WIDE_OVERRIDES:-} > "$OUT/wide_timing.log" 2>&1
-    EPOCHS=$(python3 eval/epochs_for_budget.py /tmp/wide_timing/metrics.jsonl --budget ${WIDE_BUDGET:-300} \
+    EPOCHS=$(python3 eval/epochs_for_budget.py /tmp/wide_timing/metrics.jsonl --budget ${WIDE_BUDGET:-280} \
       --images 60000 --batch-size 256 2>>"$OUT/wide_timing.log" || echo 15)
     tail -1 "$OUT/wide_timing.log"
   fi
-  stamp "fashion-mnist resnet18, $EPOCHS epochs"; timeout ${WIDE_TIMEOUT:-$(( ${WIDE_BUDGET:-300} + 200 ))} \
+  stamp "fashion-mnist resnet18, $EPOCHS epochs"; timeout ${WIDE_TIMEOUT:-$(( ${WIDE_BUDGET:-280} + 260 ))} \
     python3 eval/reproduce.py fashion-mnist-resnet18 \
     --device cuda --root "$FM" --methods simclr --cluster-methods kmeans,gmm --override data.num_workers=8 \
     --override simclr:trainer.epochs=$EPOCHS $(for o in ${WIDE_OVERRIDES:-}; do echo "--override simclr:$o"; done) \
