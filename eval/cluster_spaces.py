@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from argparse import Namespace
 from pathlib import Path
@@ -21,6 +22,7 @@ from eval.results_md import emit, parse_or_render, table_section  # noqa: E402
 from ssl_rep.cli.common import features_for  # noqa: E402
 from ssl_rep.data import build_dataset  # noqa: E402
 from ssl_rep.encoders import load_encoder  # noqa: E402
+from ssl_rep.encoders.io import ENCODER_FORMAT, safe_load  # noqa: E402
 from ssl_rep.eval import cluster, clustering_scores, preprocess  # noqa: E402
 
 
@@ -76,13 +78,24 @@ def checkpoints(args) -> list[tuple[str, str]]:
     return [spec.partition("=")[::2] for spec in args.checkpoint]
 
 
+def encoder_and_head(path: str) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """The backbone and, where ``path`` holds one (a SimCLR training checkpoint), the projection head; an
+    ``encoder.pt`` (a run copied off a GPU machine without its optimiser state, say) gives the backbone spaces only."""
+    if safe_load(path).get("format") == ENCODER_FORMAT:
+        return load_encoder(path), None
+    projected = load_encoder(path, projection=True)
+    return projected.encoder, projected.head.cpu().eval()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    add_checkpoint_args(parser, "a SimCLR training checkpoint")
+    add_checkpoint_args(parser, "a SimCLR training checkpoint (OUT/encoder.pt: backbone spaces only)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--umap", type=int, default=None, metavar="DIM",
                         help="also cluster the L2 backbone and hidden layer after UMAP to DIM dimensions")
+    parser.add_argument("--study", default=None,
+                        help="name of a RESULTS.md section of its own for this study (default: the shared one)")
     args, opts = parse_checkpoint_study(parser, render)
     if args is None:
         return
@@ -92,9 +105,8 @@ def main() -> None:
             X, y = pixels(args.data, args.root, args.split)
             head = None
         else:
-            projected = load_encoder(path, projection=True)
-            X, y, _ = features_for(projected.encoder, args.data, args.split, opts)
-            head = projected.head.cpu().eval()
+            encoder, head = encoder_and_head(path)
+            X, y, _ = features_for(encoder, args.data, args.split, opts)
         for space, (F, umap) in spaces(np.asarray(X, np.float32), head, args.umap).items():
             scores = [clustering_scores(y, cluster(preprocess(F, umap=umap, seed=s) if umap else F, "kmeans",
                                                    n_clusters=len(np.unique(y)), seed=s))
@@ -103,7 +115,12 @@ def main() -> None:
                    "acc": [s["acc"] for s in scores], "nmi": [s["nmi"] for s in scores]}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    emit({"data": args.data, "split": args.split, "rows": rows}, args, render)
+    emit({"data": args.data, "split": args.split, "rows": rows, **({"study": args.study} if args.study else {})},
+         args, render)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 def render(result: dict, command: str | None, machine_name: str | None = None) -> None:
@@ -118,8 +135,10 @@ def render(result: dict, command: str | None, machine_name: str | None = None) -
         lines.append(f"| {space} | " + " | ".join(cells) + " |")
     n = len(result["rows"][0]["acc"])
     umap = any("UMAP" in r["space"] for r in result["rows"])   # a study of its own, beside the plain one
-    table_section(f"cluster-spaces-{result['data']}" + ("-umap" if umap else ""),
-                  f"k-means{' with UMAP' if umap else ''}: which feature space ({result['data']})",
+    study = result.get("study")   # a named study has a section of its own
+    key = f"cluster-spaces-{result['data']}" + ("-umap" if umap else "") + (f"-{slug(study)}" if study else "")
+    table_section(key, f"k-means{' with UMAP' if umap else ''}: which feature space ({result['data']}"
+                       + (f", {study})" if study else ")"),
                   "python eval/cluster_spaces.py",
                   ["space", *[f"{name}: ACC mean ± sd / NMI" for name in names]], lines, command, machine_name,
                   note=f"k-means (ssl_rep's: faiss, k-means++, best of 3 restarts) with {n} seeds on the "

@@ -99,3 +99,25 @@ def test_cluster_spaces_study_agrees_with_the_cli(simclr_run, tmp_path, monkeypa
     cli = json.loads((tmp_path / "c" / "clusters.json").read_text())["methods"]["kmeans"]["scores"]
     assert abs(rows["projection, L2"]["acc"][0] - cli["acc"]) <= 0.01   # the same space, the same k-means seed
     assert "cluster-spaces-digits-umap" in sections   # a UMAP study does not overwrite the plain one
+
+
+def test_cluster_spaces_reads_an_encoder_file_and_names_its_own_section(simclr_run, tmp_path, monkeypatch):
+    """An ``encoder.pt`` (no projection head: a run copied off a GPU machine) gives the backbone spaces only, the
+    same numbers as its training checkpoint; ``--study`` writes a RESULTS section of its own."""
+    from eval import cluster_spaces
+    sections = {}
+    monkeypatch.setattr(cluster_spaces, "table_section", lambda key, *a, **kw: sections.update({key: (a, kw)}))
+    monkeypatch.setattr("sys.argv", ["cluster_spaces.py", "--checkpoint", f"file={simclr_run / 'encoder.pt'}",
+                                     "--checkpoint", f"ckpt={simclr_run / 'checkpoints' / 'last.pt'}",
+                                     "--data", "digits", "--seeds", "1", "--study", "Encoder file, tiny",
+                                     "--json", str(tmp_path / "spaces.json")])
+    cluster_spaces.main()
+    rows = json.loads((tmp_path / "spaces.json").read_text())["rows"]
+    file_rows = {r["space"]: r for r in rows if r["checkpoint"] == "file"}
+    ckpt_rows = {r["space"]: r for r in rows if r["checkpoint"] == "ckpt"}
+    assert sorted(file_rows) == sorted(s for s in ckpt_rows if s.startswith("backbone")) and len(file_rows) == 5
+    assert len(ckpt_rows) == 9
+    for space, row in file_rows.items():
+        assert row["acc"] == ckpt_rows[space]["acc"], space
+    (key, (args, _)), = sections.items()
+    assert key == "cluster-spaces-digits-encoder-file-tiny" and args[0].endswith("(digits, Encoder file, tiny)")
