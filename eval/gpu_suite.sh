@@ -5,8 +5,8 @@
 # Carried: .whl (faiss-cpu wheel for the device's Python) and .gpu_data/fashion-mnist (the IDX files).
 # PARTS picks stages (default all): tests overhead data extract decode suite probe; "profile" (eval/profile_step.py)
 # and "wide" (SimCLR ResNet-18 on Fashion-MNIST, epochs to fit WIDE_BUDGET=280 s, or WIDE_EPOCHS) are opt-in; "wide" takes
-# a device call of its own (on an H200, 2026-11-27, e02061d: timing 34 s, 84 epochs in 301 s, then about 180 s to
-# evaluate the SimCLR and random-init rows, about 40 s more for raw pixels). Stage times on an H200 (2026-11-26, commit f3c15c7): start 13 s, tests 60, overhead 81 (STEPS=80 WARMUP=20
+# a device call of its own (on an H200, 2026-11-27, e02061d: timing 34 s, 84 epochs in 301 s; the SimCLR and
+# random-init rows were evaluated in the 179 s left before the then timeout, budget + 200 s, stopped the raw-pixel row). Stage times on an H200 (2026-11-26, commit f3c15c7): start 13 s, tests 60, overhead 81 (STEPS=80 WARMUP=20
 # REPEATS=3), data 27, extract 14, decode 25, suite 207 (SimCLR 15 epochs is 54 s of it), probe 23: 450 s in all, so
 # one 10-minute device call holds every stage (profile adds about 60 s). Probe reads the suite's SimCLR checkpoint:
 # run them in one call, or set PROBE_CKPT to a carried encoder.pt to run probe alone.
