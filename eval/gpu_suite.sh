@@ -3,7 +3,7 @@
 # tests, the engine and data-path benchmarks on CUDA, the Fashion-MNIST suite (every run's
 # metrics.jsonl kept for the accuracy-vs-time figure) and the probe benchmark. Results land in $OUT.
 # Carried: .whl (faiss-cpu wheel for the device's Python) and .gpu_data/fashion-mnist (the IDX files).
-# PARTS picks stages (default all): tests overhead data extract decode suite probe; "profile" (eval/profile_step.py)
+# PARTS picks stages (default all): tests overhead data extract decode kmeans suite probe; "profile" (eval/profile_step.py)
 # and "wide" (SimCLR ResNet-18 on Fashion-MNIST, epochs to fit WIDE_BUDGET=280 s, or WIDE_EPOCHS) are opt-in; "wide" takes
 # a device call of its own (on an H200, 2026-11-27, e02061d: timing 34 s, 84 epochs in 301 s; the SimCLR and
 # random-init rows were evaluated in the 179 s left before the then timeout, budget + 200 s, stopped the raw-pixel row). Stage times on an H200 (2026-11-26, commit f3c15c7): start 13 s, tests 60, overhead 81 (STEPS=80 WARMUP=20
@@ -14,7 +14,7 @@ set -u
 want() { [[ " ${PARTS:-all} " == *" all "* || " ${PARTS:-all} " == *" $1 "* ]]; }
 asked() { [[ " ${PARTS:-} " == *" $1 "* ]]; }   # opt-in stages, not part of "all"
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
-OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
+OUT=${OUT:-eval/out}; mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
   [ -d /tmp/site/faiss ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD
@@ -48,6 +48,10 @@ fi
 if want decode; then
   stamp "jpeg decoding"; timeout 120 python3 eval/bench_decode.py --device cuda --workers 8 --n ${DECODE_N:-256} --batch-size 128 \
     --json "$OUT/decode.json" --no-results-md 2>&1 | grep "^{" | tail -2
+fi
+if want kmeans; then
+  # faiss (its GPU index when the faiss build has one: gpu.txt says how many GPUs faiss sees) vs scikit-learn
+  stamp "k-means"; timeout 120 python3 eval/bench_kmeans.py --json "$OUT/kmeans.json" --no-results-md 2>&1 | tail -1
 fi
 if want suite; then
   stamp "fashion-mnist suite"; timeout ${SUITE_TIMEOUT:-270} python3 eval/reproduce.py fashion-mnist-suite --device cuda \
