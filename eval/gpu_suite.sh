@@ -91,6 +91,11 @@ if asked wide; then
     ${WIDE_EXTRA:-} --json "$OUT/fashion_mnist_resnet18.json" 2>&1 \
     | grep -v "^step\|Warning\|warn" | tail -6
   cp runs/fashion-mnist-resnet18/simclr/metrics.jsonl "$OUT/fm_r18_simclr_metrics.jsonl" 2>/dev/null
+  # the encoder in fp16 (22 MB), in parts under the device tool's 16 MB per file, for studies on the CPU machine
+  # (eval/cluster_spaces.py reads it): cat fm_r18_encoder_fp16.pt.part* > encoder.pt
+  python3 -c "import torch; o = torch.load('runs/fashion-mnist-resnet18/simclr/encoder.pt', weights_only=True)
+o['state_dict'] = {k: v.half() if v.is_floating_point() else v for k, v in o['state_dict'].items()}
+torch.save(o, '/tmp/fm_r18_encoder_fp16.pt')" && split -b 15M -d /tmp/fm_r18_encoder_fp16.pt "$OUT/fm_r18_encoder_fp16.pt.part"
 fi
 if asked profile; then
   # where the loop's extra time per step goes (eval/profile_step.py); opt-in: PARTS="... profile"
