@@ -91,6 +91,21 @@ def test_guard_refuses_oversized_quadratic_run_with_the_estimate():
     assert "GB" in msg and "28.8" in msg and "max_samples" in msg and "connectivity" in msg and "kmeans" in msg
 
 
+def test_dbscan_falls_back_to_the_median_k_distance_where_the_knee_joins_every_class():
+    from sklearn.datasets import load_digits
+    from sklearn.metrics import normalized_mutual_info_score
+    from ssl_rep.eval import preprocess
+    digits = load_digits()
+    Z = preprocess(digits.data.astype(np.float32) / 16, pca=10)   # classes touch: the knee finds one cluster
+    knee_only = cluster(Z, "dbscan", eps=knee_eps(Z, 10))
+    assert len(set(knee_only.tolist()) - {-1}) < 2
+    labels = cluster(Z, "dbscan")
+    assert np.array_equal(labels, cluster(Z, "dbscan", eps_quantile=0.5))
+    assert len(set(labels.tolist()) - {-1}) >= 5 and normalized_mutual_info_score(digits.target, labels) > 0.5
+    X, _ = make_blobs(**BLOBS)   # separated blobs keep the knee (the median would leave ~14% as noise)
+    assert np.array_equal(cluster(X, "dbscan"), cluster(X, "dbscan", eps=knee_eps(X, 10)))
+
+
 def test_knee_eps_lies_between_within_and_between_cluster_distances():
     X, _ = make_blobs(**BLOBS)
     eps = knee_eps(X, 10)
