@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="extractions of the batched path (median)")
+    parser.add_argument("--upload-chunks", type=int, default=8,
+                        help="pieces for the overlapped-upload row (cuda, while UPLOAD_CHUNKS is off by default)")
     args = parse_or_render(parser, render)
     if args is None:
         return
@@ -62,12 +64,16 @@ def main() -> None:
     batch = torch.stack([dataset[i][0] for i in range(min(args.batch_size, len(dataset)))]).to(device)
     bare_rate = lambda: bare_images_per_s(encoder, batch, len(dataset))  # noqa: E731
     rows = []
-    paths = [("batched (in-memory)", dataset, features.RESIDENT_BYTES),
-             ("DataLoader (per image)", per_image, features.RESIDENT_BYTES)]
+    default_chunks = features.UPLOAD_CHUNKS
+    paths = [("batched (in-memory)", dataset, features.RESIDENT_BYTES, default_chunks),
+             ("DataLoader (per image)", per_image, features.RESIDENT_BYTES, default_chunks)]
     if device.type == "cuda":   # sets over RESIDENT_BYTES go to the GPU batch by batch from pinned memory
-        paths.insert(1, ("batched, pinned copy per batch (sets > 1 GiB)", dataset, 0))
-    for label, ds, resident in paths:
-        features.RESIDENT_BYTES = resident
+        paths.insert(1, ("batched, pinned copy per batch (sets > 1 GiB)", dataset, 0, default_chunks))
+        if not default_chunks:   # the experimental overlapped upload, beside the default it would replace
+            paths.insert(1, (f"batched, upload in {args.upload_chunks} pieces overlapped (UPLOAD_CHUNKS)", dataset,
+                             features.RESIDENT_BYTES, args.upload_chunks))
+    for label, ds, resident, chunks in paths:
+        features.RESIDENT_BYTES, features.UPLOAD_CHUNKS = resident, chunks
         rates, bares = [], [bare_rate()]
         for _ in range(args.repeats if ds is dataset else 1):   # the slow per-image path once
             start = time.perf_counter()

@@ -169,6 +169,21 @@ def test_batched_in_memory_path_gives_the_per_image_features(small_digits):
     assert batched_source(resized, 64, torch.device("cpu")) is None     # a crop: left to the per-image path
 
 
+@pytest.mark.parametrize("chunks", [1, 3, 7, 100])
+def test_chunked_upload_hands_out_the_same_batches(small_digits, chunks):
+    """The overlapped upload (pieces of whole batches; ``UPLOAD_CHUNKS``) slices the set as the one-copy path does,
+    also when neither the batch nor the piece divides the set (360 images, batch 64)."""
+    from ssl_rep.eval.features import batched_source, chunked_upload
+    _, ds = small_digits
+    plain = list(batched_source(ds, 64, torch.device("cpu")))
+    pieces = list(batched_source(ds, 64, torch.device("cpu"), upload_chunks=chunks))
+    assert len(pieces) == len(plain) == 6
+    for (x, y), (xp, yp) in zip(plain, pieces):
+        assert torch.equal(x, xp) and torch.equal(y, yp)
+    starts = [start for start, _ in chunked_upload(ds.images, 64, chunks, torch.device("cpu"))]
+    assert starts == list(range(0, 360, 64))
+
+
 def test_feature_cache_is_a_memmap_and_skips_the_encoder(small_digits, tmp_path):
     _, ds = small_digits
     enc = ssl_rep.create_encoder("resnet20")

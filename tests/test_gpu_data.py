@@ -156,6 +156,23 @@ def test_cuda_features_and_probe_agree_with_cpu():
 
 
 @pytest.mark.gpu
+def test_cuda_features_with_the_overlapped_upload_equal_the_one_copy_path(monkeypatch):
+    """``UPLOAD_CHUNKS`` (side-stream copies that overlap the forward passes) must not change a single feature."""
+    from ssl_rep.data import build_transform
+    from ssl_rep.eval import extract_features, features
+    torch.manual_seed(0)
+    enc = ssl_rep.create_encoder("resnet20")
+    train = ssl_rep.build_dataset("digits", transform=build_transform("eval", stats="digits", resize=None))
+    one_copy, y = extract_features(enc, train, batch_size=64, device="cuda", progress=False)
+    monkeypatch.setattr(features, "UPLOAD_CHUNKS", 8)
+    overlapped, y2 = extract_features(enc, train, batch_size=64, device="cuda", progress=False)
+    # the same kernels on the same batches; the tolerance only allows another cuDNN algorithm choice, while a copy
+    # read before it landed would give other images' features
+    np.testing.assert_allclose(overlapped, one_copy, rtol=1e-2, atol=1e-3)
+    np.testing.assert_array_equal(y2, y)
+
+
+@pytest.mark.gpu
 def test_real_cuda_out_of_memory_names_the_batch_size(tmp_path):
     import gc
 

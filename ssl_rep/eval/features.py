@@ -14,6 +14,10 @@ from tqdm.auto import tqdm
 
 RESIDENT_BYTES = 1 << 30       # in-memory sets up to this size are copied to the GPU once for extraction
 PENDING_BYTES = 64 << 20       # features wait on the device up to this size, then come back in one copy
+# Experimental, off by default until measured on a GPU (eval/bench_extract.py has a row for it): a resident set
+# goes up in this many pieces, each piece's copy issued on a side stream once the previous piece's batches are
+# queued, so the copy overlaps their forward passes instead of preceding them all.
+UPLOAD_CHUNKS = 0
 
 
 def encoder_fingerprint(encoder: torch.nn.Module) -> str:
@@ -43,10 +47,35 @@ def _ten_crops(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.stack(crop(img)) for img in x])
 
 
-def batched_source(dataset, batch_size: int, device: torch.device):
+def chunked_upload(images: np.ndarray, batch_size: int, chunks: int, device: torch.device):
+    """``(start, uint8 batch on the device)`` over ``images``, uploaded in ``chunks`` pieces of whole batches.
+    On CUDA each piece after the first is copied on a side stream when the consumer asks for its first batch,
+    that is once every batch of the piece before it has been handed out (and its forward pass queued); the
+    device's current stream waits for the copy before any kernel that reads it."""
+    n = len(images)
+    per = -(-n // max(1, chunks))
+    per = -(-per // batch_size) * batch_size            # pieces hold whole batches
+    cuda = device.type == "cuda"
+    side = torch.cuda.Stream(device) if cuda else None
+    for lo in range(0, n, per):
+        src = torch.from_numpy(np.ascontiguousarray(images[lo:lo + per]))
+        if cuda:
+            main = torch.cuda.current_stream(device)
+            with torch.cuda.stream(side):
+                piece = src.to(device, non_blocking=True)
+            main.wait_stream(side)
+            piece.record_stream(main)
+        else:
+            piece = src.to(device)
+        for start in range(0, len(piece), batch_size):
+            yield lo + start, piece[start:start + batch_size]
+
+
+def batched_source(dataset, batch_size: int, device: torch.device, upload_chunks: int | None = None):
     """For an in-memory dataset whose transform is ``eval``/``none`` at the native size: batches made
     from the uint8 array directly (to the device, scale, normalise), with no per-image PIL work.
-    Returns None when the dataset's transform does anything else."""
+    Returns None when the dataset's transform does anything else. ``upload_chunks`` (default
+    ``UPLOAD_CHUNKS`` for a set that goes to the GPU whole): upload in that many overlapped pieces."""
     from ..data.base import ArrayImageDataset
     from ..data.transforms import mean_std
     spec = getattr(getattr(dataset, "transform", None), "batched_spec", None)
@@ -62,19 +91,26 @@ def batched_source(dataset, batch_size: int, device: torch.device):
     # A set that fits comfortably goes to the GPU in one copy; larger ones in pinned batches (each copy is queued
     # behind the previous batch's kernels, and the host pins the next batch while the device works).
     whole = device.type == "cuda" and dataset.images.nbytes <= RESIDENT_BYTES
+    chunks = upload_chunks if upload_chunks is not None else (UPLOAD_CHUNKS if whole else 0)
+
+    def raw_batches():
+        if chunks:
+            yield from chunked_upload(dataset.images, batch_size, chunks, device)
+            return
+        images = torch.from_numpy(np.ascontiguousarray(dataset.images)).to(device) if whole else None
+        for start in range(0, len(dataset), batch_size):
+            if whole:
+                yield start, images[start:start + batch_size]
+                continue
+            raw = torch.from_numpy(np.ascontiguousarray(dataset.images[start:start + batch_size]))
+            yield start, raw.pin_memory() if device.type == "cuda" else raw
 
     class Batches:
         def __len__(self):
             return -(-len(dataset) // batch_size)
 
         def __iter__(self):
-            images = torch.from_numpy(np.ascontiguousarray(dataset.images)).to(device) if whole else None
-            for start in range(0, len(dataset), batch_size):
-                if whole:
-                    raw = images[start:start + batch_size]
-                else:
-                    raw = torch.from_numpy(np.ascontiguousarray(dataset.images[start:start + batch_size]))
-                    raw = raw.pin_memory() if device.type == "cuda" else raw
+            for start, raw in raw_batches():
                 # NCHW like the training loop's batches: the permuted view would otherwise make the batch, and the
                 # encoder's activations after it, channels-last, and its convolutions pick other kernels
                 x = raw.to(device, non_blocking=True).permute(0, 3, 1, 2).to(torch.float32,
