@@ -73,7 +73,9 @@ if asked wide; then
   # opt-in: SimCLR with ResNet-18 (cifar stem) on Fashion-MNIST, the wider encoder for the >= 91% probe goal.
   # Without WIDE_EPOCHS, a timing run of WIDE_TIMING_STEPS steps sets the epochs that fit WIDE_BUDGET seconds of
   # training (eval/epochs_for_budget.py), so the stage ends inside its timeout with a result.
-  # WIDE_OVERRIDES: key=value overrides for both the timing run and the training (e.g. trainer.channels_last=true)
+  # WIDE_OVERRIDES: key=value overrides for both the timing run and the training; by default channels_last, as in
+  # the measured run (set WIDE_OVERRIDES="" for none)
+  WIDE_OVERRIDES=${WIDE_OVERRIDES-trainer.channels_last=true}
   EPOCHS=${WIDE_EPOCHS:-}
   if [ -z "$EPOCHS" ]; then
     stamp "resnet18 timing"; rm -rf /tmp/wide_timing
