@@ -54,7 +54,7 @@ def chunked_upload(images: np.ndarray, batch_size: int, chunks: int, device: tor
     device's current stream waits for the copy before any kernel that reads it."""
     n = len(images)
     per = -(-n // max(1, chunks))
-    per = -(-per // batch_size) * batch_size            # pieces hold whole batches
+    per = max(1, -(-per // batch_size)) * batch_size    # pieces hold whole batches (and an empty set none)
     cuda = device.type == "cuda"
     side = torch.cuda.Stream(device) if cuda else None
     for lo in range(0, n, per):
