@@ -21,8 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eval.results_md import emit, parse_or_render, table_section  # noqa: E402
 from ssl_rep.cli.common import features_for  # noqa: E402
 from ssl_rep.data import build_dataset  # noqa: E402
-from ssl_rep.encoders import load_encoder  # noqa: E402
-from ssl_rep.encoders.io import ENCODER_FORMAT, safe_load  # noqa: E402
+from ssl_rep.encoders.io import ENCODER_FORMAT, encoder_from, projection_head, safe_load  # noqa: E402
 from ssl_rep.eval import cluster, clustering_scores, preprocess  # noqa: E402
 
 
@@ -81,10 +80,9 @@ def checkpoints(args) -> list[tuple[str, str]]:
 def encoder_and_head(path: str) -> tuple[torch.nn.Module, torch.nn.Module | None]:
     """The backbone and, where ``path`` holds one (a SimCLR training checkpoint), the projection head; an
     ``encoder.pt`` (a run copied off a GPU machine without its optimiser state, say) gives the backbone spaces only."""
-    if safe_load(path).get("format") == ENCODER_FORMAT:
-        return load_encoder(path), None
-    projected = load_encoder(path, projection=True)
-    return projected.encoder, projected.head.cpu().eval()
+    obj = safe_load(path)   # read once, for the backbone and the head
+    head = None if obj.get("format") == ENCODER_FORMAT else projection_head(obj, Path(path)).cpu().eval()
+    return encoder_from(obj, Path(path)), head
 
 
 def main() -> None:

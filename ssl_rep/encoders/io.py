@@ -64,10 +64,20 @@ def load_encoder(path: str | Path, map_location="cpu", projection: bool = False)
     ``projection=True``: the encoder followed by the projection head it was trained with (a SimCLR
     training checkpoint), as a :class:`~ssl_rep.encoders.heads.ProjectedEncoder`.
     """
-    from . import create_encoder
-
     path = Path(path)
     obj = safe_load(path, map_location)
+    encoder = encoder_from(obj, path)
+    if projection:
+        from .heads import ProjectedEncoder
+        return ProjectedEncoder(encoder, projection_head(obj, path)).eval()
+    return encoder
+
+
+def encoder_from(obj: dict, path: Path) -> torch.nn.Module:
+    """The encoder (eval mode) rebuilt from a loaded ``encoder.pt`` or training checkpoint ``obj``; errors name
+    ``path``."""
+    from . import create_encoder
+
     name, kwargs, weights = encoder_spec_and_weights(obj, path)
     try:
         encoder = create_encoder(name, **kwargs)
@@ -78,9 +88,6 @@ def load_encoder(path: str | Path, map_location="cpu", projection: bool = False)
         raise CheckpointError(f"{path}: weights do not fit encoder {name!r}: missing {result.missing_keys[:5]}"
                               f"{'...' if len(result.missing_keys) > 5 else ''}, unexpected "
                               f"{result.unexpected_keys[:5]}{'...' if len(result.unexpected_keys) > 5 else ''}")
-    if projection:
-        from .heads import ProjectedEncoder
-        return ProjectedEncoder(encoder, projection_head(obj, path)).eval()
     return encoder.eval()
 
 

@@ -148,18 +148,19 @@ def _run(X, method: str, n_clusters: int | None, seed: int, params: dict) -> np.
     if method == "dbscan":
         min_samples = params.pop("min_samples", 10)
         eps, quantile = params.pop("eps", None), params.pop("eps_quantile", None)
+        fit = lambda radius: skc.DBSCAN(eps=radius, min_samples=min_samples, **params).fit_predict(X)  # noqa: E731
         if eps is not None or quantile is not None:
-            eps = eps if eps is not None else kdistance_quantile(X, min_samples, quantile)
-            return skc.DBSCAN(eps=eps, min_samples=min_samples, **params).fit_predict(X)
-        labels = skc.DBSCAN(eps=knee_eps(X, min_samples), min_samples=min_samples, **params).fit_predict(X)
-        if len(set(labels.tolist()) - {-1}) < 2:
+            return fit(eps if eps is not None else kdistance_quantile(X, min_samples, quantile))
+        labels = fit(knee_eps(X, min_samples))
+        found = len(set(labels.tolist()) - {-1})
+        if found < 2:
             # Where classes touch, the knee sits at the noise threshold and joins everything into one cluster
             # (SSL features and pixels of digits and Fashion-MNIST alike); the median k-distance, which makes about
             # half the points core points, separates them (digits pixels ACC 0.10 -> 0.56, NMI 0.01 -> 0.67).
             median = kdistance_quantile(X, min_samples, 0.5)
             log.info("dbscan: the k-distance knee gave %d cluster(s); eps from the median k-distance instead (%.4g)",
-                     len(set(labels.tolist()) - {-1}), median)
-            labels = skc.DBSCAN(eps=median, min_samples=min_samples, **params).fit_predict(X)
+                     found, median)
+            labels = fit(median)
         return labels
     if method == "gmm":
         gmm = GaussianMixture(n_components=n_clusters or 10, covariance_type=params.pop("covariance_type", "full"),
