@@ -1,10 +1,16 @@
 """Int8 quantization of encoders (PyTorch's FX graph-mode stack) and of stored features.
 
 Encoders: :func:`quantize_encoder` fuses conv + BatchNorm (+ ReLU), calibrates activation ranges on
-a few hundred images and converts to int8 kernels (x86/fbgemm or qnnpack), returning a CPU module
-with the encoder's ``forward``/``num_features`` contract. Weights: per output channel, symmetric,
-in [-127, 127] (never -128, so negating a weight is exact). Activations: per tensor, affine uint8
-with an integer zero-point, so 0.0 (ReLU outputs, zero padding) is represented exactly. With
+a few hundred images and converts to int8 kernels (x86/fbgemm, onednn or qnnpack), returning a CPU
+module with the encoder's ``forward``/``num_features`` contract. Weights: per output channel,
+symmetric, in [-127, 127] (never -128, so negating a weight is exact). Activations: per tensor,
+affine uint8 with an integer zero-point, so 0.0 (ReLU outputs, zero padding) is represented exactly.
+
+The x86, fbgemm and onednn kernels multiply u8 activations by s8 weights with ``vpmaddubsw`` on
+CPUs without VNNI, which adds pairs of products in int16 and saturates when activations use all 8
+bits; there activations are calibrated to 7 bits (``reduce_range``, as PyTorch's own x86 qconfig
+does). CPUs with AVX-512 VNNI accumulate in int32 and keep the full range, and so does qnnpack on
+any CPU. The choice is made at calibration time and kept in ``QuantizedEncoder.reduce_range``. With
 ``qat_epochs`` > 0, fake-quantized fine-tuning follows: the int8 student learns to reproduce the
 float encoder's features on the calibration images (a pretext-free distillation objective).
 
@@ -17,6 +23,7 @@ keep a store on disk as memory-mapped ``.npy`` files.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import warnings
@@ -32,18 +39,49 @@ FEATURE_CODE_RANGE = (-128, 127)   # stored features: affine, the full int8 rang
 
 
 # ---------------------------------------------------------------- encoders
-def _qconfig(qat: bool):
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has AVX-512 VNNI, the int32-accumulating u8 x s8 instruction fbgemm/oneDNN use."""
+    probe = getattr(torch.cpu, "_is_vnni_supported", None)
+    if probe is not None:
+        try:
+            return bool(probe())
+        except RuntimeError:
+            pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "avx512_vnni" in f.read().split()
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def quantized_engine(backend: str):
+    """``torch.backends.quantized.engine`` set to ``backend`` inside the block, restored after it."""
+    before = torch.backends.quantized.engine
+    torch.backends.quantized.engine = backend
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = before
+
+
+def needs_reduce_range(backend: str) -> bool:
+    """7-bit activations where the backend's kernels can saturate their int16 pair sums on this CPU."""
+    return backend != "qnnpack" and not cpu_has_vnni()
+
+
+def _qconfig(qat: bool, reduce_range: bool):
     from torch.ao.quantization import (FakeQuantize, HistogramObserver, MovingAverageMinMaxObserver,
                                        MovingAveragePerChannelMinMaxObserver, PerChannelMinMaxObserver, QConfig)
     lo, hi = INT8_SYMMETRIC
     if qat:
         act = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, dtype=torch.quint8, quant_min=0,
-                                     quant_max=255, qscheme=torch.per_tensor_affine)
+                                     quant_max=127 if reduce_range else 255, qscheme=torch.per_tensor_affine)
         weight = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, dtype=torch.qint8,
                                         quant_min=lo, quant_max=hi, qscheme=torch.per_channel_symmetric, ch_axis=0)
         return QConfig(activation=act, weight=weight)
     return QConfig(activation=HistogramObserver.with_args(dtype=torch.quint8, qscheme=torch.per_tensor_affine,
-                                                          reduce_range=False),
+                                                          reduce_range=reduce_range),
                    weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
                                                              quant_min=lo, quant_max=hi))
 
@@ -71,10 +109,11 @@ class QuantizedEncoder(nn.Module):
 
     quantized = True
 
-    def __init__(self, model: nn.Module, source: nn.Module, backend: str):
+    def __init__(self, model: nn.Module, source: nn.Module, backend: str, reduce_range: bool = False):
         super().__init__()
         self.model = model
         self.backend = backend
+        self.reduce_range = reduce_range
         self.num_features = source.num_features
         self.encoder_name = getattr(source, "encoder_name", type(source).__name__)
         self.encoder_kwargs = dict(getattr(source, "encoder_kwargs", {}))
@@ -82,8 +121,8 @@ class QuantizedEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
             raise RuntimeError("a quantized encoder runs on the CPU (int8 kernels); pass CPU tensors")
-        torch.backends.quantized.engine = self.backend
-        return self.model(x.float())
+        with quantized_engine(self.backend):
+            return self.model(x.float())
 
     def weight_codes(self) -> dict[str, torch.Tensor]:
         """The int8 weight codes of every quantized conv/linear layer, by module name."""
@@ -91,17 +130,20 @@ class QuantizedEncoder(nn.Module):
                 if callable(getattr(m, "weight", None)) and m.weight().is_quantized}
 
     def extra_repr(self) -> str:
-        return f"{self.encoder_name}, int8 ({self.backend}), num_features={self.num_features}"
+        bits = "7-bit" if self.reduce_range else "8-bit"
+        return f"{self.encoder_name}, int8 ({self.backend}, {bits} activations), num_features={self.num_features}"
 
 
 def quantize_encoder(encoder: nn.Module, calibration_data, num_calibration: int = 512, batch_size: int = 128,
                      backend: str | None = None, qat_epochs: int = 0, qat_lr: float = 1e-5,
-                     progress: bool = False) -> QuantizedEncoder:
+                     reduce_range: bool | None = None, progress: bool = False) -> QuantizedEncoder:
     """Post-training static int8 quantization of ``encoder`` (unchanged; a copy is quantized).
 
     ``calibration_data``: images as a float tensor ``(N, 3, H, W)``, a dataset of ``(image, label)``
     or an iterable of batches, normalised as the encoder expects; the first ``num_calibration`` are
-    used. ``backend``: ``x86`` (default where supported), ``fbgemm`` or ``qnnpack`` (ARM).
+    used. ``backend``: ``x86``, ``fbgemm``, ``onednn`` or ``qnnpack``, the kernels the encoder later
+    runs with; default: ``torch.backends.quantized.engine`` (PyTorch's own default is x86 on x86 CPUs). ``reduce_range``: calibrate activations to 7 bits;
+    ``None`` (default) decides from the backend and the CPU (:func:`needs_reduce_range`).
     ``qat_epochs``: passes of fake-quantized fine-tuning over the calibration images, the student
     matching the float encoder's features (MSE), before conversion.
     """
@@ -109,24 +151,27 @@ def quantize_encoder(encoder: nn.Module, calibration_data, num_calibration: int 
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx, prepare_qat_fx
 
     engines = torch.backends.quantized.supported_engines
-    backend = backend or ("x86" if "x86" in engines else "qnnpack")
+    current = torch.backends.quantized.engine
+    backend = backend or (current if current in engines and current != "none" else
+                          "x86" if "x86" in engines else "qnnpack")
     if backend not in engines:
         raise ValueError(f"quantization backend {backend!r} is not in this PyTorch build; available: "
                          f"{', '.join(e for e in engines if e != 'none')}")
     if not hasattr(encoder, "num_features"):
         raise TypeError(f"quantize_encoder needs an ssl_rep encoder (with num_features), got {type(encoder).__name__}")
-    torch.backends.quantized.engine = backend
+    if reduce_range is None:
+        reduce_range = needs_reduce_range(backend)
     float_model = copy.deepcopy(encoder).cpu().float().eval()
     calib = list(_batches(calibration_data, batch_size, num_calibration))
     if not calib:
         raise ValueError("quantize_encoder: calibration_data holds no images")
     example = (calib[0][:2],)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quantized_engine(backend):
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
         if qat_epochs > 0:
             from torch.ao.nn.intrinsic.qat import freeze_bn_stats
-            student = prepare_qat_fx(copy.deepcopy(float_model).train(), QConfigMapping().set_global(_qconfig(True)),
-                                     example)
+            qconfig = QConfigMapping().set_global(_qconfig(True, reduce_range))
+            student = prepare_qat_fx(copy.deepcopy(float_model).train(), qconfig, example)
             student.apply(freeze_bn_stats)   # BatchNorm keeps the pretrained statistics
             opt = torch.optim.Adam(student.parameters(), lr=qat_lr)
             for _ in tqdm(range(qat_epochs), desc="quantization-aware fine-tuning", disable=not progress):
@@ -139,12 +184,12 @@ def quantize_encoder(encoder: nn.Module, calibration_data, num_calibration: int 
                     opt.step()
             prepared = student.eval()
         else:
-            prepared = prepare_fx(float_model, QConfigMapping().set_global(_qconfig(False)), example)
+            prepared = prepare_fx(float_model, QConfigMapping().set_global(_qconfig(False, reduce_range)), example)
             with torch.no_grad():
                 for x in tqdm(calib, desc="calibrating int8 ranges", disable=not progress):
                     prepared(x)
         model = convert_fx(prepared)
-    return QuantizedEncoder(model, encoder, backend).eval()
+    return QuantizedEncoder(model, encoder, backend, reduce_range).eval()
 
 
 # ---------------------------------------------------------------- stored features

@@ -57,21 +57,53 @@ def test_quantized_encoder_weights_avoid_minus_128_and_activations_keep_zero(tra
     assert q.num_features == trained_encoder.num_features and q.encoder_name == "resnet20"
 
 
-def test_quantized_features_correlate_with_float_on_digits(trained_encoder, digits):
+ENGINES = [e for e in ("x86", "fbgemm", "onednn", "qnnpack") if e in torch.backends.quantized.supported_engines]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_quantized_features_correlate_with_float_on_digits(trained_encoder, digits, engine, monkeypatch):
+    """Under every engine, with the range chosen for this CPU (the default), int8 tracks float."""
     train, test = digits
+    monkeypatch.setattr(torch.backends.quantized, "engine", engine)   # the default backend follows it
     q = quantize_encoder(trained_encoder, train, num_calibration=512)
+    assert q.backend == engine and q.reduce_range == ssl_rep.quantize.needs_reduce_range(engine)
     f, _ = extract_features(trained_encoder, test, device="cpu", progress=False)
     g, _ = extract_features(q, test, device="cuda" if torch.cuda.is_available() else "cpu", progress=False)
     assert g.shape == f.shape
     assert np.corrcoef(f.ravel(), g.ravel())[0, 1] > 0.99
+    assert torch.backends.quantized.engine == engine   # quantizing and running leave the setting as it was
     with pytest.raises(RuntimeError, match="CPU"):
         q(torch.zeros(1, 3, 32, 32, device="meta"))
+
+
+def test_seven_bit_activations_track_float_on_any_cpu(trained_encoder, digits):
+    """The path CPUs without VNNI take by default (x86 kernels, 7-bit activations), forced, so a VNNI
+    machine exercises it too (there the test above runs the full 8-bit range)."""
+    train, test = digits
+    x = torch.stack([test[i][0] for i in range(256)])
+    q = quantize_encoder(trained_encoder, train, num_calibration=512, backend=ENGINES[0], reduce_range=True)
+    assert q.reduce_range is True and "7-bit" in repr(q)
+    with torch.no_grad():
+        f, g = trained_encoder(x).numpy(), q(x).numpy()
+    assert np.corrcoef(f.ravel(), g.ravel())[0, 1] > 0.99
+
+
+def test_activation_range_follows_the_cpu(monkeypatch):
+    """Without VNNI, fbgemm/oneDNN sum u8 x s8 pairs in int16: 8-bit activations saturate, so the
+    default drops to 7 bits; with VNNI (int32 sums) and on qnnpack the full range is kept."""
+    from ssl_rep import quantize
+    monkeypatch.setattr(quantize, "cpu_has_vnni", lambda: False)
+    assert quantize.needs_reduce_range("x86") and quantize.needs_reduce_range("fbgemm")
+    assert quantize.needs_reduce_range("onednn") and not quantize.needs_reduce_range("qnnpack")
+    monkeypatch.setattr(quantize, "cpu_has_vnni", lambda: True)
+    assert not any(quantize.needs_reduce_range(e) for e in ("x86", "fbgemm", "onednn", "qnnpack"))
 
 
 def test_quantization_aware_finetuning_runs_and_stays_close(trained_encoder, digits):
     train, test = digits
     x = torch.stack([test[i][0] for i in range(128)])
     q = quantize_encoder(trained_encoder, train, num_calibration=128, qat_epochs=10)
+    assert q.reduce_range == ssl_rep.quantize.needs_reduce_range(q.backend)
     with torch.no_grad():
         f, g = trained_encoder(x), q(x)
     assert np.corrcoef(f.numpy().ravel(), g.numpy().ravel())[0, 1] > 0.99
