@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -128,6 +130,17 @@ def valid_keys(cls=Config, prefix: str = "") -> list[str]:
     return keys
 
 
+_NUMBER = re.compile(r"[+-]?(\d(_?\d)*(\.(\d(_?\d)*)?)?|\.\d(_?\d)*)([eE][+-]?\d+)?")
+
+
+def _number(value: Any) -> Any:
+    """A number typed as text (``3e-4``, ``1E-5``, ``.5``, ``5.``, ``1_000``) as a float; other values as
+    they are. YAML 1.1 reads an exponent without a dot (``3e-4``) as a string, in files and overrides."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value.strip().replace("_", ""))
+    return value
+
+
 def _coerce(key: str, value: Any, typ: Any) -> Any:
     origin = typing.get_origin(typ)
     if origin in (typing.Union, types.UnionType):
@@ -136,6 +149,12 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(key, value, inner[0])
+    if typ in (int, float):
+        value = _number(value)
+    elif typ is tuple and isinstance(value, (list, tuple)):
+        value = [_number(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value) and typ is not str:
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
     if typ is bool:
         if isinstance(value, bool):
             return value
