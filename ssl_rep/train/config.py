@@ -19,7 +19,19 @@ from typing import Any, Optional
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _recipe_dir() -> Path:
+    """The recipes: the package ``ssl_rep.configs`` of an install (the checkout's configs/ when editable),
+    else the checkout's configs/ beside this source tree."""
+    try:
+        from importlib.resources import files
+        return Path(str(files("ssl_rep.configs")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "configs"
+
+
+CONFIG_DIR = _recipe_dir()
 
 
 class ConfigError(ValueError):
