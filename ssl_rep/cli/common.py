@@ -14,6 +14,7 @@ import yaml
 
 from ..data import build_dataset, build_transform, stats_for
 from ..data.base import ArrayImageDataset
+from ..data.folder import ImageFolderDataset, folder_image_size
 from ..data.shards import IndexedShards, ShardDataset
 from ..encoders import CheckpointError, GridPooledEncoder, create_encoder, load_encoder
 from ..eval import extract_features
@@ -121,6 +122,9 @@ def eval_dataset(data: str, split: str, root, image_size, ten_crop: bool = False
     small = isinstance(probe_ds, ArrayImageDataset) and probe_ds.images.shape[1] <= 96
     size = image_size or (None if small else 224)
     resize = None if small and image_size is None else (int(size * 256 / 224) if size else None)
+    if isinstance(probe_ds, ImageFolderDataset) and image_size is None:   # the size ssl-pretrain trained it at
+        size = folder_image_size(probe_ds)[0]
+        resize = int(size * 256 / 224) if size > 64 else size
     name = "ten_crop" if ten_crop and not small else "eval"
     probe_ds.transform = build_transform(name, stats=stats_for(data), size=size, resize=resize)
     return probe_ds

@@ -5,8 +5,8 @@ import argparse
 
 import torch
 
-from ..train import (CheckpointError, ConfigError, DeviceMemoryError, NonFiniteLossError, OutputError, load_config,
-                     train)
+from ..train import (CheckpointError, ConfigError, DeviceMemoryError, NonFiniteLossError, OutputError,
+                     StepMemoryError, load_config, train)
 from ..train.config import CONFIG_DIR
 from .common import friendly_errors, setup_logging
 
@@ -22,7 +22,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     setup_logging()
     with friendly_errors("ssl-pretrain", ConfigError, CheckpointError, NonFiniteLossError, DeviceMemoryError,
-                         OutputError, FileNotFoundError):
+                         StepMemoryError, OutputError, FileNotFoundError):
         cfg = load_config(args.config, args.overrides)
         result = train(cfg, resume=args.resume)
     if torch.distributed.is_available() and torch.distributed.is_initialized():   # started by torchrun

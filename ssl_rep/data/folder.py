@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -28,6 +29,9 @@ from .transforms import to_tensor
 log = logging.getLogger("ssl_rep.data")
 FULL_VERIFY_LIMIT = 20_000
 SHOW_BAD = 5
+FOLDER_MAX_SIZE = 224    # a folder of photos trains at ImageNet's crop size
+SIZE_STEP = 4            # CIFAR ResNets halve the map twice: a multiple of 4 keeps every stage whole
+SIZE_SAMPLE = 256        # image headers read to find a folder's typical size
 
 
 def scan_images(root: Path) -> list[Path]:
@@ -171,3 +175,18 @@ def load_imagenet(split: str = "train", transform=None, root=None, verify: str =
         raise ValueError(f"imagenet/{split}: {folder} has images at its top level; expected one folder per "
                          f"class (for val/, sort the 50,000 images into their class folders first)")
     return dataset
+
+
+def folder_image_size(dataset: ImageFolderDataset) -> tuple[int, int]:
+    """``(size, median short side)`` of a sample of the folder's images (headers only): the median
+    short side rounded to a multiple of ``SIZE_STEP``, between 16 and ``FOLDER_MAX_SIZE``."""
+    paths = [p for p, _ in dataset.samples]
+    sides = []
+    for i in np.unique(np.linspace(0, len(paths) - 1, min(SIZE_SAMPLE, len(paths))).round().astype(int)):
+        try:
+            with Image.open(paths[i]) as img:
+                sides.append(min(img.size))
+        except (OSError, ValueError):
+            continue   # broken after the check: the dataset skips it at run time
+    median = int(np.median(sides)) if sides else FOLDER_MAX_SIZE
+    return int(np.clip(round(median / SIZE_STEP) * SIZE_STEP, 16, FOLDER_MAX_SIZE)), median

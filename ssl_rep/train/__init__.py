@@ -2,8 +2,10 @@
 from .checkpoint import CheckpointError, load_checkpoint, safe_load
 from .config import Config, ConfigError, config_from_dict, config_to_dict, load_config
 from .loop import DeviceMemoryError, NonFiniteLossError, TrainResult, train
+from .memory import StepMemoryError
 from .metrics import OutputError
 from .schedule import lr_at
 
-__all__ = ["CheckpointError", "Config", "ConfigError", "DeviceMemoryError", "NonFiniteLossError", "OutputError", "TrainResult", "config_from_dict",
+__all__ = ["CheckpointError", "Config", "ConfigError", "DeviceMemoryError", "NonFiniteLossError", "OutputError", "StepMemoryError",
+           "TrainResult", "config_from_dict",
            "config_to_dict", "load_checkpoint", "load_config", "lr_at", "safe_load", "train"]

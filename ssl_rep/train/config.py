@@ -48,7 +48,7 @@ class DataConfig:
     batch_size: int = 256            # per process (global batch = batch_size x world size)
     num_workers: int = 2
     transform: str = "auto"          # auto | cifar_train | imagenet_train | imagenet_rrc | simclr | eval | none
-    image_size: Optional[int] = None  # crop size; None = the dataset's own size (224 for folders)
+    image_size: Optional[int] = None  # crop size; None = the dataset's own (a folder's median short side, <= 224)
     min_scale: float = 0.08          # smallest crop area, a fraction of the image (simclr, imagenet_rrc); = transforms.MIN_SCALE
     gpu_resident: str = "auto"       # auto | on | off: keep uint8 images on the device (GPU or CPU), augment batches there
     decode_on: str = "workers"       # workers | device: image folders' JPEGs decoded by DataLoader workers (PIL) or
@@ -102,6 +102,7 @@ class TrainerConfig:
     compile: bool = False
     online_probe: bool = True        # linear head on detached features when labels exist
     sync_batchnorm: bool = False     # under torchrun on GPUs: BatchNorm statistics over every process
+    memory_check: bool = True        # estimate a step's peak memory first; refuse a run that cannot fit
 
 
 @dataclass(frozen=True)

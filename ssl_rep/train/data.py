@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..data import MultiView, build_dataset, build_transform, stats_for
 from ..data.base import ArrayImageDataset, mix_seed
 from ..data.device_decode import EncodedImages, collate_encoded
-from ..data.folder import ImageFolderDataset
+from ..data.folder import FOLDER_MAX_SIZE, ImageFolderDataset, folder_image_size
 from ..data.shards import ShardDataset
 from .config import Config, ConfigError
 
@@ -85,9 +85,15 @@ class EpochSampler(Sampler):
 
 
 def image_size_of(dataset) -> int:
+    """The size a dataset trains at when ``data.image_size`` is not set."""
     if isinstance(dataset, ArrayImageDataset):
         return int(dataset.images.shape[1])
-    return 224
+    if isinstance(dataset, ImageFolderDataset):
+        size, median = folder_image_size(dataset)
+        log.info("data.image_size not set: training at %d px (the median short side of %s's images is %d px; "
+                 "at most %d)", size, dataset.root, median, FOLDER_MAX_SIZE)
+        return size
+    return FOLDER_MAX_SIZE
 
 
 def choose_transform(cfg: Config, size: int):

@@ -27,6 +27,7 @@ from .config import Config, ConfigError, config_from_dict, config_to_dict, save_
 from .data import build_eval_dataset, build_loader, build_train_dataset, mix_seed
 from .distributed import barrier, gather_objects, init_distributed, mean_over_ranks
 from .gpu_data import GPU_TRANSFORMS, GPUResidentLoader
+from .memory import check_step_fits
 from .metrics import MetricsLog
 from .online_probe import ONLINE_PROBE_LR, eval_tensors, online_probe_head, probe_accuracy
 from .optim import AdamW, build_optimizer
@@ -220,6 +221,15 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
         log.info("trainer.sync_batchnorm: %d BatchNorm layers synchronise over %d process(es)",
                  sum(isinstance(m, nn.SyncBatchNorm) for m in method.modules()), world)
+    use_bf16 = cfg.trainer.precision == "bf16" or (cfg.trainer.precision == "auto" and device.type == "cuda")
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+    if cfg.trainer.memory_check:
+        n_views = getattr(dataset.transform, "n_views", 1)
+        need = check_step_fits(method, cfg.data.batch_size, size, n_views, device, autocast,
+                               cfg.trainer.channels_last, "bf16" if use_bf16 else "fp32")
+        if main:
+            log.info("a step needs about %.2f GiB (data.batch_size=%d, %d view(s) of %d px)", need / 2**30,
+                     cfg.data.batch_size, n_views, size)
     optimizer = build_optimizer(method, cfg.optim)
     probe = probe_opt = None
     if cfg.trainer.online_probe and has_labels:
@@ -264,12 +274,10 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
         model = DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None,
                                         find_unused_parameters=cfg.method.name == "cpc")  # short grids skip predictors
     model = torch.compile(model) if cfg.trainer.compile else model
-    use_bf16 = cfg.trainer.precision == "bf16" or (cfg.trainer.precision == "auto" and device.type == "cuda")
     if main and device.type == "cpu" and cfg.trainer.precision == "auto" and native_bf16():
         # auto stays fp32 on CPUs (results match earlier CPU runs); the faster choice is the user's
         log.info("this CPU runs bf16 in hardware: trainer.precision=bf16 trainer.channels_last=true trains about 2x "
                  "faster than fp32 on such CPUs (eval/RESULTS.md, 'Training on the CPU')")
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
 
     def checkpoint_state() -> dict:
         return {"model": method.state_dict(), "optimizer": optimizer.state_dict(),
