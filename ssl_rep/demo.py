@@ -30,7 +30,7 @@ def main(argv=None) -> None:
     print(f"[1/4] pretraining ({args.config}) -> {out / 'pretrain'}", flush=True)
     cfg = load_config(args.config, [f"out_dir={out / 'pretrain'}", *args.overrides])
     result = train(cfg)
-    print(f"[2/4] linear probe + kNN: pretrained encoder vs random init", flush=True)
+    print("[2/4] linear probe + kNN: pretrained encoder vs random init", flush=True)
     data = cfg.data.dataset
     probe_cli.main(["--checkpoint", str(result.checkpoint), "--data", data, "--out", str(out / "probe")])
     probe_cli.main(["--checkpoint", f"random:{cfg.encoder.name}", "--data", data, "--out", str(out / "probe_random")])

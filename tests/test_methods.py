@@ -43,10 +43,10 @@ def train_steps(method, batch, steps, lr=1e-3):
     ("autoencoder", {}, 25, 0.2),
     ("autoencoder", {"mode": "denoising"}, 25, 0.3),
     ("autoencoder", {"mode": "denoising", "noise": "masking"}, 25, 0.3),
-    ("autoencoder", {"mode": "masked"}, 25, 0.3),
-    ("cpc", {"context": "pixelcnn"}, 25, 0.9),
-    ("cpc", {"context": "gru"}, 25, 0.9),
-    ("cpc", {"context": "attention"}, 25, 0.95),
+    ("autoencoder", {"mode": "masked"}, 25, 0.6),   # hidden pixels from a 64-d code: harder than the rest
+    ("cpc", {"context": "pixelcnn", "patch_jitter": 0, "patch_flip": 0.0}, 25, 0.9),
+    ("cpc", {"context": "gru", "patch_jitter": 0, "patch_flip": 0.0}, 25, 0.9),
+    ("cpc", {"context": "attention", "patch_jitter": 0, "patch_flip": 0.0}, 25, 0.95),
     ("supervised", {}, 25, 0.2),
 ])
 def test_loss_falls_on_a_fixed_digits_batch(digits_batch, name, kwargs, steps, drop):
@@ -101,22 +101,65 @@ def test_unknown_method_lists_valid_names():
 
 
 # ------------------------------------------------------------------ CPC
+def future_of(grad: torch.Tensor, direction: int, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(patches after row i, patches up to row i)`` of a ``(B, gh, gw, ...)`` gradient, rows counted in
+    ``direction``'s reading order (down, up, left to right, right to left)."""
+    g = grad.transpose(1, 2) if direction >= 2 else grad
+    g = g.flip(1) if direction % 2 else g
+    return g[:, i + 1:], g[:, : i + 1]
+
+
 @pytest.mark.parametrize("context", ["pixelcnn", "gru", "attention"])
-def test_cpc_context_is_causal_top_to_bottom(context):
-    """d prediction(row i) / d patch(row u > i) is exactly zero, through encoder and context."""
+def test_cpc_context_is_causal_in_every_direction(context):
+    """d prediction(row i) / d patch(row u > i) is exactly zero, through encoder and context, for each of
+    the four reading directions (rows of the grid turned that way); rows up to i do reach it."""
     torch.manual_seed(0)
-    method = create_method("cpc", ssl_rep.create_encoder("resnet20"), context=context).train()
-    x = torch.randn(2, 3, 32, 32)
-    patches = method.patchify(x).detach().requires_grad_(True)   # (2, 7, 7, 3, 8, 8)
+    method = create_method("cpc", ssl_rep.create_encoder("resnet20"), context=context, directions="all").train()
+    patches = method.patchify(torch.randn(2, 3, 32, 32)).detach().requires_grad_(True)   # (2, 7, 7, 3, 8, 8)
     z = method.encode_patches(patches)
-    c = method.context(z)
-    gh = z.shape[2]
-    for i in (0, 3):
-        pred = method.predict(c, 1)[:, i]                      # predictions made at row i
-        (grad,) = torch.autograd.grad(pred.sum(), patches, retain_graph=True)
-        assert torch.count_nonzero(grad[:, i + 1:]) == 0
-        assert torch.count_nonzero(grad[:, : i + 1]) > 0       # it does use the rows above
-    assert gh == 7
+    assert z.shape[2:] == (7, 7) and len(method.contexts) == 4
+    for direction in range(4):
+        c = method.context_of(z, direction)
+        for i in (0, 3):
+            pred = method.predict(c, method.first_step, direction)[:, i]    # predictions made at row i
+            (grad,) = torch.autograd.grad(pred.sum(), patches, retain_graph=True)
+            future, past = future_of(grad, direction, i)
+            assert torch.count_nonzero(future) == 0, (direction, i)
+            assert torch.count_nonzero(past) > 0, (direction, i)
+
+
+@pytest.mark.parametrize("patch_size,stride", [(8, 4), (8, 2), (6, 3), (7, 3), (64, 32), (8, 8), (5, 4)])
+def test_cpc_default_targets_share_no_pixel_with_the_context(patch_size, stride):
+    """Row i + k covers pixels [(i + k) s, (i + k) s + P); rows <= i end at i s + P. The default first
+    offset is the smallest k with no shared pixel, computed by brute force over pixel sets here."""
+    method = CPC(ssl_rep.create_encoder("resnet20"), patch_size=patch_size, stride=stride, prediction_steps=2)
+    seen_until = lambda i: set(range(0, i * stride + patch_size))   # noqa: E731 - pixel rows of rows <= i
+    target = lambda r: set(range(r * stride, r * stride + patch_size))   # noqa: E731
+    smallest = next(k for k in range(1, 20) if all(not (seen_until(i) & target(i + k)) for i in range(10)))
+    assert method.first_step == smallest and list(method.steps) == [smallest, smallest + 1]
+    assert CPC(ssl_rep.create_encoder("resnet20"), first_step=1).first_step == 1   # still configurable
+
+
+def test_cpc_patch_jitter_stays_in_its_cell_keeps_the_grid_and_is_off_in_eval():
+    torch.manual_seed(0)
+    method = create_method("cpc", ssl_rep.create_encoder("resnet20"), patch_jitter=2, patch_flip=0.5)
+    rows = torch.arange(32.0).view(1, 1, 32, 1).expand(2, 3, 32, 32)       # each pixel holds its row number
+    patches = method.patchify(rows)
+    jittered = method.jitter(patches)
+    assert jittered.shape == patches.shape == (2, 7, 7, 3, 8, 8)
+    for i in range(7):   # every value comes from its own cell's pixel rows
+        cell = jittered[:, i]
+        assert cell.min() >= 4 * i - 1e-4 and cell.max() <= 4 * i + 7 + 1e-4
+    assert not torch.equal(jittered, patches)
+    cols = torch.arange(32.0).view(1, 1, 1, 32).expand(1, 3, 32, 32)
+    flipped = method.jitter(method.patchify(cols))   # some patches mirrored: columns decrease
+    assert (flipped[..., 0] > flipped[..., -1]).any() and (flipped[..., 0] < flipped[..., -1]).any()
+    calls = []
+    method.jitter = lambda p: calls.append(1) or p
+    method.eval()((rows, None))
+    assert not calls   # eval: the plain grid
+    method.train()((rows, None))
+    assert calls == [1]
 
 
 def test_cpc_grid_and_norm_replacement():
@@ -137,19 +180,22 @@ def test_cpc_grid_and_norm_replacement():
     assert any(isinstance(m, nn.BatchNorm2d) for m in kept.encoder.modules())
 
 
-def test_cpc_loss_is_equal_weight_mean_over_all_predictions():
+@pytest.mark.parametrize("directions", ["down", "both"])
+def test_cpc_loss_is_equal_weight_mean_over_all_predictions(directions):
     torch.manual_seed(0)
-    method = create_method("cpc", ssl_rep.create_encoder("resnet20", norm="none"), prediction_steps=3).eval()
+    method = create_method("cpc", ssl_rep.create_encoder("resnet20", norm="none"), prediction_steps=3,
+                           directions=directions).eval()
     x = torch.randn(2, 3, 32, 32)
     loss, _ = method((x, None))
     z = method.encode_patches(method.patchify(x))
-    c = method.context(z)
     per_prediction = []
-    for k in (1, 2, 3):
-        preds = method.predict(c, k).reshape(-1, z.shape[1])
-        targets = z[:, :, k:].permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-        logits = preds @ targets.T
-        per_prediction.append(-(logits.diag() - torch.logsumexp(logits, dim=1)))
+    for direction, turned in enumerate([z, z.flip(2)][: len(method.contexts)]):
+        c = method.contexts[direction](turned)
+        for k in (2, 3, 4):   # 8 px patches at stride 4: row i + 1 overlaps row i, so offsets start at 2
+            preds = method.predictors[direction][k - 2](c[:, :, :7 - k].permute(0, 2, 3, 1)).reshape(-1, 64)
+            targets = turned[:, :, k:].permute(0, 2, 3, 1).reshape(-1, 64)
+            logits = preds @ targets.T
+            per_prediction.append(-(logits.diag() - torch.logsumexp(logits, dim=1)))
     expected = torch.cat(per_prediction).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
@@ -174,14 +220,15 @@ def test_masked_autoencoder_loss_ignores_visible_pixels(digits_batch):
     x, y = digits_batch
     method = create_method("autoencoder", ssl_rep.create_encoder("resnet20"), mode="masked").train()
     mask = method.patch_mask(x)
-    assert 0.3 < mask.mean() < 0.7
+    assert method.mask_ratio == 0.75 and method.patch_size == 4   # MAE's ratio; 32 px // 14, at least 4
+    assert 0.6 < mask.mean() < 0.9
     method.patch_mask = lambda _x: mask
     loss_a, _ = method((x, y))
     # the visible pixels of the input are all the model sees; corrupting hidden pixels of the
     # input changes nothing, and the target at visible pixels is not part of the loss
     x2 = x + 5.0 * mask
     with torch.no_grad():
-        out = method.decoder(method.encoder.feature_map(x * (1 - mask)))
+        out = method.decoder(method.code(method.encoder.feature_map(x * (1 - mask))))
     manual = (((out - x) ** 2) * mask.expand_as(x)).sum() / mask.expand_as(x).sum()
     assert loss_a.item() == pytest.approx(manual.item(), rel=1e-5)
     loss_b, _ = method((x2 * (1 - mask) + x * mask, y))
@@ -199,6 +246,30 @@ def test_autoencoder_bce_needs_unit_range_and_reconstructions_helper(digits_batc
     originals, recon = method.reconstructions(unit[:4])
     assert recon.shape == originals.shape == (4, 3, 32, 32) and 0 <= recon.min() and recon.max() <= 1
     assert method.training
+
+
+@pytest.mark.parametrize("bottleneck", ["pooled", "grid", "map"])
+def test_reconstruction_depends_only_on_the_code_the_probe_reads(bottleneck):
+    """Move the feature map in every way that keeps the code (each channel's mean over the map, or over
+    each cell of the grid): the pooled and grid decoders' output does not move; the map decoder's does."""
+    torch.manual_seed(0)
+    method = create_method("autoencoder", ssl_rep.create_encoder("resnet20"), image_size=32, bottleneck=bottleneck,
+                           code_grid=2).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        fmap = method.encoder.feature_map(x)
+        noise = torch.randn_like(fmap)
+        if bottleneck == "pooled":
+            noise -= noise.mean(dim=(2, 3), keepdim=True)
+            assert torch.allclose(method.code(fmap), method.encoder(x), atol=1e-6)   # what load_encoder gives
+        else:   # zero mean in each of the 2x2 cells of the 8x8 map
+            cells = noise.view(2, -1, 2, 4, 2, 4)
+            noise = (cells - cells.mean(dim=(3, 5), keepdim=True)).view_as(fmap)
+        before, after = method.decoder(method.code(fmap)), method.decoder(method.code(fmap + noise))
+    if bottleneck == "map":
+        assert (after - before).abs().max() > 1e-3   # negative control: the whole map reaches the decoder
+    else:
+        assert torch.allclose(after, before, atol=1e-5)
 
 
 @pytest.mark.parametrize("encoder,kw,size", [("resnet20", {}, 28), ("resnet18", {"stem": "cifar"}, 96),
@@ -241,6 +312,6 @@ def test_batchnorm_patch_encoder_would_leak_across_rows():
     torch.manual_seed(0)
     method = create_method("cpc", ssl_rep.create_encoder("resnet20"), patch_norm="batch").train()
     patches = method.patchify(torch.randn(2, 3, 32, 32)).detach().requires_grad_(True)
-    pred = method.predict(method.context(method.encode_patches(patches)), 1)[:, 0]
+    pred = method.predict(method.context_of(method.encode_patches(patches)), method.first_step)[:, 0]
     (grad,) = torch.autograd.grad(pred.sum(), patches)
     assert torch.count_nonzero(grad[:, 1:]) > 0

@@ -1,6 +1,5 @@
 import json
 import logging
-import math
 import os
 import signal
 import subprocess

@@ -2,6 +2,7 @@
 ``ssl-pretrain NAME`` finds its recipe and trains."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,8 +16,14 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def unpacked_wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheel")
+    source = out / "source"   # a copy: setuptools builds in the source folder (build/), not in the checkout
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for name in ("ssl_rep", "configs"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(ROOT)], check=True, capture_output=True, cwd=out)
+                    str(source)], check=True, capture_output=True, cwd=out)
     (wheel,) = out.glob("ssl_rep-*.whl")
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
@@ -40,9 +47,9 @@ def test_a_recipe_trains_from_the_unpacked_wheel_in_an_empty_folder(unpacked_whe
     code = ("import sys, ssl_rep; from ssl_rep.train.config import CONFIG_DIR; "
             "print(ssl_rep.__file__); print(CONFIG_DIR); "
             "from ssl_rep.cli.pretrain import main; main(sys.argv[1:])")
-    run = subprocess.run([sys.executable, "-c", code, "simclr_digits", "out_dir=run", "trainer.max_steps=2",
-                          "trainer.device=cpu", "data.num_workers=0", "data.batch_size=32", "trainer.online_probe=false"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    args = ["simclr_digits", "out_dir=run", "trainer.max_steps=2", "trainer.device=cpu", "data.num_workers=0",
+            "data.batch_size=32", "trainer.online_probe=false"]
+    run = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     module_file, config_dir = run.stdout.splitlines()[:2]
     assert Path(module_file).is_relative_to(site) and Path(config_dir).is_relative_to(site)

@@ -12,6 +12,7 @@ from .base import Method
 
 MODES = ("plain", "denoising", "masked")
 NOISES = ("gaussian", "masking")
+BOTTLENECKS = ("pooled", "grid", "map")
 
 
 class Decoder(nn.Module):
@@ -41,14 +42,40 @@ class Decoder(nn.Module):
         return out
 
 
+class CodeDecoder(nn.Module):
+    """``(B, D, g, g)`` code -> ``(B, out_chans, H, W)``: a linear layer to a ``width``-channel map of
+    the encoder's last spatial size, then :class:`Decoder`. Everything it sees is the code."""
+
+    def __init__(self, code_dim: int, out_size: tuple[int, int], map_size: tuple[int, int], out_chans: int = 3,
+                 width: int = 128):
+        super().__init__()
+        self.fc = nn.Linear(code_dim, width * map_size[0] * map_size[1])
+        self.map_shape = (width, *map_size)
+        self.body = Decoder(width, out_size, map_size, out_chans, width)
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        hidden = F.relu(self.fc(code.flatten(1)))
+        return self.body(hidden.view(len(code), *self.map_shape))
+
+
 class Autoencoder(Method):
-    """Reconstruct the image from the encoder's last feature map.
+    """Reconstruct the image from a bottleneck code of the encoder's last feature map.
 
     batch: ``(images (B, 3, H, W), labels)``; ``image_size`` must be ``H`` (sizes the decoder).
+    ``bottleneck`` (what the decoder reads):
+
+    - ``pooled`` (default): the pooled vector ``(B, D)``, which is exactly what ``encoder(x)``,
+      ``load_encoder`` and the linear probe read; nothing else of the map reaches the decoder.
+    - ``grid``: the map average-pooled to ``code_grid x code_grid`` cells ``(B, D, g, g)``, a small
+      spatial code, which ``ssl-probe --features grid --grid g`` reads (``encoder(x)`` is its mean).
+    - ``map``: the whole last feature map (no bottleneck; reconstruction is easy and teaches the
+      pooled vector little). The code's size is set by the encoder's width (``encoder.width``).
+
     ``mode``: ``plain``; ``denoising`` (corrupt the input with ``noise`` = ``gaussian`` of std
     ``noise_std`` or ``masking`` of a ``noise_ratio`` fraction of pixels; the loss is against the
-    clean image); ``masked`` (hide a ``mask_ratio`` fraction of ``patch_size`` patches; the loss
-    counts hidden pixels only).
+    clean image); ``masked`` (as MAE, He et al. 2022: the encoder sees the image with a
+    ``mask_ratio`` fraction of ``patch_size`` patches hidden; the loss counts hidden pixels only;
+    ``patch_size=None`` matches the image: ``image_size // 14``, at least 4 px).
     ``loss``: ``mse`` on the (normalised) pixels, or ``bce`` for images in [0, 1] (decoder logits).
     logs: ``loss``, ``recon_mse`` (on the pixels the loss covers).
     """
@@ -56,26 +83,40 @@ class Autoencoder(Method):
     name = "autoencoder"
 
     def __init__(self, encoder, image_size: int = 32, mode: str = "plain", noise: str = "gaussian",
-                 noise_std: float = 0.5, noise_ratio: float = 0.3, mask_ratio: float = 0.5, patch_size: int = 4,
-                 loss: str = "mse", decoder_width: int = 128, in_chans: int = 3):
+                 noise_std: float = 0.5, noise_ratio: float = 0.3, mask_ratio: float = 0.75,
+                 patch_size: int | None = None, loss: str = "mse", decoder_width: int = 128, in_chans: int = 3,
+                 bottleneck: str = "pooled", code_grid: int = 2):
         super().__init__(encoder)
-        if mode not in MODES:
-            raise ValueError(f"autoencoder mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if noise not in NOISES:
-            raise ValueError(f"autoencoder noise must be one of {', '.join(NOISES)}, got {noise!r}")
-        if loss not in ("mse", "bce"):
-            raise ValueError(f"autoencoder loss must be 'mse' or 'bce', got {loss!r}")
-        self.mode, self.noise, self.loss_kind = mode, noise, loss
-        self.noise_std, self.noise_ratio, self.mask_ratio, self.patch_size = noise_std, noise_ratio, mask_ratio, patch_size
-        self.image_size = image_size
+        for option, value, valid in (("mode", mode, MODES), ("noise", noise, NOISES), ("loss", loss, ("mse", "bce")),
+                                     ("bottleneck", bottleneck, BOTTLENECKS)):
+            if value not in valid:
+                raise ValueError(f"autoencoder {option} must be one of {', '.join(valid)}, got {value!r}")
+        if code_grid < 1:
+            raise ValueError(f"autoencoder code_grid must be >= 1, got {code_grid}")
+        self.mode, self.noise, self.loss_kind, self.bottleneck = mode, noise, loss, bottleneck
+        self.noise_std, self.noise_ratio, self.mask_ratio = noise_std, noise_ratio, mask_ratio
+        self.patch_size = patch_size or max(4, image_size // 14)
+        self.image_size, self.code_grid = image_size, code_grid
         self._range_checked = False
         was_training = encoder.training
         with torch.no_grad():
             encoder.eval()
             fmap = encoder.feature_map(torch.zeros(1, in_chans, image_size, image_size))
         encoder.train(was_training)
-        self.decoder = Decoder(fmap.shape[1], (image_size, image_size), tuple(fmap.shape[-2:]),
-                               out_chans=in_chans, width=decoder_width)
+        out_size, map_size, channels = (image_size, image_size), tuple(fmap.shape[-2:]), fmap.shape[1]
+        if bottleneck == "map":
+            self.decoder = Decoder(channels, out_size, map_size, out_chans=in_chans, width=decoder_width)
+        else:
+            cells = 1 if bottleneck == "pooled" else code_grid * code_grid
+            self.decoder = CodeDecoder(channels * cells, out_size, map_size, in_chans, decoder_width)
+
+    def code(self, fmap: torch.Tensor) -> torch.Tensor:
+        """What the decoder reads of the feature map ``(B, D, h, w)`` (see ``bottleneck``)."""
+        if self.bottleneck == "map":
+            return fmap
+        if self.bottleneck == "pooled":
+            return fmap.mean(dim=(2, 3))
+        return F.adaptive_avg_pool2d(fmap, self.code_grid)
 
     def patch_mask(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 1, H, W)`` float mask, 1 on hidden patches."""
@@ -98,7 +139,7 @@ class Autoencoder(Method):
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction in the input's units (sigmoid applied for ``bce``)."""
-        out = self.decoder(self.encoder.feature_map(x))
+        out = self.decoder(self.code(self.encoder.feature_map(x)))
         return torch.sigmoid(out) if self.loss_kind == "bce" else out
 
     @torch.no_grad()
@@ -123,7 +164,7 @@ class Autoencoder(Method):
         inputs, mask = self.corrupt(x)
         fmap = self.encoder.feature_map(inputs)
         self.probe_features = fmap.detach().mean(dim=(2, 3))
-        out = self.decoder(fmap)
+        out = self.decoder(self.code(fmap))
         if self.loss_kind == "bce":
             per_pixel = F.binary_cross_entropy_with_logits(out, x, reduction="none")
             recon = torch.sigmoid(out)

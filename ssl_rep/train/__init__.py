@@ -6,6 +6,6 @@ from .memory import StepMemoryError
 from .metrics import OutputError
 from .schedule import lr_at
 
-__all__ = ["CheckpointError", "Config", "ConfigError", "DeviceMemoryError", "NonFiniteLossError", "OutputError", "StepMemoryError",
-           "TrainResult", "config_from_dict",
-           "config_to_dict", "load_checkpoint", "load_config", "lr_at", "safe_load", "train"]
+__all__ = ["CheckpointError", "Config", "ConfigError", "DeviceMemoryError", "NonFiniteLossError", "OutputError",
+           "StepMemoryError", "TrainResult", "config_from_dict", "config_to_dict", "load_config", "load_checkpoint",
+           "lr_at", "safe_load", "train"]

@@ -274,11 +274,13 @@ def _check_options(config: Config) -> None:
 
 def _option_choices(section: str, name: str, key: str) -> tuple:
     from ..encoders import NORMS
-    from ..methods.autoencoder import MODES, NOISES
+    from ..methods.autoencoder import BOTTLENECKS, MODES, NOISES
     from ..methods.context import CONTEXTS
-    table = {("method", "context"): CONTEXTS, ("method", "mode"): MODES, ("method", "noise"): NOISES,
-             ("method", "loss"): ("mse", "bce"), ("method", "patch_norm"): NORMS, ("encoder", "norm"): NORMS,
-             ("encoder", "shortcut"): ("A", "B"), ("encoder", "stem"): ("imagenet", "cifar")}
+    from ..methods.cpc import DIRECTIONS
+    table = {("method", "context"): CONTEXTS, ("method", "directions"): DIRECTIONS, ("method", "mode"): MODES,
+             ("method", "noise"): NOISES, ("method", "bottleneck"): BOTTLENECKS, ("method", "loss"): ("mse", "bce"),
+             ("method", "patch_norm"): NORMS, ("encoder", "norm"): NORMS, ("encoder", "shortcut"): ("A", "B"),
+             ("encoder", "stem"): ("imagenet", "cifar")}
     return table.get((section, key), ())
 
 
