@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from ssl_rep.cli import cluster as cluster_cli
@@ -134,3 +135,22 @@ def test_demo_runs_pretrain_probe_cluster_and_shows_the_loops_notes(tmp_path):
     assert (out / "cluster" / "report.html").stat().st_size > 1000
     assert "INFO ssl_rep.train: this CPU runs bf16 in hardware" in proc.stderr
     assert "report:" in proc.stdout
+
+
+def test_untrained_baseline_has_the_checkpoints_shape_and_the_output_names_the_features(tmp_path, caplog):
+    """untrained:CKPT is the same encoder (a CPC patch grid here) with fresh weights: same shape, same
+    features read the same way, and the log says which representation was read."""
+    from ssl_rep.cli.common import resolve_encoder
+    from ssl_rep.cli.probe import main as probe_main
+    run = train(load_config("cpc_digits", ["trainer.max_steps=2", "data.num_workers=0", "trainer.device=cpu",
+                                           f"out_dir={tmp_path / 'cpc'}"]), progress=False)
+    trained = resolve_encoder(str(run.encoder_path))
+    fresh = resolve_encoder(f"untrained:{run.encoder_path}", seed=1)
+    assert fresh.encoder_name == trained.encoder_name == "patch_grid"
+    assert fresh.encoder_kwargs == trained.encoder_kwargs
+    assert [v.shape for v in fresh.state_dict().values()] == [v.shape for v in trained.state_dict().values()]
+    assert any(not torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), trained.state_dict().values()))
+    with caplog.at_level("INFO", logger="ssl_rep.eval"):
+        probe_main(["--checkpoint", f"untrained:{run.encoder_path}", "--data", "digits", "--out", str(tmp_path / "p"),
+                    "--cache-dir", "none", "--device", "cpu", "--knn-k", "5", "--C", "0.1", "--train-subset", "300"])
+    assert "mean of the patch vectors over the grid (CPC v2's linear protocol)" in caplog.text

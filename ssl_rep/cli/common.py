@@ -43,7 +43,9 @@ EXPECTED_ERRORS = (CheckpointError, FileNotFoundError, ValueError, MemoryError, 
 
 def add_encoder_and_data_args(parser) -> None:
     parser.add_argument("--checkpoint", required=True,
-                        help="OUT/checkpoints/last.pt, OUT/encoder.pt, or random:<encoder> for a random-init baseline")
+                        help="OUT/checkpoints/last.pt, OUT/encoder.pt, random:<encoder> for a random-init baseline, "
+                             "or untrained:<encoder.pt or checkpoint> for that encoder's architecture untrained "
+                             "(same shape, same features: the like-for-like baseline)")
     parser.add_argument("--data", required=True, help="dataset name (digits, fashion-mnist, cifar10, ...) or folder")
     parser.add_argument("--root", default=None, help="where the dataset's files are")
     parser.add_argument("--out", default=None, help="output folder (default: next to the checkpoint)")
@@ -77,7 +79,27 @@ def resolve_encoder(spec: str, seed: int = 0, projection: bool = False) -> torch
         # values read as YAML scalars, as the config's are: random:resnet20?width=32&shortcut=B
         kwargs = {k: yaml.safe_load(v) for k, _, v in pairs}
         return create_encoder(name, **kwargs).eval()
+    if spec.startswith("untrained:"):   # the same architecture as a saved encoder, fresh weights
+        if projection:
+            raise ValueError(f"--features projection needs a trained SimCLR checkpoint; {spec} has no trained head")
+        path = Path(spec[len("untrained:"):])
+        trained = load_encoder(path)
+        torch.manual_seed(seed)
+        return create_encoder(trained.encoder_name, **trained.encoder_kwargs).eval()
     return load_encoder(spec, projection=projection)
+
+
+def describe_features(encoder, args) -> str:
+    """One line saying which representation the evaluation reads."""
+    inner = getattr(encoder, "encoder", encoder)
+    if getattr(inner, "encoder_name", "") == "patch_grid":
+        grid = (f"the patch grid average-pooled to {args.grid}x{args.grid} cells" if args.features == "grid"
+                else "the mean of the patch vectors over the grid (CPC v2's linear protocol)")
+        return f"features: {grid}, {encoder.num_features}-d; patches of {inner.patch_size} px at stride {inner.stride}"
+    what = {"backbone": "the encoder's globally pooled last feature map",
+            "projection": "the projection head's output",
+            "grid": f"the last feature map average-pooled to {args.grid}x{args.grid} cells"}[args.features]
+    return f"features: {what}, {encoder.num_features}-d"
 
 
 def encoder_for(args, calibration_split: str) -> torch.nn.Module:
@@ -98,6 +120,7 @@ def encoder_for(args, calibration_split: str) -> torch.nn.Module:
                                    args.seed)
         encoder = quantize_encoder(encoder, calibration, progress=sys.stderr.isatty())
         args.device = "cpu"
+    logging.getLogger("ssl_rep.eval").info("%s", describe_features(encoder, args))
     return encoder
 
 
