@@ -4,7 +4,8 @@
 # metrics.jsonl kept for the accuracy-vs-time figure) and the probe benchmark. Results land in $OUT.
 # Carried: .whl (faiss-cpu wheel for the device's Python) and .gpu_data/fashion-mnist (the IDX files).
 # PARTS picks stages (default all): tests overhead data extract decode kmeans suite probe; "profile" (eval/profile_step.py)
-# and "wide" (SimCLR ResNet-18 on Fashion-MNIST, epochs to fit WIDE_BUDGET=280 s, or WIDE_EPOCHS) are opt-in; "wide" takes
+# "aecpc" (CPC v2 and the autoencoder on all of Fashion-MNIST, epochs to fit AECPC_BUDGET=200 s each, their table)
+# and "wide" (SimCLR ResNet-18 on Fashion-MNIST, epochs to fit WIDE_BUDGET=280 s, or WIDE_EPOCHS) are opt-in; each takes
 # a device call of its own (on an H200, 2026-11-27, e02061d: timing 34 s, 84 epochs in 301 s; the SimCLR and
 # random-init rows were evaluated in the 179 s left before the then timeout, budget + 200 s, stopped the raw-pixel row). Stage times on an H200 (2026-11-26, commit f3c15c7): start 13 s, tests 60, overhead 81 (STEPS=80 WARMUP=20
 # REPEATS=3), data 27, extract 14, decode 25, suite 207 (SimCLR 15 epochs is 54 s of it), probe 23: 450 s in all, so
@@ -98,6 +99,26 @@ if asked wide; then
   python3 -c "import torch; o = torch.load('runs/fashion-mnist-resnet18/simclr/encoder.pt', weights_only=True)
 o['state_dict'] = {k: v.half() if v.is_floating_point() else v for k, v in o['state_dict'].items()}
 torch.save(o, '/tmp/fm_r18_encoder_fp16.pt')" && split -b 15M -d /tmp/fm_r18_encoder_fp16.pt "$OUT/fm_r18_encoder_fp16.pt.part"
+fi
+if asked aecpc; then
+  # opt-in: CPC v2 and the autoencoder at their recipes on all of Fashion-MNIST, each trained for the epochs that
+  # fit AECPC_BUDGET seconds (default 200 each; a 60-step timing run sets them), then eval/reproduce.py's
+  # fashion-mnist-ae-cpc table (each beside its own untrained encoder, N2D's UMAP + GMM column). A call of its own.
+  for m in autoencoder cpc; do
+    recipe=$([ $m = cpc ] && echo cpc_fashion_mnist || echo ae_fashion_mnist)
+    batch=$(python3 -c "from ssl_rep.train import load_config; print(load_config('$recipe').data.batch_size)")
+    rm -rf /tmp/timing_$m; stamp "$m timing"
+    timeout 150 python3 -m ssl_rep.cli.pretrain $recipe trainer.device=cuda data.root="$FM" data.num_workers=8 \
+      data.eval_split=null out_dir=/tmp/timing_$m trainer.max_steps=60 trainer.log_every=5 > "$OUT/timing_$m.log" 2>&1
+    declare "EPOCHS_$m=$(python3 eval/epochs_for_budget.py /tmp/timing_$m/metrics.jsonl --budget ${AECPC_BUDGET:-200} \
+      --images 60000 --batch-size $batch 2>>"$OUT/timing_$m.log" || echo 5)"
+  done
+  stamp "fashion-mnist ae+cpc: autoencoder $EPOCHS_autoencoder epochs, cpc $EPOCHS_cpc epochs"
+  timeout $(( 2 * ${AECPC_BUDGET:-200} + 240 )) python3 eval/reproduce.py fashion-mnist-ae-cpc --device cuda \
+    --root "$FM" --methods autoencoder,cpc --cluster-methods kmeans,gmm --override data.num_workers=8 \
+    --override autoencoder:trainer.epochs=$EPOCHS_autoencoder --override cpc:trainer.epochs=$EPOCHS_cpc \
+    --json "$OUT/fashion_mnist_ae_cpc.json" 2>&1 | grep -v "^step\|Warning\|warn" | tail -8
+  for m in autoencoder cpc; do cp runs/fashion-mnist-ae-cpc/$m/metrics.jsonl "$OUT/fm_aecpc_${m}_metrics.jsonl"; done
 fi
 if asked profile; then
   # where the loop's extra time per step goes (eval/profile_step.py); opt-in: PARTS="... profile"

@@ -50,6 +50,14 @@ EXPERIMENTS = {
                                "random": "random:resnet18?stem=cifar",
                                "anchors": "supervised ResNet-18 94.9% (Fashion-MNIST benchmark table); N2D ACC 0.672 / "
                                           "NMI 0.684 (McConville et al. 2019). Goal: SSL probe >= 91%, k-means ACC >= 0.70"},
+    # CPC v2 and the autoencoder on all of Fashion-MNIST: their own recipes, each beside its own encoder untrained
+    "fashion-mnist-ae-cpc": {"data": "fashion-mnist",
+                             "recipes": {"autoencoder": "ae_fashion_mnist", "cpc": "cpc_fashion_mnist",
+                                         "simclr": "simclr_fashion_mnist"},
+                             "anchors": "raw-pixel logistic regression 84.2% (Xiao et al. 2017); N2D (autoencoder -> "
+                                        "UMAP -> GMM) ACC 0.672 / NMI 0.684 (McConville et al. 2019). Goals: CPC probe "
+                                        ">= 0.90, autoencoder >= 0.88, each >= 3 pt above its untrained encoder; "
+                                        "AE + UMAP + GMM ACC >= 0.70 / NMI >= 0.68; CPC k-means ACC >= 0.60"},
     # Every method on CPU in minutes: pretrain on 5,000 training images, probe on 10,000, test on all 10,000.
     "fashion-mnist-cpu-subset": {"data": "fashion-mnist", "probe_train_subset": 10_000,
                                  "recipes": {"simclr": "simclr_fashion_mnist", "autoencoder": "ae_fashion_mnist",
@@ -102,6 +110,9 @@ def kmeans_l2_columns(X, y) -> dict:
         print("k-means after UMAP skipped: umap-learn is not installed", file=sys.stderr)
     elif X.shape[1] > UMAP_DIM:
         out["kmeans_l2_umap"] = clustering_scores(y, cluster(preprocess(unit, umap=UMAP_DIM), "kmeans", n_clusters=k))
+        # N2D's pipeline (McConville et al. 2019): the features as they are -> UMAP to as many dimensions as
+        # clusters, min_dist 0 -> a Gaussian mixture
+        out["umap_gmm"] = clustering_scores(y, cluster(preprocess(X, umap=k), "gmm", n_clusters=k))
     return out
 
 
@@ -120,6 +131,12 @@ def raw_pixels(data: str, root, cluster_methods, train_subset=None) -> dict:
             "clusters": clusters, **kmeans_l2_columns(Xt, yt)}
 
 
+def same_architecture(checkpoint: str, random_spec: str) -> bool:
+    from ssl_rep.cli.common import resolve_encoder
+    a, b = resolve_encoder(checkpoint), resolve_encoder(random_spec)
+    return (a.encoder_name, a.encoder_kwargs) == (b.encoder_name, b.encoder_kwargs)
+
+
 def for_method(overrides: list[str], method: str) -> list[str]:
     """Overrides that apply to ``method``: plain ``key=value`` for all, ``method:key=value`` for one."""
     picked = []
@@ -133,8 +150,17 @@ def for_method(overrides: list[str], method: str) -> list[str]:
     return picked
 
 
+def trained_run(checkpoint: str) -> tuple[float, int, int]:
+    """``(training seconds, steps, epochs)`` of a finished run, from the metrics.jsonl and config.yaml beside it."""
+    path = Path(checkpoint)
+    out = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    cfg = load_config(str(out / "config.yaml"))
+    return float(last["elapsed"]), int(last["step"]), cfg.trainer.epochs
+
+
 def run(name: str, device: str, root, overrides: list[str], methods: list[str], cluster_methods: list[str],
-        json_path: Path) -> dict:
+        json_path: Path, trained_checkpoints: dict | None = None) -> dict:
     spec = EXPERIMENTS[name]
     data = spec["data"]
     overrides = [*spec.get("overrides", []), *overrides]
@@ -147,18 +173,29 @@ def run(name: str, device: str, root, overrides: list[str], methods: list[str], 
               "command": " ".join(["python", *sys.argv]), "anchors": spec["anchors"], "rows": rows}
     save = lambda: json_path.write_text(json.dumps(result, indent=2))  # noqa: E731  (partial results survive a timeout)
     json_path.parent.mkdir(parents=True, exist_ok=True)
+    random_spec = spec.get("random", "random:resnet20")
     for method in methods:
-        start = time.time()
-        cfg = load_config(spec["recipes"][method], [f"out_dir=runs/{name}/{method}", f"trainer.device={device}",
-                                                    *([f"data.root={root}"] if root else []),
-                                                    *for_method(overrides, method)])
-        trained = train(cfg, progress=False)
-        seconds = time.time() - start
-        rows[method] = {"pretrain_seconds": seconds, "steps": trained.steps, "epochs": cfg.trainer.epochs,
-                        **evaluate(str(trained.checkpoint), data, root, dev, cluster_methods, subset, cache)}
+        if method in (trained_checkpoints or {}):
+            checkpoint = trained_checkpoints[method]
+            seconds, steps, epochs = trained_run(checkpoint)
+        else:
+            start = time.time()
+            cfg = load_config(spec["recipes"][method], [f"out_dir=runs/{name}/{method}", f"trainer.device={device}",
+                                                        *([f"data.root={root}"] if root else []),
+                                                        *for_method(overrides, method)])
+            trained = train(cfg, progress=False)
+            checkpoint, seconds, steps, epochs = str(trained.checkpoint), time.time() - start, trained.steps, \
+                cfg.trainer.epochs
+        rows[method] = {"pretrain_seconds": seconds, "steps": steps, "epochs": epochs,
+                        **evaluate(checkpoint, data, root, dev, cluster_methods, subset, cache)}
         print(json.dumps({method: rows[method]}), flush=True)
         save()
-    rows["random init"] = evaluate(spec.get("random", "random:resnet20"), data, root, dev, cluster_methods, subset, cache)
+        if not same_architecture(checkpoint, random_spec):   # CPC's patch grid: its own untrained twin
+            rows[f"{method}, untrained"] = {"note": "same encoder, untrained",
+                                            **evaluate(f"untrained:{checkpoint}", data, root, dev, cluster_methods,
+                                                       subset, cache)}
+            save()
+    rows["random init"] = evaluate(random_spec, data, root, dev, cluster_methods, subset, cache)
     save()
     rows["raw pixels"] = raw_pixels(data, root, ["kmeans"], subset)  # O(d^2) methods are slow on 784 raw dims
     save()
@@ -167,8 +204,9 @@ def run(name: str, device: str, root, overrides: list[str], methods: list[str], 
 
 def render(result: dict) -> None:
     lines = ["| encoder | pretraining | linear top-1 | top-5 | kNN@20 | k-means ACC | k-means NMI | k-means ACC, L2 "
-             f"| k-means ACC, L2 + UMAP-{UMAP_DIM} | k-means ACC, projection L2 | best other clustering (ACC) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"| k-means ACC, L2 + UMAP-{UMAP_DIM} | k-means ACC, projection L2 | UMAP + GMM ACC / NMI (N2D) "
+             "| best other clustering (ACC) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["rows"].items():
         km = r["clusters"].get("kmeans", {})
         others = {m: s["acc"] for m, s in r["clusters"].items() if m != "kmeans" and "acc" in s}
@@ -178,8 +216,9 @@ def render(result: dict) -> None:
         l2 = f"{r['kmeans_l2']['acc']:.4f}" if "kmeans_l2" in r else "–"   # runs saved before the column
         umap = f"{r['kmeans_l2_umap']['acc']:.4f}" if "kmeans_l2_umap" in r else "–"  # needs umap-learn
         proj = f"{r['kmeans_projection_l2']['acc']:.4f}" if "kmeans_projection_l2" in r else "–"  # SimCLR rows only
+        n2d = f"{r['umap_gmm']['acc']:.4f} / {r['umap_gmm']['nmi']:.4f}" if "umap_gmm" in r else "–"
         lines.append(f"| {name} | {pre} | {r['top1']:.4f} | {r['top5']:.4f} | {r['knn20']:.4f} | "
-                     f"{km.get('acc', float('nan')):.4f} | {km.get('nmi', float('nan')):.4f} | {l2} | {umap} | {proj} | "
+                     f"{km.get('acc', float('nan')):.4f} | {km.get('nmi', float('nan')):.4f} | {l2} | {umap} | {proj} | {n2d} | "
                      f"{f'{best} {others[best]:.4f}' if best else '–'} |")
     body = "\n".join(lines) + f"\n\nOverrides: `{' '.join(result['overrides']) or 'none'}`.  \n" \
                               f"Published anchors: {result['anchors']}." + (f"  \n{result['notes']}" if result.get("notes") else "")
@@ -199,6 +238,8 @@ def main() -> None:
                         help="key=value for every recipe, or method:key=value for one (repeatable)")
     parser.add_argument("--json", default=None, help="where to write the result (default eval/results/NAME.json)")
     parser.add_argument("--render", default=None, help="update RESULTS.md from a saved JSON and exit")
+    parser.add_argument("--trained", action="append", default=[], metavar="METHOD=CKPT",
+                        help="evaluate this finished run's checkpoint instead of training the method (repeatable)")
     parser.add_argument("--add-raw-pixels", action="store_true",
                         help="with --render: compute the raw-pixel row here if the saved run lacks it")
     args = parser.parse_args()
@@ -217,8 +258,9 @@ def main() -> None:
     if not args.name:
         parser.error("name an experiment (or --list)")
     out = Path(args.json or Path(__file__).parent / "results" / f"{args.name}.json")
+    trained = dict(text.split("=", 1) for text in args.trained)
     result = run(args.name, args.device, args.root, args.override, args.methods.split(","),
-                 args.cluster_methods.split(","), out)
+                 args.cluster_methods.split(","), out, trained)
     render(result)
     print(f"wrote {out} and eval/RESULTS.md")
 

@@ -21,11 +21,13 @@ def test_digits_suite_runs_every_row_and_writes_its_table(tmp_path, monkeypatch,
                            ["simclr", "autoencoder", "cpc", "supervised"], ["kmeans", "gmm"], out)
     reproduce.render(result)
     saved = json.loads(out.read_text())
-    assert list(saved["rows"]) == ["simclr", "autoencoder", "cpc", "supervised", "random init", "raw pixels"]
+    # CPC's patch-grid encoder is not the random row's ResNet: it gets its own untrained twin
+    assert list(saved["rows"]) == ["simclr", "autoencoder", "cpc", "cpc, untrained", "supervised", "random init",
+                                   "raw pixels"]
     for name, row in saved["rows"].items():
         assert 0.1 < row["top1"] <= row["top5"] <= 1, name
         assert 0 < row["clusters"]["kmeans"]["acc"] <= 1 and 0 < row["kmeans_l2"]["acc"] <= 1, name
-        assert 0 < row["kmeans_l2_umap"]["acc"] <= 1, name
+        assert 0 < row["kmeans_l2_umap"]["acc"] <= 1 and 0 < row["umap_gmm"]["nmi"] <= 1, name
     assert saved["rows"]["simclr"]["steps"] == 3
     # only SimCLR has a projection head; its k-means on the L2-normalised head output is a column of its own
     assert [n for n, r in saved["rows"].items() if "kmeans_projection_l2" in r] == ["simclr"]
@@ -36,14 +38,21 @@ def test_digits_suite_runs_every_row_and_writes_its_table(tmp_path, monkeypatch,
     table = sections["suite-digits-suite"]
     assert "k-means ACC, L2" in table and "| raw pixels |" in table and "| random init |" in table
     assert "k-means ACC, projection L2" in table and "k-means ACC, L2 + UMAP-10" in table
-    assert all(line.count("|") == 12 for line in table.splitlines() if line.startswith("|"))
+    assert "UMAP + GMM ACC / NMI (N2D)" in table and "| cpc, untrained | same encoder, untrained |" in table
+    assert all(line.count("|") == 13 for line in table.splitlines() if line.startswith("|"))
+    # --trained METHOD=CKPT evaluates a finished run instead of training it again
+    monkeypatch.setattr(reproduce, "train", lambda *a, **k: pytest.fail("trained again"))
+    again = reproduce.run("digits-suite", "cpu", None, [], ["autoencoder"], ["kmeans"], tmp_path / "again.json",
+                          {"autoencoder": "runs/digits-suite/autoencoder/checkpoints/last.pt"})
+    row = again["rows"]["autoencoder"]
+    assert row["steps"] == 3 and row["top1"] == pytest.approx(saved["rows"]["autoencoder"]["top1"], abs=1e-9)
 
 
 def test_render_keeps_runs_saved_before_the_l2_umap_and_projection_columns(sections):
     row = {"top1": 0.9, "top5": 1.0, "knn20": 0.8, "clusters": {"kmeans": {"acc": 0.5, "nmi": 0.4}}}
     reproduce.render({"experiment": "x", "rows": {"random init": row}, "overrides": [], "anchors": "a",
                       "command": "c", "machine": "m"})
-    assert "| random init | – | 0.9000 | 1.0000 | 0.8000 | 0.5000 | 0.4000 | – | – | – | – |" in sections["suite-x"]
+    assert "| random init | – | 0.9000 | 1.0000 | 0.8000 | 0.5000 | 0.4000 | – | – | – | – | – |" in sections["suite-x"]
 
 
 def test_umap_column_is_skipped_without_umap_learn(monkeypatch):
