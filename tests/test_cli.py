@@ -88,7 +88,8 @@ def test_cli_errors_are_one_clear_line(args, message):
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium not installed")
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="headless Chromium is not installed: apt-get install chromium chromium-driver runs it")
 def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
     cluster_cli.main(["--checkpoint", str(tiny_run / "encoder.pt"), "--data", "digits", "--methods", "kmeans",
                       "--out", str(tmp_path), "--cache-dir", "none", "--workers", "0"])

@@ -102,7 +102,7 @@ def test_fashion_mnist_missing_and_corrupt_files_are_named(tmp_path, monkeypatch
 
 
 @pytest.mark.skipif(not __import__("os").path.isdir("/usr/share/datasets/fashion-mnist"),
-                    reason="Debian's dataset-fashion-mnist is not installed")
+                    reason="Fashion-MNIST is not installed: `make data` (Debian's dataset-fashion-mnist) runs it")
 def test_real_fashion_mnist_from_debian_package():
     train, test = build_dataset("fashion-mnist"), build_dataset("fashion-mnist", split="test")
     assert (len(train), len(test)) == (60000, 10000)
