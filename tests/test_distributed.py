@@ -24,8 +24,10 @@ def build(name: str, global_negatives: bool = True):
     if name == "simclr":   # GroupNorm encoder, no BatchNorm in the head: nothing couples the samples but the loss
         enc = ssl_rep.create_encoder("resnet20", norm="group")
         return create_method("simclr", enc, head_batchnorm=False, global_negatives=global_negatives).double()
+    # LayerNorm patch encoder (CPC v2); per-patch jitter and flips off: the comparison needs the same patches in
+    # one process and two, whose random streams differ by design
     return create_method("cpc", ssl_rep.create_encoder("resnet20"), global_negatives=global_negatives,
-                         prediction_steps=3).double()   # LayerNorm patch encoder (CPC v2)
+                         prediction_steps=3, patch_jitter=0, patch_flip=0.0).double()
 
 
 def global_batch(name: str, n: int):
