@@ -160,7 +160,7 @@ def trained_run(checkpoint: str) -> tuple[float, int, int]:
 
 
 def run(name: str, device: str, root, overrides: list[str], methods: list[str], cluster_methods: list[str],
-        json_path: Path, trained_checkpoints: dict | None = None) -> dict:
+        json_path: Path, trained_checkpoints: dict | None = None, baselines: bool = True) -> dict:
     spec = EXPERIMENTS[name]
     data = spec["data"]
     overrides = [*spec.get("overrides", []), *overrides]
@@ -195,6 +195,8 @@ def run(name: str, device: str, root, overrides: list[str], methods: list[str], 
                                             **evaluate(f"untrained:{checkpoint}", data, root, dev, cluster_methods,
                                                        subset, cache)}
             save()
+    if not baselines:
+        return result
     rows["random init"] = evaluate(random_spec, data, root, dev, cluster_methods, subset, cache)
     save()
     rows["raw pixels"] = raw_pixels(data, root, ["kmeans"], subset)  # O(d^2) methods are slow on 784 raw dims
@@ -238,6 +240,9 @@ def main() -> None:
                         help="key=value for every recipe, or method:key=value for one (repeatable)")
     parser.add_argument("--json", default=None, help="where to write the result (default eval/results/NAME.json)")
     parser.add_argument("--render", default=None, help="update RESULTS.md from a saved JSON and exit")
+    parser.add_argument("--no-baselines", action="store_true", help="only the methods' rows (and untrained twins)")
+    parser.add_argument("--merge", action="append", default=[], metavar="JSON",
+                        help="with --render: add the rows of these saved runs of the same experiment")
     parser.add_argument("--trained", action="append", default=[], metavar="METHOD=CKPT",
                         help="evaluate this finished run's checkpoint instead of training the method (repeatable)")
     parser.add_argument("--add-raw-pixels", action="store_true",
@@ -249,6 +254,8 @@ def main() -> None:
         return
     if args.render:
         result = json.loads(Path(args.render).read_text())
+        for other in args.merge:
+            result["rows"] = {**json.loads(Path(other).read_text())["rows"], **result["rows"]}
         if args.add_raw_pixels and "raw pixels" not in result["rows"]:
             result["rows"]["raw pixels"] = {**raw_pixels(result["data"], args.root, ["kmeans"]),
                                             "note": f"computed on {machine()}"}
@@ -260,7 +267,7 @@ def main() -> None:
     out = Path(args.json or Path(__file__).parent / "results" / f"{args.name}.json")
     trained = dict(text.split("=", 1) for text in args.trained)
     result = run(args.name, args.device, args.root, args.override, args.methods.split(","),
-                 args.cluster_methods.split(","), out, trained)
+                 args.cluster_methods.split(","), out, trained, not args.no_baselines)
     render(result)
     print(f"wrote {out} and eval/RESULTS.md")
 
