@@ -17,7 +17,19 @@ def machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
     cores = len(__import__("os").sched_getaffinity(0))
-    return f"CPU only ({cores} cores, {platform.processor() or platform.machine()}), torch {torch.__version__}"
+    return f"CPU only ({cores} cores, {cpu_name()}), torch {torch.__version__}"
+
+
+def cpu_name() -> str:
+    """The CPU's model name and the vector extensions int8 and bf16 kernels depend on."""
+    from ssl_rep.quantize import cpu_has_vnni
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}, {'VNNI' if cpu_has_vnni() else 'no VNNI'}"
 
 
 def git_rev() -> str:
