@@ -87,7 +87,7 @@ def evaluate(checkpoint: str, data: str, root, device, cluster_methods, train_su
     row = {"top1": probe["top1"], "top5": probe["top5"], "knn20": probe["knn"]["20"],
            "clusters": {m: r.get("scores", {"error": r.get("error")}) for m, r in results.items()},
            **kmeans_l2_columns(X, y)}
-    if not checkpoint.startswith("random:"):   # SimCLR: k-means also on the sphere its loss compares on
+    if not checkpoint.startswith(("random:", "untrained:")):   # SimCLR: k-means also on the sphere its loss compares on
         try:
             projected, *_ = run_cluster(eval_args(cluster_cli.parse_args, checkpoint, data, root, device, "--methods",
                                                   "kmeans", "--features", "projection", "--l2", cache_dir=cache_dir))

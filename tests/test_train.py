@@ -175,7 +175,8 @@ def poison_autoencoder_loss(monkeypatch, factor: float, at) -> dict:
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     poison_autoencoder_loss(monkeypatch, float("nan"), lambda call: call > 5)
     out = tmp_path / "run"
-    cfg = load_config("ae_digits", [f"out_dir={out}", "trainer.max_steps=20", "trainer.checkpoint_every=2", *FAST])
+    cfg = load_config("ae_digits", [f"out_dir={out}", "trainer.max_steps=20", "trainer.checkpoint_every=2", *FAST,
+                                    "trainer.memory_check=false"])   # its probe forwards would count as calls
     with pytest.raises(NonFiniteLossError, match="loss became nan at step 6.*last good checkpoint"):
         train(cfg, progress=False)
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 4
@@ -187,7 +188,7 @@ def test_non_finite_loss_between_checkpoints_is_caught_at_the_next_logging_step(
     calls = poison_autoencoder_loss(monkeypatch, float("inf"), lambda call: call == 8)
     out = tmp_path / "run"
     cfg = load_config("ae_digits", [f"out_dir={out}", *FAST, "trainer.max_steps=30", "trainer.checkpoint_every=100",
-                                    "trainer.log_every=3"])
+                                    "trainer.log_every=3", "trainer.memory_check=false"])
     with pytest.raises(NonFiniteLossError, match="loss became inf at step 8 "):
         train(cfg, progress=False)
     # stopped when that window's values reached the host: at once on CPU (its progress line reads them at step 9),
@@ -486,13 +487,15 @@ def test_out_of_memory_names_the_batch_size_and_a_smaller_one(tmp_path, monkeypa
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")  # what CUDA raises
 
     monkeypatch.setattr(Autoencoder, "forward", forward)
-    cfg = load_config("ae_digits", [f"out_dir={tmp_path / 'run'}", "trainer.max_steps=4", *FAST])
+    cfg = load_config("ae_digits", [f"out_dir={tmp_path / 'run'}", "trainer.max_steps=4", *FAST,
+                                    "trainer.memory_check=false"])   # the OOM must come from a training step
     with pytest.raises(ssl_rep.train.DeviceMemoryError, match="data.batch_size=32 .*Try data.batch_size=16"):
         train(cfg, progress=False)
     proc = subprocess.run([sys.executable, "-c", "import sys, torch; from ssl_rep.methods.autoencoder import "
                            "Autoencoder as A; A.forward = lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("
                            "'CUDA out of memory')); from ssl_rep.cli.pretrain import main; main(sys.argv[1:])",
-                           "ae_digits", f"out_dir={tmp_path / 'cli'}", "trainer.max_steps=4", *FAST],
+                           "ae_digits", f"out_dir={tmp_path / 'cli'}", "trainer.max_steps=4", *FAST,
+                           "trainer.memory_check=false"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "ssl-pretrain: error: out of memory on cpu at step 1 with data.batch_size=32" in proc.stderr
