@@ -5,22 +5,19 @@ host's speed hits all of them alike. The speed-up of a variant is the fp32 media
 the range is over the per-round ratios. ``trainer.precision=auto`` stays fp32 on the CPU (so CPU results stay
 comparable with earlier runs); this measures what ``trainer.precision=bf16`` buys where the CPU has native
 bf16 (AVX512-BF16 or AMX). Usage:
-    python eval/bench_cpu_precision.py [--data fashion-mnist] [--methods simclr,supervised] [--steps 20] [--repeats 3]
+    python -m eval.bench_cpu_precision [--data fashion-mnist] [--methods simclr,supervised] [--steps 20] [--repeats 3]
 """
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.bench_step_overhead import loop_step_time, overhead_config  # noqa: E402
-from eval.results_md import emit, parse_or_render, table_section  # noqa: E402
-from ssl_rep.train.loop import native_bf16  # noqa: E402
+from eval.bench_step_overhead import loop_step_time, overhead_config
+from eval.results_md import emit, parse_or_render, table_section
+from ssl_rep.train.setup import native_bf16
 
 VARIANTS = {"fp32": ["trainer.precision=fp32"],
             "fp32 + channels_last": ["trainer.precision=fp32", "trainer.channels_last=true"],
@@ -77,7 +74,7 @@ def render(result: dict, command: str | None, machine_name: str | None = None) -
             f"Speed-up against {base} in the same round. This CPU: native bf16 "
             f"{'yes' if result['native_bf16'] else 'no'} (torch's CPU capability: {result['cpu_capability']}).")
     table_section(f"cpu-precision-{result['data']}", f"Training on the CPU: fp32, channels_last, bf16 ({result['data']})",
-                  "python eval/bench_cpu_precision.py", ["method", "batch", "variant", "ms/step", "speed-up",
+                  "python -m eval.bench_cpu_precision", ["method", "batch", "variant", "ms/step", "speed-up",
                                                          "per-round"], lines, command, machine_name, note)
 
 

@@ -1,24 +1,22 @@
 """One epoch of augmented training batches: the resident path (uint8 images on the device, batched
 augmentation there) vs a torchvision DataLoader (per-image PIL augmentation in worker processes),
 same data, same transform, same batch size. Goal on a GPU: >= 10x. Usage:
-    python eval/bench_data_path.py [--data fashion-mnist --root DIR] [--device cuda] [--workers 8]
+    python -m eval.bench_data_path [--data fashion-mnist --root DIR] [--device cuda] [--workers 8]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.results_md import device_table_section, emit, parse_or_render  # noqa: E402
-from ssl_rep.data import stats_for  # noqa: E402
-from ssl_rep.train import load_config  # noqa: E402
-from ssl_rep.train.data import build_loader, build_train_dataset  # noqa: E402
-from ssl_rep.train.gpu_data import GPUResidentLoader  # noqa: E402
+from eval.results_md import device_table_section, emit, parse_or_render
+from ssl_rep.data import stats_for
+from ssl_rep.train import load_config
+from ssl_rep.train.data import build_train_dataset
+from ssl_rep.train.loaders import build_loader
+from ssl_rep.train.loaders import ResidentLoader
 
 
 def epoch_seconds(loader, device, max_batches: int | None) -> tuple[float, int]:
@@ -58,7 +56,7 @@ def main() -> None:
         cfg = load_config(name, overrides)
         dataset, size, _, transform = build_train_dataset(cfg)
         loader, sampler = build_loader(dataset, cfg, device, cfg.seed)
-        resident = GPUResidentLoader(dataset.tensor(), torch.as_tensor(dataset.labels), cfg.data.batch_size, cfg.seed,
+        resident = ResidentLoader(dataset.tensor(), torch.as_tensor(dataset.labels), cfg.data.batch_size, cfg.seed,
                                      transform, stats_for(cfg.data.dataset), size,
                                      n_views=2 if recipe == "simclr" else 1, device=device,
                                      min_scale=cfg.data.min_scale)
@@ -78,7 +76,7 @@ def main() -> None:
 
 def render(rows: list[dict], command: str | None, machine_name: str | None = None) -> None:
     device_table_section(rows, "bench-data-path", "Data path: resident batched augmentation vs DataLoader",
-                         "python eval/bench_data_path.py",
+                         "python -m eval.bench_data_path",
                          ["data, transform", "images", "DataLoader (workers) img/s", "resident img/s",
                           "speed-up (goal >= 10x on GPU)"],
                          lambda r: f"| {r['data']}, {r['transform']} | {r['images']} | {r['dataloader_img_s']:,.0f} "

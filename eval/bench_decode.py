@@ -1,13 +1,12 @@
 """JPEG folders: decoding on the training device (``data.decode_on=device``: nvjpeg on a GPU) vs
 PIL decoding and augmentation in DataLoader workers, same files, transform, batch and workers.
 The JPEGs are written by the script at ImageNet's typical size (500 x 375, quality 90). Usage:
-    python eval/bench_decode.py [--device cuda] [--workers 8] [--n 2048] [--transforms imagenet_rrc,simclr]
+    python -m eval.bench_decode [--device cuda] [--workers 8] [--n 2048] [--transforms imagenet_rrc,simclr]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -15,11 +14,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.bench_data_path import epoch_seconds  # noqa: E402
-from eval.results_md import device_table_section, emit, parse_or_render  # noqa: E402
-from ssl_rep.train import load_config  # noqa: E402
-from ssl_rep.train.data import build_loader, build_train_dataset  # noqa: E402
+from eval.bench_data_path import epoch_seconds
+from eval.results_md import device_table_section, emit, parse_or_render
+from ssl_rep.train import load_config
+from ssl_rep.train.data import build_train_dataset
+from ssl_rep.train.loaders import build_loader
 
 
 def write_photos(folder: Path, n: int, width: int, height: int, seed: int = 0) -> float:
@@ -77,7 +76,7 @@ def main() -> None:
 def render(rows: list[dict], command: str | None, machine_name: str | None = None) -> None:
     r0 = rows[0]
     device_table_section(
-        rows, "bench-decode", "JPEG decoding: on the device vs in DataLoader workers", "python eval/bench_decode.py",
+        rows, "bench-decode", "JPEG decoding: on the device vs in DataLoader workers", "python -m eval.bench_decode",
         ["transform (224 px)", "images", "PIL in workers img/s", "decode_on=device img/s", "speed-up"],
         lambda r: f"| {r['transform']} | {r['images']} | {r['workers_img_s']:,.0f} | {r['device_img_s']:,.0f} | "
                   f"{r['speedup']:.2f}x |", command, machine_name,

@@ -8,7 +8,7 @@ the ratio is median loop time / median bare time, and the range of the per-round
 noise (on a shared GPU host one short window scatters by +-0.15). Each round times the bare steps
 before and after its loop run and takes their mean, so a drift of the host's speed during the round
 cancels. Usage:
-    python eval/bench_step_overhead.py [--data digits] [--device cpu] [--steps 40] [--repeats 3] [--methods ...]
+    python -m eval.bench_step_overhead [--data digits] [--device cpu] [--steps 40] [--repeats 3] [--methods ...]
 """
 from __future__ import annotations
 
@@ -16,22 +16,20 @@ import argparse
 import json
 import re
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.results_md import add_output_args, update_section  # noqa: E402
-from ssl_rep.encoders import create_encoder  # noqa: E402
-from ssl_rep.methods import create_method  # noqa: E402
-from ssl_rep.train import load_config, train  # noqa: E402
-from ssl_rep.train.data import build_train_dataset  # noqa: E402
-from ssl_rep.train.loop import method_options, to_device  # noqa: E402
-from ssl_rep.train.metrics import read_metrics  # noqa: E402
-from ssl_rep.train.optim import build_optimizer  # noqa: E402
+from eval.results_md import add_output_args, command_line, update_section
+from ssl_rep.encoders import create_encoder
+from ssl_rep.methods import create_method
+from ssl_rep.train import load_config, train
+from ssl_rep.train.data import build_train_dataset
+from ssl_rep.train.setup import method_options, to_device
+from ssl_rep.train.metrics import read_metrics
+from ssl_rep.train.optim import build_optimizer
 
 RECIPES = {"autoencoder": "ae", "cpc": "cpc", "simclr": "simclr", "supervised": "supervised"}
 
@@ -119,7 +117,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--root", default=None, help="dataset root (e.g. the Fashion-MNIST folder)")
     parser.add_argument("--override", action="append", default=[], help="KEY=VALUE for every run, e.g. "
-                        "data.gpu_resident=on (repeatable; shown beside the method)")
+                        "data.resident=on (repeatable; shown beside the method)")
     add_output_args(parser)
     args = parser.parse_args()
     if args.render:
@@ -148,7 +146,7 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     if not args.no_results_md:
-        render(rows, args.data, device.type, " ".join(["python", *sys.argv]), variant=" ".join(args.override))
+        render(rows, args.data, device.type, command_line(), variant=" ".join(args.override))
 
 
 def render(rows: list[dict], data: str, device: str, command: str | None, machine_name: str | None = None,
@@ -166,7 +164,7 @@ def render(rows: list[dict], data: str, device: str, command: str | None, machin
         if rounds > 1 else ""
     key = f"step-overhead-{data}-{device}" + (f"-{re.sub('[^a-z0-9]+', '-', variant.lower())}" if variant else "")
     update_section(key, f"Training-loop overhead ({data}, {device}{', ' + variant if variant else ''})",
-                   command or "python eval/bench_step_overhead.py", "\n".join(table) + ("\n\n" + note if note else ""),
+                   command or "python -m eval.bench_step_overhead", "\n".join(table) + ("\n\n" + note if note else ""),
                    machine_name=machine_name)
 
 

@@ -1,7 +1,7 @@
 """data.decode_on=device: workers read files, the training device decodes JPEG batches and augments them.
 
 On the CPU the same code runs with torchvision's CPU decoder (libjpeg-turbo, as PIL), so these tests
-check routing, pixels, crop parameters and resume; tests/test_gpu_data.py checks nvjpeg on a GPU.
+check routing, pixels, crop parameters and resume; tests/test_resident.py checks nvjpeg on a GPU.
 """
 import io
 
@@ -14,8 +14,9 @@ from ssl_rep.data import build_dataset, load_rgb
 from ssl_rep.data.decode import ImageDecodeError
 from ssl_rep.data.device_decode import JPEG, PIXELS, decode_batch, encode_for_device, read_for_device
 from ssl_rep.train import ConfigError, load_config, train
-from ssl_rep.train.data import build_loader, build_train_dataset
-from ssl_rep.train.gpu_data import gaussian_blur
+from ssl_rep.train.data import build_train_dataset
+from ssl_rep.train.loaders import build_loader
+from ssl_rep.data.batched import gaussian_blur
 
 from runs import straight_and_resumed
 from test_data import write_mixed_folder

@@ -59,7 +59,7 @@ class EncodedImages(Dataset):
     """Items ``(kind, payload, label, sample_seed, path)`` of an :class:`ImageFolderDataset`'s files.
 
     Item ``epoch * N + i`` is file ``i`` with seed ``mix_seed(seed, epoch, i)``: the codes that
-    :class:`~ssl_rep.train.data.EpochSampler` yields and the seed the worker path augments it with.
+    :class:`~ssl_rep.train.sampling.EpochSampler` yields and the seed the worker path augments it with.
     """
 
     def __init__(self, folder, seed: int):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Encoder, make_norm
+from .base import NORMS, Encoder, make_norm
 
 DEPTHS = (20, 32, 44, 56, 110)
 
@@ -50,6 +50,8 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(Encoder):
+    option_choices = {"norm": NORMS, "shortcut": ("A", "B")}
+
     def __init__(self, depth: int = 20, shortcut: str = "A", in_chans: int = 3, norm: str = "batch",
                  width: int = 16):
         super().__init__()

@@ -9,12 +9,14 @@ import torch
 from torch import nn
 from torchvision import models
 
-from .base import Encoder, make_norm
+from .base import NORMS, Encoder, make_norm
 
 ARCHS = {"resnet18": models.resnet18, "resnet34": models.resnet34, "resnet50": models.resnet50}
 
 
 class TorchvisionResNet(Encoder):
+    option_choices = {"norm": NORMS, "stem": ("imagenet", "cifar")}
+
     def __init__(self, arch: str = "resnet18", stem: str = "imagenet", in_chans: int = 3, norm: str = "batch",
                  zero_init_residual: bool = False):
         super().__init__()

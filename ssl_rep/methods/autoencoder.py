@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Method
+from .base import Method, MethodOutput
 
 MODES = ("plain", "denoising", "masked")
 NOISES = ("gaussian", "masking")
@@ -81,6 +81,7 @@ class Autoencoder(Method):
     """
 
     name = "autoencoder"
+    option_choices = {"mode": MODES, "noise": NOISES, "bottleneck": BOTTLENECKS, "loss": ("mse", "bce")}
 
     def __init__(self, encoder, image_size: int = 32, mode: str = "plain", noise: str = "gaussian",
                  noise_std: float = 0.5, noise_ratio: float = 0.3, mask_ratio: float = 0.75,
@@ -163,7 +164,6 @@ class Autoencoder(Method):
             self._range_checked = True
         inputs, mask = self.corrupt(x)
         fmap = self.encoder.feature_map(inputs)
-        self.probe_features = fmap.detach().mean(dim=(2, 3))
         out = self.decoder(self.code(fmap))
         if self.loss_kind == "bce":
             per_pixel = F.binary_cross_entropy_with_logits(out, x, reduction="none")
@@ -179,4 +179,4 @@ class Autoencoder(Method):
             weight = mask.expand_as(x)
             denom = weight.sum().clamp_min(1.0)
             loss, mse = (per_pixel * weight).sum() / denom, (sq * weight).sum() / denom
-        return loss, {"loss": loss.detach(), "recon_mse": mse.detach()}
+        return MethodOutput(loss, {"loss": loss.detach(), "recon_mse": mse.detach()}, fmap.detach().mean(dim=(2, 3)))

@@ -7,18 +7,50 @@ from torch import nn
 from ..encoders import Encoder
 
 
+class MethodOutput(tuple):
+    """What a method's ``forward`` returns: unpacks as ``loss, logs = method(batch)``, and carries
+    ``features``, the batch's pooled encoder features ``(B, D)`` (first view, detached) that the
+    trainer's online probe reads at no extra cost (``None`` when a method has none)."""
+
+    def __new__(cls, loss: torch.Tensor, logs: dict, features: torch.Tensor | None = None):
+        out = super().__new__(cls, (loss, logs))
+        out.features = features
+        return out
+
+    @property
+    def loss(self) -> torch.Tensor:
+        return self[0]
+
+    @property
+    def logs(self) -> dict:
+        return self[1]
+
+
 class Method(nn.Module):
-    """Base class. ``forward(batch) -> (loss, logs)``: ``loss`` a scalar tensor to backpropagate,
-    ``logs`` a dict of detached 0-d tensors (the trainer reads them only at logging steps, so a
-    step never waits on the device for them; ``float(logs["loss"])`` gives the number). ``batch`` is what a DataLoader over an ssl_rep dataset yields:
-    ``(images, labels)`` with ``images`` a tensor ``(B, 3, H, W)`` or a list of views.
+    """Base class. ``forward(batch) -> MethodOutput(loss, logs, features)``: ``loss`` a scalar tensor to
+    backpropagate, ``logs`` a dict of detached 0-d tensors (the trainer reads them only at logging
+    steps, so a step never waits on the device for them; ``float(logs["loss"])`` gives the number),
+    ``features`` what the online probe reads. ``batch`` is what a DataLoader over an ssl_rep dataset
+    yields: ``(images, labels)`` with ``images`` a tensor ``(B, 3, H, W)`` or a list of views.
 
-    After each forward, ``probe_features`` holds the batch's pooled encoder features ``(B, D)``
-    (first view), detached: the trainer's online linear probe reads them at no extra cost."""
+    A method declares what it needs as class attributes, and the trainer asks them (it never
+    compares a method's name):
 
-    probe_features: torch.Tensor | None = None
+    - ``n_views``: augmented views per image in a batch (1: a tensor; 2 or more: a list of tensors).
+    - ``transform``: the training augmentation it is meant for (a name in ``ssl_rep.data.TRANSFORMS``),
+      or ``None`` for the trainer's choice by image size.
+    - ``needs_labels``: every training image needs a label in ``[0, num_classes)``.
+    - ``unused_parameters``: some parameters may get no gradient in a step (DDP must look for them).
+
+    Constructor arguments named ``image_size`` or ``num_classes`` are filled from the dataset when
+    the recipe leaves them out. ``after_step(step, total_steps)`` runs after every optimiser step
+    (momentum teachers, schedules); the default does nothing."""
 
     name = ""
+    n_views: int = 1
+    transform: str | None = None
+    needs_labels: bool = False
+    unused_parameters: bool = False
 
     def __init__(self, encoder: Encoder):
         super().__init__()
@@ -26,6 +58,9 @@ class Method(nn.Module):
             raise TypeError(f"{type(self).__name__} needs an ssl_rep encoder (forward, feature_map, "
                             f"num_features), got {type(encoder).__name__}; use ssl_rep.create_encoder")
         self.encoder = encoder
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Called by the trainer after optimiser step ``step`` (1-based) of ``total_steps``."""
 
     @staticmethod
     def images_of(batch) -> torch.Tensor | list[torch.Tensor]:

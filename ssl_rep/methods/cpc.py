@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..encoders import PatchGridEncoder
-from .base import Method, replace_batchnorm
-from .context import create_context
+from ..encoders import NORMS, PatchGridEncoder
+from .base import Method, MethodOutput, replace_batchnorm
+from .context import CONTEXTS, create_context
 from .losses import info_nce
 
 DIRECTIONS = ("down", "both", "all")   # top-down; + bottom-up; + left-to-right and right-to-left
@@ -64,6 +64,8 @@ class CPC(Method):
     """
 
     name = "cpc"
+    option_choices = {"context": CONTEXTS, "directions": DIRECTIONS, "patch_norm": NORMS}
+    unused_parameters = True   # a grid too short for an offset leaves that offset's predictor unused
 
     def __init__(self, encoder, patch_size: int = 8, stride: int = 4, context: str = "pixelcnn",
                  context_dim: int = 256, prediction_steps: int = 5, first_step: int | None = None,
@@ -141,7 +143,6 @@ class CPC(Method):
             if self.patch_aug > 0:
                 patches = self.colour_drop(patches)
         z = self.encode_patches(patches)
-        self.probe_features = z.detach().mean(dim=(2, 3))
         total, count, correct = 0.0, 0, torch.zeros((), device=x.device)
         for direction in range(len(self.contexts)):
             zd = orient(z, direction)
@@ -158,4 +159,4 @@ class CPC(Method):
             raise ValueError(f"CPC: a {z.shape[2]}x{z.shape[3]} patch grid has no row {self.first_step} steps "
                              f"ahead to predict; use smaller patches, a smaller stride or a smaller first_step")
         loss = total / count
-        return loss, {"loss": loss.detach(), "acc": correct / count}
+        return MethodOutput(loss, {"loss": loss.detach(), "acc": correct / count}, z.detach().mean(dim=(2, 3)))

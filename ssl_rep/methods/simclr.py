@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ..encoders.heads import projection_mlp
-from .base import Method
+from .base import Method, MethodOutput
 from .losses import nt_xent
 
 
@@ -22,6 +22,8 @@ class SimCLR(Method):
     """
 
     name = "simclr"
+    n_views = 2
+    transform = "simclr"
 
     def __init__(self, encoder, temperature: float = 0.5, hidden_dim: int = 512, out_dim: int = 128,
                  head_batchnorm: bool = True, global_negatives: bool = True):
@@ -38,7 +40,6 @@ class SimCLR(Method):
                              "ssl_rep.data.MultiView(transform, 2)")
         n = len(views[0])
         h = self.encoder(torch.cat(list(views)))  # one pass: BatchNorm sees both views
-        self.probe_features = h[:n].detach()
         z = self.head(h)
         z0, z1 = z[:n], z[n:]
         loss = nt_xent(z0, z1, self.temperature, gather_distributed=self.global_negatives)
@@ -50,4 +51,4 @@ class SimCLR(Method):
             positive = torch.arange(2 * n, device=sim.device).roll(n)   # n..2n-1, then 0..n-1
             acc = (sim.argmax(dim=1) == positive).float().mean()
             pos_sim = (zn[:n] * zn[n:]).sum(dim=1).mean()
-        return loss, {"loss": loss.detach(), "pos_sim": pos_sim, "contrast_acc": acc}
+        return MethodOutput(loss, {"loss": loss.detach(), "pos_sim": pos_sim, "contrast_acc": acc}, h[:n].detach())

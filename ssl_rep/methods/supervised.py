@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Method
+from .base import Method, MethodOutput
 
 
 class Supervised(Method):
@@ -26,6 +26,7 @@ class Supervised(Method):
     """
 
     name = "supervised"
+    needs_labels = True
 
     def __init__(self, encoder, num_classes: int = 10, l2_weight_decay: float = 0.0, label_smoothing: float = 0.0):
         super().__init__(encoder)
@@ -46,9 +47,8 @@ class Supervised(Method):
             raise ValueError(f"supervised: labels must be in [0, {self.num_classes}); got "
                              f"min {labels.min().item()} max {labels.max().item()} (unlabeled data has -1)")
         feats = self.encoder(images)
-        self.probe_features = feats.detach()
         logits = self.classifier(feats)
         ce = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         loss = ce + self.l2_penalty() if self.l2_weight_decay else ce
         acc = (logits.argmax(dim=1) == labels).float().mean()
-        return loss, {"loss": loss.detach(), "ce": ce.detach(), "acc": acc}
+        return MethodOutput(loss, {"loss": loss.detach(), "ce": ce.detach(), "acc": acc}, feats.detach())

@@ -13,11 +13,14 @@ import math
 import re
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+
+from ..data.transforms import MIN_SCALE, TRANSFORMS
 
 
 
@@ -38,21 +41,32 @@ class ConfigError(ValueError):
     """A configuration mistake, explained for a person (key, value, valid choices)."""
 
 
+def _field(default, choices: tuple = (), check: str | None = None):
+    """A config field with its check beside it: ``choices`` (the valid values) or ``check`` (``positive``,
+    ``non_negative``, ``fraction``: in (0, 1])."""
+    return field(default=default, metadata={"choices": tuple(choices), "check": check})
+
+
+ON_OFF = ("auto", "on", "off")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "digits"          # a dataset name (ssl_rep.data.DATASETS) or a folder path
     root: Optional[str] = None       # where the dataset's files are
     split: str = "train"             # split to pretrain on
-    subset: Optional[int] = None     # pretrain on a fixed random subset of this many images (seeded)
+    subset: Optional[int] = _field(None, check="positive")     # pretrain on a fixed random subset of this many images (seeded)
     eval_split: Optional[str] = "test"  # labelled split for the online probe's end-of-epoch score
-    batch_size: int = 256            # per process (global batch = batch_size x world size)
-    num_workers: int = 2
-    transform: str = "auto"          # auto | cifar_train | imagenet_train | imagenet_rrc | simclr | eval | none
+    batch_size: int = _field(256, check="positive")            # per process (global batch = batch_size x world size)
+    num_workers: int = _field(2, check="non_negative")
+    transform: str = _field("auto", ("auto", *(t for t in TRANSFORMS if t != "ten_crop")))  # or the method's own
     image_size: Optional[int] = None  # crop size; None = the dataset's own (a folder's median short side, <= 224)
-    min_scale: float = 0.08          # smallest crop area, a fraction of the image (simclr, imagenet_rrc); = transforms.MIN_SCALE
-    gpu_resident: str = "auto"       # auto | on | off: keep uint8 images on the device (GPU or CPU), augment batches there
-    decode_on: str = "workers"       # workers | device: image folders' JPEGs decoded by DataLoader workers (PIL) or
-                                     # in batches on the training device (nvjpeg on a GPU), then augmented there
+    min_scale: float = _field(MIN_SCALE, check="fraction")  # smallest crop area, a fraction of the image (simclr, imagenet_rrc)
+    # keep uint8 images on the training device (GPU or CPU), augment whole batches there (was data.gpu_resident)
+    resident: str = _field("auto", ON_OFF)
+    # image folders' JPEGs decoded by DataLoader workers (PIL), or in batches on the training device (nvjpeg on a
+    # GPU), then augmented there
+    decode_on: str = _field("workers", ("workers", "device"))
 
 
 @dataclass(frozen=True)
@@ -69,35 +83,35 @@ class MethodConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: str = "sgd"                # sgd | adamw | lars
-    lr: float = 0.1                  # peak learning rate, used as given (no batch-size scaling)
-    momentum: float = 0.9
+    name: str = _field("sgd", ("sgd", "adamw", "lars"))
+    lr: float = _field(0.1, check="positive")                  # peak learning rate, used as given (no batch-size scaling)
+    momentum: float = _field(0.9, check="non_negative")
     nesterov: bool = False
     betas: tuple = (0.9, 0.999)
-    weight_decay: float = 5e-4       # decoupled; not applied to biases and norm parameters
+    weight_decay: float = _field(5e-4, check="non_negative")       # decoupled; not applied to biases and norm parameters
     decay_norm_and_bias: bool = False
-    grad_clip: Optional[float] = None  # max global gradient norm
+    grad_clip: Optional[float] = _field(None, check="non_negative")  # max global gradient norm
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    name: str = "cosine"             # cosine | step | constant
-    warmup_steps: int = 0            # linear warmup from 0, in optimiser steps
-    min_lr: float = 0.0              # cosine floor
+    name: str = _field("cosine", ("cosine", "step", "constant"))
+    warmup_steps: int = _field(0, check="non_negative")            # linear warmup from 0, in optimiser steps
+    min_lr: float = _field(0.0, check="non_negative")              # cosine floor
     milestones: tuple = ()           # step decay: optimiser steps at which lr *= gamma
-    gamma: float = 0.1
+    gamma: float = _field(0.1, check="non_negative")
 
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    epochs: int = 10
-    max_steps: Optional[int] = None  # stop after this many optimiser steps (overrides epochs)
-    checkpoint_every: int = 500      # optimiser steps between checkpoints (and one at the end)
-    keep_checkpoints: int = 2        # step-numbered checkpoints kept beside last.pt
-    log_every: int = 10              # optimiser steps between metrics.jsonl lines
+    epochs: int = _field(10, check="positive")
+    max_steps: Optional[int] = _field(None, check="positive")  # stop after this many optimiser steps (overrides epochs)
+    checkpoint_every: int = _field(500, check="positive")      # optimiser steps between checkpoints (and one at the end)
+    keep_checkpoints: int = _field(2, check="positive")        # step-numbered checkpoints kept beside last.pt
+    log_every: int = _field(10, check="positive")              # optimiser steps between metrics.jsonl lines
     deterministic: bool = False
     device: str = "auto"             # auto | cpu | cuda | cuda:N
-    precision: str = "auto"          # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    precision: str = _field("auto", ("auto", "bf16", "fp32"))  # auto: bf16 on GPU, fp32 on CPU
     channels_last: bool = False
     compile: bool = False
     online_probe: bool = True        # linear head on detached features when labels exist
@@ -117,20 +131,22 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
-CHOICES = {
-    "data.transform": ("auto", "cifar_train", "imagenet_train", "imagenet_rrc", "simclr", "eval", "none"),
-    "data.gpu_resident": ("auto", "on", "off"),
-    "data.decode_on": ("workers", "device"),
-    "optim.name": ("sgd", "adamw", "lars"),
-    "schedule.name": ("cosine", "step", "constant"),
-    "trainer.precision": ("auto", "bf16", "fp32"),
-}
-POSITIVE = {"data.subset", "data.batch_size", "optim.lr", "trainer.epochs", "trainer.max_steps", "trainer.checkpoint_every",
-            "trainer.log_every", "trainer.keep_checkpoints"}
-NON_NEGATIVE = {"data.num_workers", "optim.weight_decay", "optim.momentum", "schedule.warmup_steps",
-                "schedule.min_lr", "optim.grad_clip", "schedule.gamma"}
-FRACTION = {"data.min_scale"}
 OPEN_SECTIONS = ("encoder", "method")  # extra keys become options, checked against a signature
+RENAMED = {"data.gpu_resident": "data.resident"}   # old key -> new key; the old one still works, with a warning
+
+
+def _rules(cls=None, prefix: str = "") -> dict[str, dict]:
+    """``{dotted key: {"choices": ..., "check": ...}}`` from the fields' metadata."""
+    rules = {}
+    for f in dataclasses.fields(cls or Config):
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            rules.update(_rules(f.default_factory, f"{prefix}{f.name}."))
+        elif f.metadata:
+            rules[prefix + f.name] = dict(f.metadata)
+    return rules
+
+
+RULES = _rules()
 
 
 def valid_keys(cls=Config, prefix: str = "") -> list[str]:
@@ -194,15 +210,17 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
 
 
 def _check_value(key: str, value: Any) -> None:
-    if key in CHOICES and value not in CHOICES[key]:
-        raise ConfigError(f"{key}: {value!r} is not a valid choice; valid: {', '.join(CHOICES[key])}")
+    rule = RULES.get(key, {})
+    if rule.get("choices") and value not in rule["choices"]:
+        raise ConfigError(f"{key}: {value!r} is not a valid choice; valid: {', '.join(map(str, rule['choices']))}")
     if value is None or isinstance(value, (str, bool, tuple)):
         return
-    if key in POSITIVE and value <= 0:
+    check = rule.get("check")
+    if check == "positive" and value <= 0:
         raise ConfigError(f"{key}: must be > 0, got {value!r}")
-    if key in NON_NEGATIVE and value < 0:
+    if check == "non_negative" and value < 0:
         raise ConfigError(f"{key}: must be >= 0, got {value!r}")
-    if key in FRACTION and not 0 < value <= 1:
+    if check == "fraction" and not 0 < value <= 1:
         raise ConfigError(f"{key}: must be in (0, 1], got {value!r}")
 
 
@@ -214,6 +232,13 @@ def _build(cls, values: dict, prefix: str):
     kwargs, extra = {}, {}
     for key, value in values.items():
         full = f"{prefix}{key}"
+        if full in RENAMED:
+            new = RENAMED[full]
+            warnings.warn(f"{full} is now called {new}; {full} will stop working in a later release", FutureWarning,
+                          stacklevel=2)
+            if new.rsplit(".", 1)[-1] in values:
+                raise ConfigError(f"{full} and {new} are the same key (renamed); give only {new}")
+            key, full = new.rsplit(".", 1)[-1], new
         if key not in names or key == "options":
             if prefix.rstrip(".") in OPEN_SECTIONS:
                 extra[key] = value
@@ -222,7 +247,7 @@ def _build(cls, values: dict, prefix: str):
             raise ConfigError(f"unknown key {full!r}; valid keys{' in ' + prefix.rstrip('.') if prefix else ''}: "
                               f"{', '.join(here)}")
         typ = hints[key]
-        if isinstance(value, bool) and set(CHOICES.get(full, ())) >= {"on", "off"}:
+        if isinstance(value, bool) and set(RULES.get(full, {}).get("choices", ())) >= {"on", "off"}:
             value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
         if dataclasses.is_dataclass(typ):
             kwargs[key] = _build(typ, value or {}, f"{full}.")
@@ -268,20 +293,19 @@ def _check_options(config: Config) -> None:
                 coerced = _coerce(f"{section}.{key}", value, type(default))
                 allowed = _option_choices(section, sub.name, key)
                 if allowed and coerced not in allowed:
-                    raise ConfigError(f"{section}.{key}: {coerced!r} is not a valid choice; valid: {', '.join(allowed)}")
+                    raise ConfigError(f"{section}.{key}: {coerced!r} is not a valid choice; valid: {', '.join(map(str, allowed))}")
                 sub.options[key] = coerced
 
 
 def _option_choices(section: str, name: str, key: str) -> tuple:
-    from ..encoders import NORMS
-    from ..methods.autoencoder import BOTTLENECKS, MODES, NOISES
-    from ..methods.context import CONTEXTS
-    from ..methods.cpc import DIRECTIONS
-    table = {("method", "context"): CONTEXTS, ("method", "directions"): DIRECTIONS, ("method", "mode"): MODES,
-             ("method", "noise"): NOISES, ("method", "bottleneck"): BOTTLENECKS, ("method", "loss"): ("mse", "bce"),
-             ("method", "patch_norm"): NORMS, ("encoder", "norm"): NORMS, ("encoder", "shortcut"): ("A", "B"),
-             ("encoder", "stem"): ("imagenet", "cifar")}
-    return table.get((section, key), ())
+    """The valid values of an encoder or method option, as the class declares them (``option_choices``)."""
+    if section == "method":
+        from ..methods import METHODS
+        cls = METHODS.get(name)
+    else:
+        from ..encoders import _REGISTRY
+        cls = getattr(_REGISTRY.get(name), "func", None)
+    return tuple(getattr(cls, "option_choices", {}).get(key, ()))
 
 
 def config_from_dict(values: dict) -> Config:

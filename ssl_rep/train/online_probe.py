@@ -3,7 +3,10 @@ after each epoch (it never changes the encoder)."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from .optim import AdamW
 
 ONLINE_PROBE_LR = 0.03   # the online probe's peak AdamW lr; it follows the run's schedule (warmup, decay)
 
@@ -46,3 +49,55 @@ def probe_accuracy(encoder: nn.Module, head: nn.Module, images, labels, batch_si
     encoder.train(was_training)
     head.train()
     return int(correct) / len(images)
+
+
+class OnlineProbe:
+    """The head, its optimiser and its running accuracy over an epoch; the trainer adds :meth:`loss` to the
+    method's loss (one backward pass for both: the features are detached, so it reaches only the head).
+
+    No host syncs per step: counts stay on the device; unlabeled samples (label -1) are masked out."""
+
+    def __init__(self, num_features: int, num_classes: int, device: torch.device, all_labelled: bool,
+                 eval_set=None, num_workers: int = 0):
+        self.head = online_probe_head(num_features, num_classes).to(device)
+        self.optimizer = AdamW(self.head.parameters(), lr=ONLINE_PROBE_LR, weight_decay=0.0, fused=device.type == "cuda")
+        self.all_labelled = all_labelled
+        self.held_out = eval_tensors(eval_set, device, num_workers) if eval_set is not None else None
+        self.correct = self.seen = 0
+
+    def set_lr(self, fraction: float) -> None:
+        """Follow the run's schedule: ``fraction`` is the run's lr over its peak."""
+        self.optimizer.param_groups[0]["lr"] = ONLINE_PROBE_LR * fraction
+
+    def loss(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.head(features.float())
+        if self.all_labelled:
+            loss = F.cross_entropy(logits, labels)
+            self.seen = self.seen + len(labels)
+        else:
+            known = labels >= 0
+            loss = (F.cross_entropy(logits, labels.clamp_min(0), reduction="none") * known).sum() / known.sum().clamp_min(1)
+            self.seen = self.seen + known.sum()
+        self.correct = self.correct + (logits.argmax(1) == labels).sum()   # -1 never matches
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+    def end_epoch(self, encoder: nn.Module, batch_size: int, autocast) -> dict:
+        """The epoch's training accuracy and, with a held-out split, its accuracy there; counts restart."""
+        scores = {}
+        if int(self.seen):
+            scores["online_probe_train_acc"] = int(self.correct) / int(self.seen)
+        if self.held_out is not None:
+            scores["online_probe_acc"] = probe_accuracy(encoder, self.head, *self.held_out, batch_size, autocast)
+        self.correct = self.seen = 0
+        return scores
+
+    def state_dict(self) -> dict:
+        return {"probe": self.head.state_dict(), "probe_optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.head.load_state_dict(state["probe"])
+        self.optimizer.load_state_dict(state["probe_optimizer"])

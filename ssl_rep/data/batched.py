@@ -1,11 +1,7 @@
-"""A GPU-resident data path: uint8 images live on the device, augmentation runs there in batches.
+"""Batched augmentations: whole ``(N, C, H, W)`` batches on any device, parameters drawn per image from
+one ``torch.Generator`` (pure functions; the loaders that use them live in ``ssl_rep.train.loaders``).
 
-For datasets that fit in device memory (digits, Fashion-MNIST, CIFAR, STL-10 at 96 px) this
-removes the CPU from the data path, as airbench does for CIFAR. Order and randomness match the
-DataLoader path's contract: epoch ``e`` visits ``randperm`` seeded with ``(seed, e)``; batch ``b``
-of epoch ``e`` is augmented by a generator seeded with ``(seed, e, b)``, so resume is exact.
-
-Augmentations: ``cifar_train`` (zero-pad + random crop + flip), ``simclr`` (random resized crop +
+Transforms (``BATCHED_TRANSFORMS``): ``cifar_train`` (zero-pad + random crop + flip), ``simclr`` (random resized crop +
 flip via one ``grid_sample``, torchvision's colour jitter with per-image factors, random
 grayscale), ``eval``/``none`` (normalise only).
 """
@@ -16,10 +12,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..data.transforms import MIN_SCALE, mean_std
-from .data import EpochSampler, mix_seed
+from .transforms import MIN_SCALE
 
-GPU_TRANSFORMS = ("cifar_train", "simclr", "eval", "none")
+BATCHED_TRANSFORMS = ("cifar_train", "simclr", "eval", "none")
 _GRAY = (0.2989, 0.587, 0.114)   # torchvision's rgb_to_grayscale weights
 _ON_DEVICE: dict = {}
 
@@ -150,76 +145,16 @@ def gaussian_blur(x: torch.Tensor, kernel: int, gen: torch.Generator, p: float =
     return y.reshape(n, c, h, w)
 
 
-class GPUResidentLoader:
-    """Iterates ``(images, labels)`` batches like the DataLoader path, from tensors on ``device``.
-
-    ``images``: uint8 ``(N, 3, H, W)``; ``labels``: int64 ``(N,)``. Yields float32 normalised
-    ``(B, 3, size, size)`` (or a list of ``n_views`` of them) and labels, ``drop_last`` style.
-
-    On CUDA the augmentation runs for ``batches_per_call`` batches at once (up to 16, within 128 MB
-    of output), so its ~100 small kernel launches are paid once per call rather than per step: a
-    step of a small encoder on a GPU is bound by launches, not by arithmetic. Call ``c`` of epoch
-    ``e`` draws from a generator seeded with ``(seed, e, c)``; a resumed run recomputes the call
-    its first batch falls in, so resume stays exact.
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int, transform: str,
-                 stats: str | None, size: int, n_views: int = 1, device="cuda", rank: int = 0, world_size: int = 1,
-                 batches_per_call: int | None = None, min_scale: float = MIN_SCALE):
-        if transform not in GPU_TRANSFORMS:
-            raise ValueError(f"GPU-resident data supports transforms {', '.join(GPU_TRANSFORMS)}, not {transform!r}")
-        self.device = torch.device(device)
-        # NCHW on the device (``ArrayImageDataset.tensor()`` is a channels-last view of the HWC array): batches come
-        # out in the layout the loop trains in, with no per-step conversion
-        self.images = images.to(self.device, non_blocking=True).contiguous()
-        self.labels = labels.to(self.device)
-        self.batch_size, self.seed, self.transform = batch_size, seed, transform
-        self.size, self.n_views, self.min_scale = size, n_views, min_scale
-        mean, std = mean_std(stats, self.device)
-        self.unit_scale, self.shift = 1 / std, -mean / std   # for [0, 1] images
-        self.scale = self.unit_scale / 255   # for uint8 ones
-        self.sampler = EpochSampler(len(images), seed, batch_size, rank, world_size)
-        if batches_per_call is None:
-            batch_bytes = batch_size * n_views * 3 * size * size * 4
-            batches_per_call = max(1, min(16, (128 << 20) // batch_bytes)) if self.device.type == "cuda" else 1
-        self.batches_per_call = batches_per_call
-
-    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
-        self.sampler.set_epoch(epoch, skip_batches)
-
-    def __len__(self) -> int:
-        return len(self.sampler) // self.batch_size
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return self.sampler.batches_per_epoch
-
-    def augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """uint8 images -> normalised float32 views; ``(x / 255 - mean) / std`` is one multiply-add."""
-        if self.transform == "simclr":   # the colour jitter works on [0, 1] images
-            x = colour_jitter(resized_crop_flip(x.float().div_(255.0), self.size, gen, self.min_scale), gen)
-            return torch.addcmul(self.shift, x, self.unit_scale)
-        if self.transform == "cifar_train":
-            x = crop_flip(x, max(1, self.size // 8), gen)
-        elif x.shape[-1] != self.size:
-            x = F.interpolate(x.float(), size=(self.size, self.size), mode="bilinear", antialias=True,
-                              align_corners=False)
-        return torch.addcmul(self.shift, x.float(), self.scale)
-
-    def __iter__(self):
-        sampler, k, b_size = self.sampler, self.batches_per_call, self.batch_size
-        epoch, first, total = sampler.epoch, sampler.skip_batches, sampler.batches_per_epoch
-        per_batch = sampler.rank_order(self.device)   # one copy per epoch: a copy per batch would wait
-        for call in range(first // k, -(-total // k)):
-            b0, b1 = call * k, min(total, (call + 1) * k)
-            parts = (self.seed, epoch, call) if sampler.world_size == 1 else (self.seed, epoch, call, sampler.rank)
-            gen = torch.Generator(device=self.device).manual_seed(mix_seed(*parts))
-            idx = per_batch[b0:b1].reshape(-1)
-            raw = self.images[idx]
-            # all views of all the call's batches in one augmentation: row j of view v is v * m + j
-            out = self.augment(raw.repeat(self.n_views, 1, 1, 1) if self.n_views > 1 else raw, gen)
-            labels, m = self.labels[idx], len(idx)
-            for b in range(max(b0, first), b1):
-                lo = (b - b0) * b_size
-                views = [out[v * m + lo:v * m + lo + b_size] for v in range(self.n_views)]
-                yield (views if self.n_views > 1 else views[0]), labels[lo:lo + b_size]
+def augment_batch(x: torch.Tensor, transform: str, size: int, gen: torch.Generator, shift: torch.Tensor,
+                  unit_scale: torch.Tensor, min_scale: float = MIN_SCALE) -> torch.Tensor:
+    """uint8 images ``(N, 3, H, W)`` -> normalised float32 ``(N, 3, size, size)`` under ``transform`` (one of
+    ``BATCHED_TRANSFORMS``). ``shift``, ``unit_scale``: ``-mean / std`` and ``1 / std`` as ``(1, 3, 1, 1)``, so
+    normalising ``x / 255`` is one multiply-add."""
+    if transform == "simclr":   # the colour jitter works on [0, 1] images
+        x = colour_jitter(resized_crop_flip(x.float().div_(255.0), size, gen, min_scale), gen)
+        return torch.addcmul(shift, x, unit_scale)
+    if transform == "cifar_train":
+        x = crop_flip(x, max(1, size // 8), gen)
+    elif x.shape[-1] != size:
+        x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return torch.addcmul(shift, x.float(), unit_scale / 255)

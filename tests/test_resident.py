@@ -4,8 +4,9 @@ import pytest
 import torch
 
 import ssl_rep
-from ssl_rep.train.data import EpochSampler
-from ssl_rep.train.gpu_data import GPUResidentLoader, colour_jitter, crop_flip, resized_crop_flip
+from ssl_rep.train.sampling import EpochSampler
+from ssl_rep.data.batched import colour_jitter, crop_flip, resized_crop_flip
+from ssl_rep.train.loaders import ResidentLoader
 
 
 def test_crop_flip_is_a_zero_padded_translation_or_its_mirror():
@@ -47,7 +48,7 @@ def test_colour_jitter_keeps_range_and_grayscale_makes_equal_channels():
 @pytest.mark.parametrize("order", [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]])
 def test_batched_jitter_is_torchvisions_colour_jitter_with_per_image_factors(order):
     from torchvision.transforms.v2 import functional as TF
-    from ssl_rep.train.gpu_data import jitter
+    from ssl_rep.data.batched import jitter
     torch.manual_seed(0)
     x = torch.rand(6, 3, 9, 11)
     b, c, s = (torch.empty(6).uniform_(0.2, 1.8) for _ in range(3))
@@ -64,7 +65,7 @@ def test_batched_jitter_is_torchvisions_colour_jitter_with_per_image_factors(ord
 
 def test_batched_hue_matches_torchvision_on_gray_saturated_and_tied_pixels():
     from torchvision.transforms.v2 import functional as TF
-    from ssl_rep.train.gpu_data import _shift_hue
+    from ssl_rep.data.batched import _shift_hue
     pixels = [[0.5, 0.5, 0.5], [0, 0, 0], [1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1],
               [1, 0, 1], [0.7, 0.7, 0.2], [0.2, 0.7, 0.7], [0.7, 0.2, 0.7], [0.3, 0.2, 0.2], [0.2, 0.3, 0.2]]
     x = torch.tensor(pixels).T.reshape(1, 3, 2, 7).expand(5, 3, 2, 7).contiguous()
@@ -77,7 +78,7 @@ def test_batched_hue_matches_torchvision_on_gray_saturated_and_tied_pixels():
 @pytest.mark.parametrize("per_call", [1, 4])
 def test_resident_loader_order_determinism_and_resume(per_call):
     ds = ssl_rep.build_dataset("digits")
-    make = lambda: GPUResidentLoader(ds.tensor(), torch.as_tensor(ds.labels), 100, seed=1,  # noqa: E731
+    make = lambda: ResidentLoader(ds.tensor(), torch.as_tensor(ds.labels), 100, seed=1,  # noqa: E731
                                      transform="simclr", stats="digits", size=32, n_views=2, device="cpu",
                                      batches_per_call=per_call)
     a, b = make(), make()
@@ -103,7 +104,7 @@ def test_resident_loader_batches_are_nchw_and_match_the_images(transform):
     """ArrayImageDataset.tensor() is a channels-last view; the batches must still come out NCHW (the layout the
     loop trains in: a channels-last batch would cost a conversion per step or change the encoder's kernels)."""
     ds = ssl_rep.build_dataset("digits", split="test")
-    loader = GPUResidentLoader(ds.tensor(), torch.as_tensor(ds.labels), 16, 0, transform, None, 32,
+    loader = ResidentLoader(ds.tensor(), torch.as_tensor(ds.labels), 16, 0, transform, None, 32,
                                n_views=2 if transform == "simclr" else 1, device="cpu")
     loader.set_epoch(0)
     images, labels = next(iter(loader))
@@ -116,7 +117,7 @@ def test_resident_loader_batches_are_nchw_and_match_the_images(transform):
 
 def test_resident_loader_per_rank_batches_are_the_one_process_batch():
     ds = ssl_rep.build_dataset("digits")
-    make = lambda rank, world, b: GPUResidentLoader(ds.tensor(), torch.as_tensor(ds.labels), b, seed=2,  # noqa: E731
+    make = lambda rank, world, b: ResidentLoader(ds.tensor(), torch.as_tensor(ds.labels), b, seed=2,  # noqa: E731
                                                     transform="none", stats=None, size=8, device="cpu",
                                                     rank=rank, world_size=world, batches_per_call=3)
     one = list(make(0, 1, 100))
@@ -130,7 +131,7 @@ def test_pretraining_on_cuda_with_resident_data_and_bf16(tmp_path):
     from ssl_rep.train import load_config, train
     from ssl_rep.train.metrics import read_metrics
     cfg = load_config("simclr_digits", [f"out_dir={tmp_path}", "trainer.max_steps=40", "trainer.device=cuda",
-                                       "data.gpu_resident=on", "trainer.log_every=1", "trainer.epochs=100"])
+                                       "data.resident=on", "trainer.log_every=1", "trainer.epochs=100"])
     result = train(cfg, progress=False)
     lines = read_metrics(tmp_path / "metrics.jsonl")
     assert result.steps == 40 and np.isfinite(lines[-1]["loss"])
@@ -178,7 +179,7 @@ def test_real_cuda_out_of_memory_names_the_batch_size(tmp_path):
 
     from ssl_rep.train import DeviceMemoryError, load_config, train
     cfg = load_config("simclr_digits", [f"out_dir={tmp_path}", "trainer.max_steps=2", "trainer.device=cuda",
-                                       "data.batch_size=1024", "data.image_size=512", "data.gpu_resident=on"])
+                                       "data.batch_size=1024", "data.image_size=512", "data.resident=on"])
     with pytest.raises(DeviceMemoryError, match=r"out of memory on .*GiB.*data.batch_size=1024 .*"
                                                 r"Try data.batch_size=512"):
         train(cfg, progress=False)
@@ -194,7 +195,7 @@ def test_sync_batchnorm_on_cuda_trains_like_batchnorm_in_one_process(tmp_path, c
     one GPU per process: NCCL refuses two ranks on one device.)"""
     from ssl_rep.train import load_config, train
     common = ["data.batch_size=64", "trainer.device=cuda", "trainer.precision=fp32", "trainer.deterministic=true",
-              "trainer.max_steps=3", "trainer.online_probe=false", "data.gpu_resident=on"]
+              "trainer.max_steps=3", "trainer.online_probe=false", "data.resident=on"]
     for sync in ("true", "false"):
         with caplog.at_level("INFO", logger="ssl_rep.train"):
             train(load_config("simclr_digits", [*common, f"trainer.sync_batchnorm={sync}", f"out_dir={tmp_path / sync}"]),
@@ -207,7 +208,7 @@ def test_sync_batchnorm_on_cuda_trains_like_batchnorm_in_one_process(tmp_path, c
 @pytest.mark.gpu
 def test_cuda_loader_augments_several_batches_per_call_and_resumes_exactly():
     ds = ssl_rep.build_dataset("digits")
-    make = lambda: GPUResidentLoader(ds.tensor(), torch.as_tensor(ds.labels), 64, seed=3,  # noqa: E731
+    make = lambda: ResidentLoader(ds.tensor(), torch.as_tensor(ds.labels), 64, seed=3,  # noqa: E731
                                      transform="simclr", stats="digits", size=32, n_views=2, device="cuda")
     a, b = make(), make()
     assert a.batches_per_call == 16
