@@ -12,10 +12,20 @@ import json
 import time
 from pathlib import Path
 
-from .cli import cluster as cluster_cli
-from .cli import probe as probe_cli
-from .cli.common import setup_logging
+import torch
+
+from .cli.common import image_getter, setup_logging
+from .data import build_dataset, build_transform, stats_for
+from .encoders import create_encoder, load_encoder
+from .eval import cluster_features, extract_features, probe_features
+from .eval.report import write_report
 from .train import load_config, train
+
+
+def write_json(path: Path, value: dict) -> dict:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2))
+    return value
 
 
 def main(argv=None) -> None:
@@ -32,14 +42,31 @@ def main(argv=None) -> None:
     result = train(cfg)
     print("[2/4] linear probe + kNN: pretrained encoder vs random init", flush=True)
     data = cfg.data.dataset
-    probe_cli.main(["--checkpoint", str(result.checkpoint), "--data", data, "--out", str(out / "probe")])
-    probe_cli.main(["--checkpoint", f"random:{cfg.encoder.name}", "--data", data, "--out", str(out / "probe_random")])
+    transform = build_transform("eval", stats=stats_for(data), resize=None)
+    train_set, test_set = (build_dataset(data, split=s, root=cfg.data.root, transform=transform) for s in ("train", "test"))
+    torch.manual_seed(0)   # the random-init baseline: ssl-probe's random:<encoder> with its default seed
+    encoders = {"probe": load_encoder(result.checkpoint),
+                "probe_random": create_encoder(cfg.encoder.name, **cfg.encoder.options).eval()}
+    features = {}
+    for name, encoder in encoders.items():
+        X, y = extract_features(encoder, train_set)
+        Xt, yt = extract_features(encoder, test_set)
+        features[name] = Xt, yt
+        write_json(out / name / "probe.json", {"checkpoint": str(result.checkpoint) if name == "probe" else
+                                               f"random:{cfg.encoder.name}", "data": data,
+                                               **probe_features(X, y, Xt, yt)})
     print("[3/4] clustering (kmeans, meanshift, dbscan, gmm, agglomerative) + HTML report", flush=True)
-    cluster_cli.main(["--checkpoint", str(result.checkpoint), "--data", data, "--out", str(out / "cluster")])
+    Xt, yt = features["probe"]
+    clusters, labels = cluster_features(Xt, yt)
+    write_json(out / "cluster" / "clusters.json", {"checkpoint": str(result.checkpoint), "data": data, "split": "test",
+                                                   "methods": clusters})
+    write_report(out / "cluster" / "report.html", clusters, Xt, yt, labels,
+                 image_at=image_getter(test_set), title=f"Clusters of {result.checkpoint} on {data}/test",
+                 meta={"checkpoint": str(result.checkpoint), "data": f"{data}/test", "points": len(Xt)},
+                 class_names=getattr(test_set, "classes", None))
     print("[4/4] summary", flush=True)
     ours = json.loads((out / "probe" / "probe.json").read_text())
     base = json.loads((out / "probe_random" / "probe.json").read_text())
-    clusters = json.loads((out / "cluster" / "clusters.json").read_text())["methods"]
     summary = {"config": args.config, "data": data, "pretrain_steps": result.steps, "seconds": time.time() - start,
                "probe": {"pretrained": ours, "random_init": base},
                "clusters": {m: r.get("scores", {"error": r.get("error")}) for m, r in clusters.items()}}

@@ -71,8 +71,11 @@ def test_kmeans_plusplus_seeding_matches_sklearn_inertia():
     from sklearn.cluster import KMeans
     X, _ = make_blobs(n_samples=5000, centers=30, n_features=16, cluster_std=1.0, random_state=0)
     X = X.astype(np.float32)
-    kmeans(X, 30, n_init=3, n_iter=50, seed=0)
-    ours = kmeans.last_inertia
+    labels, ours = kmeans(X, 30, n_init=3, n_iter=50, seed=0)
+    # the inertia belongs to the labels returned: at least that of their clusters' means (which minimise it),
+    # and close to it (Lloyd's centres are those means, up to the last move)
+    at_means = float(((X - np.stack([X[labels == c].mean(0) for c in range(30)])[labels]) ** 2).sum())
+    assert at_means * (1 - 1e-4) <= ours <= at_means * 1.01
     theirs = KMeans(30, n_init=3, max_iter=50, random_state=0).fit(X).inertia_
     assert ours <= theirs * 1.01
 

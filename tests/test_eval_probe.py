@@ -269,3 +269,18 @@ def test_malicious_pickle_is_refused_and_does_not_run(tmp_path):
     with pytest.raises(CheckpointError, match="evil.pt"):
         ssl_rep.load_encoder(tmp_path / "evil.pt")
     assert not marker.exists()
+
+
+def test_probe_and_knn_are_scikit_learn_estimators():
+    """``clone`` and ``get_params``/``set_params`` work, so they drop into sklearn's model selection."""
+    from sklearn.base import clone, is_classifier
+    from sklearn.model_selection import cross_val_score
+    from ssl_rep.eval import KNNClassifier, LinearProbe
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 5)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    for est in (LinearProbe(C=1.0, device="cpu"), KNNClassifier(k=5)):
+        twin = clone(est)
+        assert is_classifier(twin) and twin.get_params() == est.get_params() and twin is not est
+        assert cross_val_score(est, X, y, cv=3).mean() > 0.8
+    assert clone(LinearProbe(C=1.0)).set_params(C=2.0).C == 2.0

@@ -3,44 +3,40 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numpy as np
 import torch
 from torchvision.transforms import v2 as T
 
-from ..eval import CLUSTER_METHODS, cluster, clustering_scores, preprocess
+from ..eval import CLUSTER_METHODS, cluster_features
+from ..eval.api import DENSITY_PCA
 from ..eval.report import write_report
 from .common import EXPECTED_ERRORS, add_encoder_and_data_args, default_out, features_for, features_name, \
     friendly_errors, image_getter, encoder_for, setup_logging
 
-# Density-based methods look for dense regions, which high-dimensional features do not have;
-# they run on a PCA projection unless --pca says otherwise.
-DENSITY_METHODS = ("meanshift", "dbscan")
-DENSITY_PCA = 10
 
 
 def autoencoder_reconstructions(checkpoint: str, dataset, n: int = 10):
     """(originals, reconstructions) as uint8 images when CKPT is an autoencoder training checkpoint."""
     if checkpoint.startswith("random:") or not checkpoint.endswith(".pt"):
         return None
-    from ..methods import create_method
+    from ..methods import METHODS, create_method
     from ..train.checkpoint import load_checkpoint
 
     try:
         state = load_checkpoint(checkpoint)
     except Exception:  # encoder.pt or a foreign file: no method to reconstruct with
         return None
-    method_cfg = state["config"]["method"]
-    if method_cfg.get("name") != "autoencoder":
+    method_cfg = dict(state["config"]["method"])
+    name = method_cfg.pop("name", None)
+    if not hasattr(METHODS.get(name), "reconstructions"):   # only methods that reconstruct images
         return None
     from ..encoders import create_encoder
 
     enc_cfg = dict(state["config"]["encoder"])
     x = torch.stack([dataset[i][0] for i in range(n)])
-    options = {k: v for k, v in method_cfg.items() if k != "name"}
-    options.setdefault("image_size", x.shape[-1])
-    method = create_method("autoencoder", create_encoder(enc_cfg.pop("name"), **enc_cfg), **options)
+    method_cfg.setdefault("image_size", x.shape[-1])
+    method = create_method(name, create_encoder(enc_cfg.pop("name"), **enc_cfg), **method_cfg)
     method.load_state_dict(state["model"])
     originals, recon = method.reconstructions(x)
     norm = next((t for t in getattr(dataset.transform, "transforms", []) if isinstance(t, T.Normalize)), None)
@@ -53,36 +49,16 @@ def autoencoder_reconstructions(checkpoint: str, dataset, n: int = 10):
 def run_cluster(args) -> tuple[dict, dict, np.ndarray, np.ndarray | None, object]:
     encoder = encoder_for(args, args.split)
     X, y, dataset = features_for(encoder, args.data, args.split, args)
-    n_clusters = args.n_clusters or (len(np.unique(y)) if y is not None else 10)
-    results, labels, prepared = {}, {}, {}   # prepared: pca -> (input, seconds it took)
-    for method in args.methods:
-        density_pca = DENSITY_PCA if method in DENSITY_METHODS and not args.umap else None
-        pca = args.pca if args.pca is not None else density_pca
-        params = {"l2_normalize": args.l2, "pca": pca, "umap": args.umap}
-        try:
-            if pca not in prepared:   # UMAP takes a minute on 70k points: prepare each distinct input once
-                start = time.time()
-                Z = preprocess(X, l2_normalize=args.l2, pca=pca, umap=args.umap, seed=args.seed)
-                prepared[pca] = Z, time.time() - start
-                if args.umap:
-                    print(f"  UMAP to {args.umap} dimensions{f' after PCA {pca}' if pca else ''} "
-                          f"({prepared[pca][1]:.1f}s)")
-            Z, prepare_seconds = prepared[pca]
-            start = time.time()
-            pred = cluster(Z, method, n_clusters=n_clusters, seed=args.seed, max_samples=args.max_samples,
-                           max_memory_gb=args.max_memory_gb)
-        except (MemoryError, ValueError) as exc:
-            results[method] = {"params": params, "error": str(exc)}
-            print(f"  {method:14s} skipped: {exc}")
+    results, labels = cluster_features(X, y, args.methods, n_clusters=args.n_clusters, pca=args.pca, l2=args.l2,
+                                       umap=args.umap, seed=args.seed, max_samples=args.max_samples,
+                                       max_memory_gb=args.max_memory_gb)
+    for method, r in results.items():
+        if "error" in r:
+            print(f"  {method:14s} skipped: {r['error']}")
             continue
-        seconds = time.time() - start
-        scores = clustering_scores(y, pred, X, seed=args.seed) if y is not None else {
-            "n_clusters": int(len(np.unique(pred[pred >= 0]))), "noise_fraction": float((pred < 0).mean())}
-        results[method] = {"params": {**params, "n_clusters": n_clusters}, "scores": scores, "seconds": seconds,
-                           "preprocess_seconds": prepare_seconds}   # shared by the methods with the same input
-        labels[method] = pred
+        scores = r["scores"]
         shown = "  ".join(f"{k} {scores[k]:.4f}" for k in ("acc", "nmi", "ari", "purity") if k in scores)
-        print(f"  {method:14s} {shown}  clusters {scores['n_clusters']}  ({seconds:.1f}s)")
+        print(f"  {method:14s} {shown}  clusters {scores['n_clusters']}  ({r['seconds']:.1f}s)")
     return results, labels, X, y, dataset
 
 

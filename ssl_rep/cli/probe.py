@@ -5,7 +5,7 @@ import argparse
 import json
 import time
 
-from ..eval import KNNClassifier, LinearProbe
+from ..eval import probe_features
 from .common import EXPECTED_ERRORS, add_encoder_and_data_args, default_out, features_for, features_name, \
     friendly_errors, encoder_for, setup_logging
 
@@ -18,16 +18,10 @@ def run_probe(args) -> dict:
     if y is None or yt is None:
         raise ValueError(f"{args.data}: the {args.train_split if y is None else args.test_split} split has no labels; "
                          f"a probe needs labelled train and test splits")
-    probe = LinearProbe(C=args.C, device=args.device, random_state=args.seed).fit(X, y)
-    result = {"checkpoint": args.checkpoint, "data": args.data, "train_split": args.train_split,
-              "test_split": args.test_split, "quantize": args.quantize, "features": features_name(args),
-              "n_train": len(X), "n_test": len(Xt), "feature_dim": int(X.shape[1]),
-              "top1": probe.score(Xt, yt), "top5": probe.top_k_accuracy(Xt, yt, 5), "C": probe.C_,
-              "val_scores": probe.val_scores_, "knn": {}}
-    for k in args.knn_k:
-        result["knn"][str(k)] = KNNClassifier(k=k).fit(X, y).score(Xt, yt)
-    result["seconds"] = time.time() - start
-    return result
+    scores = probe_features(X, y, Xt, yt, C=args.C, knn_k=args.knn_k, device=args.device, seed=args.seed)
+    return {"checkpoint": args.checkpoint, "data": args.data, "train_split": args.train_split,
+            "test_split": args.test_split, "quantize": args.quantize, "features": features_name(args), **scores,
+            "seconds": time.time() - start}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

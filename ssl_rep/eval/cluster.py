@@ -55,10 +55,11 @@ def preprocess(X, l2_normalize: bool = False, pca: int | None = None, umap: int 
 
 
 def kmeans(X, n_clusters: int, n_init: int = 3, n_iter: int = 50, seed: int = 0, init: str = "k-means++",
-           use_gpu: bool | None = None, init_samples: int = 50_000) -> np.ndarray:
+           use_gpu: bool | None = None, init_samples: int = 50_000) -> tuple[np.ndarray, float]:
     """Lloyd's k-means in faiss, seeded with scikit-learn's k-means++ (faiss's own random init
-    lands in clearly worse optima); the best of ``n_init`` restarts by inertia. Sets
-    ``kmeans.last_inertia`` for inspection."""
+    lands in clearly worse optima); the best of ``n_init`` restarts by inertia.
+
+    Returns ``(labels, inertia)``: int64 ``(N,)`` and the sum of squared distances to the centres."""
     import faiss
     from sklearn.cluster import kmeans_plusplus
 
@@ -84,8 +85,7 @@ def kmeans(X, n_clusters: int, n_init: int = 3, n_iter: int = 50, seed: int = 0,
         inertia = float(dist.sum())
         if inertia < best_inertia:
             best_inertia, best_labels = inertia, labels.ravel().astype(np.int64)
-    kmeans.last_inertia = best_inertia
-    return best_labels
+    return best_labels, best_inertia
 
 
 def knee_eps(X, min_samples: int) -> float:
@@ -130,7 +130,7 @@ def _run(X, method: str, n_clusters: int | None, seed: int, params: dict) -> np.
     from sklearn.mixture import GaussianMixture
 
     if method == "kmeans":
-        return kmeans(X, n_clusters or 10, seed=seed, **params)
+        return kmeans(X, n_clusters or 10, seed=seed, **params)[0]
     if method == "meanshift":
         bandwidth = params.pop("bandwidth", None)
         if bandwidth is None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
 
 from .checks import check_features, check_labels
 
@@ -39,7 +40,7 @@ def make_index(dim: int, use_gpu: bool | None = None, kind: str = "flat", nlist:
     return index
 
 
-class KNNClassifier:
+class KNNClassifier(ClassifierMixin, BaseEstimator):
     """Cosine kNN: L2-normalised features, exact faiss inner-product search, and each of the ``k``
     neighbours votes for its class with weight ``exp(similarity / temperature)``.
 

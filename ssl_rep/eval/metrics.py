@@ -7,16 +7,23 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, s
 from sklearn.metrics.cluster import contingency_matrix
 
 
-def hungarian_accuracy(y_true, y_pred) -> float:
-    """Best one-to-one matching of clusters to classes (scipy's linear_sum_assignment on the
-    contingency matrix); valid when the numbers differ (unmatched clusters count as errors).
-    Noise (label -1) is never matched, so noise points count as errors."""
+def match_clusters(y_true, y_pred) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The best one-to-one matching of clusters to classes: scipy's ``linear_sum_assignment`` on the
+    contingency matrix of the non-noise points (label -1 is never matched). Returns ``(table, rows,
+    cols)``: the ``(classes, clusters)`` count table and the matched row and column indices."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     keep = y_pred >= 0
-    if not keep.any():
-        return 0.0
     table = contingency_matrix(y_true[keep], y_pred[keep])
     rows, cols = linear_sum_assignment(table, maximize=True)
+    return table, rows, cols
+
+
+def hungarian_accuracy(y_true, y_pred) -> float:
+    """Accuracy under :func:`match_clusters`; valid when the numbers differ (unmatched clusters count
+    as errors). Noise (label -1) is never matched, so noise points count as errors."""
+    if not (np.asarray(y_pred) >= 0).any():
+        return 0.0
+    table, rows, cols = match_clusters(y_true, y_pred)
     return float(table[rows, cols].sum() / len(y_true))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import top_k_accuracy_score
 from sklearn.model_selection import train_test_split
 
@@ -21,7 +22,7 @@ def chunk_rows(dim: int, minimum: int = 1024) -> int:
     return max(minimum, CHUNK_BYTES // (4 * max(1, dim)))
 
 
-class LinearProbe:
+class LinearProbe(ClassifierMixin, BaseEstimator):
     """Multinomial logistic regression with an L2 penalty, scikit-learn style.
 
     Objective (the same as ``sklearn.linear_model.LogisticRegression``'s, divided by ``C * N``):

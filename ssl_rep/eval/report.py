@@ -7,8 +7,8 @@ import io
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-from sklearn.metrics.cluster import contingency_matrix
+
+from .metrics import match_clusters
 
 SCORE_COLUMNS = ("acc", "nmi", "ari", "purity", "silhouette", "n_clusters", "noise_fraction", "seconds")
 
@@ -57,9 +57,7 @@ def map_figure(X, y_true, y_pred, method: str, seed: int = 0, max_points: int = 
 def confusion_figure(y_true, y_pred, class_names=None) -> str:
     import matplotlib.pyplot as plt
 
-    keep = y_pred >= 0
-    table = contingency_matrix(y_true[keep], y_pred[keep])
-    rows, cols = linear_sum_assignment(table, maximize=True)
+    table, rows, cols = match_clusters(y_true, y_pred)
     order = list(cols[np.argsort(rows)]) + [c for c in range(table.shape[1]) if c not in set(cols)]
     table = table[:, order]
     fig, ax = plt.subplots(figsize=(0.45 * table.shape[1] + 2.5, 0.45 * table.shape[0] + 2))
