@@ -5,6 +5,7 @@
 # Carried: .whl (faiss-cpu wheel for the device's Python) and .gpu_data/fashion-mnist (the IDX files).
 # PARTS picks stages (default all): tests overhead data extract decode kmeans suite probe; "profile" (eval/profile_step.py)
 # "aecpc" (CPC v2 and the autoencoder on all of Fashion-MNIST, epochs to fit AECPC_BUDGET=200 s each, their table)
+# "methods" (BYOL, MoCo v2/v3, SimSiam, Barlow Twins, VICReg, DINO beside SimCLR, the autoencoder and CPC: one table)
 # and "wide" (SimCLR ResNet-18 on Fashion-MNIST, epochs to fit WIDE_BUDGET=280 s, or WIDE_EPOCHS) are opt-in; each takes
 # a device call of its own (on an H200, 2026-11-27, e02061d: timing 34 s, 84 epochs in 301 s; the SimCLR and
 # random-init rows were evaluated in the 179 s left before the then timeout, budget + 200 s, stopped the raw-pixel row). Stage times on an H200 (2026-11-26, commit f3c15c7): start 13 s, tests 60, overhead 81 (STEPS=80 WARMUP=20
@@ -29,33 +30,33 @@ T0=$(date +%s); stamp() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
   python3 -c "import torch, faiss, timm, sklearn; print('torch', torch.__version__, torch.cuda.get_device_name(0), 'faiss', faiss.__version__, 'gpus', faiss.get_num_gpus(), 'timm', timm.__version__, 'sklearn', sklearn.__version__)"
 } > "$OUT/gpu.txt" 2>&1
 if want tests; then
-  stamp "gpu tests"; timeout 240 python3 -m pytest -q -p no:cacheprovider -m "gpu or slow" tests/test_gpu_data.py \
+  stamp "gpu tests"; timeout 240 python3 -m pytest -q -p no:cacheprovider -m "gpu or slow" tests/test_resident.py \
     tests/test_device_decode.py tests/test_train.py::test_torch_compile_trains_like_eager 2>&1 | tail -8 \
     | tee "$OUT/pytest_gpu.log"
 fi
 if want overhead; then
-  stamp "step overhead"; timeout 240 python3 eval/bench_step_overhead.py --data fashion-mnist --root "$FM" --device cuda \
+  stamp "step overhead"; timeout 240 python -m eval.bench_step_overhead --data fashion-mnist --root "$FM" --device cuda \
     --steps ${STEPS:-80} --warmup ${WARMUP:-20} --repeats ${REPEATS:-3} --json "$OUT/step_overhead.json" \
     --no-results-md 2>&1 | grep "^{" | tail -4
 fi
 if want data; then
-  stamp "data path"; timeout 60 python3 eval/bench_data_path.py --data fashion-mnist --root "$FM" --device cuda --workers 8 \
+  stamp "data path"; timeout 60 python -m eval.bench_data_path --data fashion-mnist --root "$FM" --device cuda --workers 8 \
     --max-batches ${DATA_BATCHES:-120} --json "$OUT/data_path.json" --no-results-md 2>&1 | tail -2
 fi
 if want extract; then
-  stamp "extraction"; timeout 90 python3 eval/bench_extract.py --data fashion-mnist --root "$FM" --split train \
+  stamp "extraction"; timeout 90 python -m eval.bench_extract --data fashion-mnist --root "$FM" --split train \
     --device cuda --workers 8 --repeats 5 --json "$OUT/extract.json" --no-results-md 2>&1 | tail -2
 fi
 if want decode; then
-  stamp "jpeg decoding"; timeout 120 python3 eval/bench_decode.py --device cuda --workers 8 --n ${DECODE_N:-256} --batch-size 128 \
+  stamp "jpeg decoding"; timeout 120 python -m eval.bench_decode --device cuda --workers 8 --n ${DECODE_N:-256} --batch-size 128 \
     --json "$OUT/decode.json" --no-results-md 2>&1 | grep "^{" | tail -2
 fi
 if want kmeans; then
   # faiss (its GPU index when the faiss build has one: gpu.txt says how many GPUs faiss sees) vs scikit-learn
-  stamp "k-means"; timeout 120 python3 eval/bench_kmeans.py --json "$OUT/kmeans.json" --no-results-md 2>&1 | tail -1
+  stamp "k-means"; timeout 120 python -m eval.bench_kmeans --json "$OUT/kmeans.json" --no-results-md 2>&1 | tail -1
 fi
 if want suite; then
-  stamp "fashion-mnist suite"; timeout ${SUITE_TIMEOUT:-270} python3 eval/reproduce.py fashion-mnist-suite --device cuda \
+  stamp "fashion-mnist suite"; timeout ${SUITE_TIMEOUT:-270} python -m eval.reproduce fashion-mnist-suite --device cuda \
     --root "$FM" --methods ${METHODS:-simclr,supervised,autoencoder,cpc} --cluster-methods kmeans,gmm \
     --override data.num_workers=8 --override simclr:trainer.epochs=${SIMCLR_EPOCHS:-15} \
     --override autoencoder:trainer.epochs=5 --override supervised:trainer.epochs=5 --override cpc:trainer.epochs=1 \
@@ -66,7 +67,7 @@ if want suite; then
 fi
 if want probe; then
   # PROBE_CKPT: another encoder, e.g. a carried runs/fashion-mnist-cpu-subset/simclr/encoder.pt (the CPU table's)
-  stamp "probe benchmark"; timeout 50 python3 eval/bench_probe.py \
+  stamp "probe benchmark"; timeout 50 python -m eval.bench_probe \
     --checkpoint ${PROBE_CKPT:-runs/fashion-mnist-suite/simclr/checkpoints/last.pt} \
     --data fashion-mnist --root "$FM" --json "$OUT/bench_probe.json" --no-results-md 2>&1 | tail -3
 fi
@@ -83,12 +84,12 @@ if asked wide; then
     timeout 150 python3 -m ssl_rep.cli.pretrain simclr_fashion_mnist encoder.name=resnet18 encoder.stem=cifar \
       trainer.device=cuda data.root="$FM" data.num_workers=8 data.eval_split=null out_dir=/tmp/wide_timing \
       trainer.max_steps=${WIDE_TIMING_STEPS:-100} trainer.log_every=5 ${WIDE_OVERRIDES:-} > "$OUT/wide_timing.log" 2>&1
-    EPOCHS=$(python3 eval/epochs_for_budget.py /tmp/wide_timing/metrics.jsonl --budget ${WIDE_BUDGET:-280} \
+    EPOCHS=$(python -m eval.epochs_for_budget /tmp/wide_timing/metrics.jsonl --budget ${WIDE_BUDGET:-280} \
       --images 60000 --batch-size 256 2>>"$OUT/wide_timing.log" || echo 15)
     tail -1 "$OUT/wide_timing.log"
   fi
   stamp "fashion-mnist resnet18, $EPOCHS epochs"; timeout ${WIDE_TIMEOUT:-$(( ${WIDE_BUDGET:-280} + 260 ))} \
-    python3 eval/reproduce.py fashion-mnist-resnet18 \
+    python -m eval.reproduce fashion-mnist-resnet18 \
     --device cuda --root "$FM" --methods simclr --cluster-methods kmeans,gmm --override data.num_workers=8 \
     --override simclr:trainer.epochs=$EPOCHS $(for o in ${WIDE_OVERRIDES:-}; do echo "--override simclr:$o"; done) \
     ${WIDE_EXTRA:-} --json "$OUT/fashion_mnist_resnet18.json" 2>&1 \
@@ -110,20 +111,30 @@ if asked aecpc; then
     rm -rf /tmp/timing_$m; stamp "$m timing"
     timeout 150 python3 -m ssl_rep.cli.pretrain $recipe trainer.device=cuda data.root="$FM" data.num_workers=8 \
       data.eval_split=null out_dir=/tmp/timing_$m trainer.max_steps=60 trainer.log_every=5 > "$OUT/timing_$m.log" 2>&1
-    declare "EPOCHS_$m=$(python3 eval/epochs_for_budget.py /tmp/timing_$m/metrics.jsonl --budget ${AECPC_BUDGET:-200} \
+    declare "EPOCHS_$m=$(python -m eval.epochs_for_budget /tmp/timing_$m/metrics.jsonl --budget ${AECPC_BUDGET:-200} \
       --images 60000 --batch-size $batch 2>>"$OUT/timing_$m.log" || echo 5)"
   done
   stamp "fashion-mnist ae+cpc: autoencoder $EPOCHS_autoencoder epochs, cpc $EPOCHS_cpc epochs"
-  timeout $(( 2 * ${AECPC_BUDGET:-200} + 240 )) python3 eval/reproduce.py fashion-mnist-ae-cpc --device cuda \
+  timeout $(( 2 * ${AECPC_BUDGET:-200} + 240 )) python -m eval.reproduce fashion-mnist-ae-cpc --device cuda \
     --root "$FM" --methods autoencoder,cpc --cluster-methods kmeans,gmm --override data.num_workers=8 \
     --override autoencoder:trainer.epochs=$EPOCHS_autoencoder --override cpc:trainer.epochs=$EPOCHS_cpc \
     --json "$OUT/fashion_mnist_ae_cpc.json" 2>&1 | grep -v "^step\|Warning\|warn" | tail -8
   for m in autoencoder cpc; do cp runs/fashion-mnist-ae-cpc/$m/metrics.jsonl "$OUT/fm_aecpc_${m}_metrics.jsonl"; done
 fi
+if asked methods; then
+  # opt-in: every method at one budget (eval/reproduce.py's fashion-mnist-methods table, the CPU subset's
+  # equal-epochs protocol) on all 60,000 images, for METHODS_EPOCHS epochs each (default 10). A call of its own.
+  stamp "fashion-mnist methods: ${METHODS_EPOCHS:-10} epochs each"
+  timeout ${METHODS_TIMEOUT:-560} python -m eval.reproduce fashion-mnist-methods --device cuda --root "$FM" \
+    --methods simclr,byol,moco,mocov3,simsiam,barlow_twins,vicreg,dino,autoencoder,cpc --cluster-methods kmeans,gmm \
+    --override data.subset=60000 --override data.num_workers=8 --override trainer.epochs=${METHODS_EPOCHS:-10} \
+    --override data.batch_size=256 --override autoencoder:data.batch_size=256 --override cpc:data.batch_size=64 \
+    --json "$OUT/fashion_mnist_methods.json" 2>&1 | grep -v "^step\|Warning\|warn" | tail -12
+fi
 if asked profile; then
   # where the loop's extra time per step goes (eval/profile_step.py); opt-in: PARTS="... profile"
   for m in ${PROFILE_METHODS:-autoencoder}; do
-    stamp "profile $m"; timeout 90 python3 eval/profile_step.py --method $m --data fashion-mnist --root "$FM" \
+    stamp "profile $m"; timeout 90 python -m eval.profile_step --method $m --data fashion-mnist --root "$FM" \
       --device cuda --steps 40 --warmup 20 --out "$OUT" 2>&1 | grep "^=="
   done
 fi

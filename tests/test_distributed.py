@@ -43,24 +43,51 @@ def local_part(batch, rank: int):
     return images, labels[cut]
 
 
-def _worker(rank: int, world: int, init_file: str, name: str, global_negatives: bool, out: str):
+def method_step(name: str, global_negatives: bool, rank: int, world: int) -> dict:
+    method = build(name, global_negatives)
+    ddp = torch.nn.parallel.DistributedDataParallel(method, find_unused_parameters=name == "cpc")
+    loss, _ = ddp(local_part(global_batch(name, world * B), rank))
+    loss.backward()
+    return {"loss": loss.detach(), "grads": {n: p.grad.clone() for n, p in method.named_parameters()
+                                             if p.grad is not None}}
+
+
+def loss_step(name: str, rank: int) -> dict:
+    z1, z2 = (z[rank * B:(rank + 1) * B].clone().requires_grad_() for z in embeddings(2 * B))
+    loss = loss_on(name, z1, z2)
+    loss.backward()
+    return {"loss": loss.detach(), "g1": z1.grad, "g2": z2.grad}
+
+
+def state_step(rank: int) -> dict:
+    from ssl_rep.methods.losses import dino_center
+    torch.manual_seed(0)
+    moco = create_method("moco", ssl_rep.create_encoder("resnet20"), hidden_dim=16, out_dim=4, queue_size=8)
+    moco._enqueue(torch.full((3, 4), float(rank + 1)))
+    teacher = torch.arange(2 * 3 * 5, dtype=torch.float64).view(2, 3, 5) * (rank + 1)
+    return {"queue": moco.queue.clone(), "ptr": int(moco.queue_ptr),
+            "center": dino_center(torch.zeros(5, dtype=torch.float64), teacher, 0.5)}
+
+
+def _worker(rank: int, world: int, init_file: str, out: str):
+    """Everything the tests below compare, in one pair of processes (starting one costs seconds of imports)."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        method = build(name, global_negatives)
-        ddp = torch.nn.parallel.DistributedDataParallel(method, find_unused_parameters=name == "cpc")
-        loss, _ = ddp(local_part(global_batch(name, world * B), rank))
-        loss.backward()
-        grads = {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
-        torch.save({"loss": loss.detach(), "grads": grads}, f"{out}/rank{rank}.pt")
+        results = {f"{name}_{g}": method_step(name, g, rank, world) for name, g in
+                   (("simclr", True), ("cpc", True), ("simclr", False))}
+        results.update({name: loss_step(name, rank) for name in LOSSES})
+        results["state"] = state_step(rank)
+        torch.save(results, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def run_two_processes(tmp_path, name: str, global_negatives: bool = True):
-    mp.spawn(_worker, args=(2, str(tmp_path / f"init_{name}_{global_negatives}"), name, global_negatives,
-                            str(tmp_path)), nprocs=2, join=True)
-    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("two_processes")
+    mp.spawn(_worker, args=(2, str(out / "init"), str(out)), nprocs=2, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
 
 
 def reference(name: str):
@@ -71,8 +98,8 @@ def reference(name: str):
 
 
 @pytest.mark.parametrize("name", ["simclr", "cpc"])
-def test_two_processes_equal_one_process_with_the_global_batch(tmp_path, name):
-    ranks = run_two_processes(tmp_path, name)
+def test_two_processes_equal_one_process_with_the_global_batch(ranks, name):
+    ranks = [r[f"{name}_True"] for r in ranks]
     ref_loss, ref_grads = reference(name)
     # the global loss is the mean of the processes' losses; DDP's averaged gradient is its gradient
     torch.testing.assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, ref_loss, rtol=1e-10, atol=1e-12)
@@ -83,10 +110,64 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path, name):
         torch.testing.assert_close(ranks[1]["grads"][key], ranks[0]["grads"][key])
 
 
-def test_local_negatives_switch_really_changes_the_loss(tmp_path):
-    ranks = run_two_processes(tmp_path, "simclr", global_negatives=False)
+def test_local_negatives_switch_really_changes_the_loss(ranks):
+    ranks = [r["simclr_False"] for r in ranks]
     ref_loss, _ = reference("simclr")
     assert abs(float((ranks[0]["loss"] + ranks[1]["loss"]) / 2) - float(ref_loss)) > 1e-3   # fewer negatives
+
+
+# ------------------------------------------------------------------ batch statistics over every process
+LOSSES = ("barlow_twins", "vicreg", "moco_v3")
+
+
+def loss_on(name: str, z1, z2, gather: bool = True):
+    from ssl_rep.methods.losses import barlow_twins_loss, moco_loss, vicreg_loss
+    if name == "barlow_twins":
+        return barlow_twins_loss(z1, z2, 5e-3, gather_distributed=gather)
+    if name == "vicreg":
+        return vicreg_loss(z1, z2, gather_distributed=gather)
+    return moco_loss(z1, z2, None, 0.2, gather_distributed=gather)   # MoCo v3: in-batch keys from every process
+
+
+def embeddings(n: int):
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(n, 5, generator=g, dtype=torch.float64), torch.randn(n, 5, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_batch_statistics_and_keys_come_from_every_process(ranks, name):
+    """Each process's loss, averaged (as DDP averages gradients), equals the loss of the global batch in one
+    process, and so do the gradients (each process's share is scaled by the number of processes, which DDP's
+    average undoes); with local statistics only, the loss differs."""
+    ranks = [r[name] for r in ranks]
+    z1, z2 = (z.clone().requires_grad_() for z in embeddings(2 * B))
+    ref = loss_on(name, z1, z2)
+    ref.backward()
+    torch.testing.assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, ref.detach(), rtol=1e-10, atol=1e-12)
+    for r in (0, 1):
+        cut = slice(r * B, (r + 1) * B)
+        torch.testing.assert_close(ranks[r]["g1"] / 2, z1.grad[cut], rtol=1e-9, atol=1e-12)
+        if z2.grad is None:   # MoCo's keys come from the momentum encoder: no gradient
+            assert ranks[r]["g2"] is None
+        else:
+            torch.testing.assert_close(ranks[r]["g2"] / 2, z2.grad[cut], rtol=1e-9, atol=1e-12)
+    local = (loss_on(name, *(z[:B] for z in embeddings(2 * B)), gather=False)
+             + loss_on(name, *(z[B:] for z in embeddings(2 * B)), gather=False)) / 2
+    assert abs(local.item() - ref.item()) > 1e-3
+
+
+def test_moco_queue_and_dino_centre_take_every_process(ranks):
+    """Each process enqueues every process's keys (rank order, so the queues stay equal), and DINO's centre moves
+    toward the teacher's mean over the global batch."""
+    ranks = [r["state"] for r in ranks]
+    for r in ranks:
+        assert r["ptr"] == 6
+        torch.testing.assert_close(r["queue"][:6], torch.tensor([1.0] * 3 + [2.0] * 3)[:, None].expand(6, 4))
+    torch.testing.assert_close(ranks[0]["queue"], ranks[1]["queue"])
+    base = torch.arange(2 * 3 * 5, dtype=torch.float64).view(2, 3, 5)
+    expected = 0.5 * torch.cat([base, 2 * base], dim=1).mean(dim=(0, 1))
+    for r in ranks:
+        torch.testing.assert_close(r["center"], expected)
 
 
 # ------------------------------------------------------------------ torchrun + the CLI

@@ -11,8 +11,11 @@ from formats import make_cifar10_pickles, make_imagenet_folders, make_stl10_bina
 FEW = ["trainer.max_steps=2", "data.num_workers=0", "trainer.log_every=1", "trainer.device=cpu"]
 
 
+NEW_METHODS = ["byol", "moco", "mocov3", "simsiam", "barlow_twins", "vicreg", "dino"]
+
+
 @pytest.mark.parametrize("recipe,batch", [("supervised_resnet20_cifar10", 8), ("simclr_cifar10", 8),
-                                          ("cpc_cifar10", 2)])
+                                          ("cpc_cifar10", 2), *((f"{m}_cifar10", 8) for m in NEW_METHODS)])
 def test_cifar10_recipes_run_on_written_pickles(tmp_path, recipe, batch):
     make_cifar10_pickles(tmp_path / "data", n_per_batch=4)
     out = tmp_path / "run"
@@ -40,3 +43,14 @@ def test_imagenet_recipes_run_on_written_folders(tmp_path, recipe):
                                         "data.batch_size=2", "trainer.channels_last=false", *options, *FEW]),
                    progress=False)
     assert result.steps == 2
+
+
+@pytest.mark.parametrize("method", NEW_METHODS)
+def test_fashion_mnist_recipes_of_the_new_methods_load_and_match_their_digits_twins(method):
+    """The Fashion-MNIST recipe is the digits one on other data: same method options, SimCLR's FM crop scale."""
+    fm, digits = load_config(f"{method}_fashion_mnist"), load_config(f"{method}_digits")
+    assert fm.data.dataset == "fashion-mnist" and fm.data.min_scale == 0.2
+    assert fm.method.name == digits.method.name
+    shared = set(fm.method.options) & set(digits.method.options)
+    assert shared and all(fm.method.options[k] == digits.method.options[k] for k in shared - {"queue_size",
+                                                                                            "momentum_final"})

@@ -2,13 +2,20 @@
 from __future__ import annotations
 
 from .autoencoder import Autoencoder
+from .barlow_twins import BarlowTwins
 from .base import Method, MethodOutput, replace_batchnorm
+from .byol import BYOL
 from .cpc import CPC
-from .losses import info_nce, nt_xent
+from .dino import DINO
+from .losses import barlow_twins_loss, byol_loss, dino_loss, info_nce, moco_loss, nt_xent, vicreg_loss
+from .moco import MoCo
 from .simclr import SimCLR
+from .simsiam import SimSiam
 from .supervised import Supervised
+from .vicreg import VICReg
 
-METHODS = {cls.name: cls for cls in (Autoencoder, CPC, SimCLR, Supervised)}
+METHODS = {cls.name: cls for cls in (Autoencoder, CPC, SimCLR, Supervised, BYOL, MoCo, SimSiam, BarlowTwins,
+                                     VICReg, DINO)}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
@@ -36,5 +43,6 @@ def create_method(name: str, encoder, **kwargs) -> Method:
         raise TypeError(f"create_method({name!r}): {exc}") from exc
 
 
-__all__ = ["CPC", "METHODS", "Autoencoder", "Method", "MethodOutput", "SimCLR", "Supervised", "create_method",
-           "info_nce", "method_class", "nt_xent", "register_method", "replace_batchnorm"]
+__all__ = ["BYOL", "CPC", "DINO", "METHODS", "Autoencoder", "BarlowTwins", "Method", "MethodOutput", "MoCo", "SimCLR",
+           "SimSiam", "Supervised", "VICReg", "barlow_twins_loss", "byol_loss", "create_method", "dino_loss",
+           "info_nce", "method_class", "moco_loss", "nt_xent", "register_method", "replace_batchnorm", "vicreg_loss"]
