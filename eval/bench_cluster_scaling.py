@@ -1,20 +1,18 @@
 """Time of each clustering method as n grows (1k, 10k, 100k points of 10 Gaussian blobs in 32-d),
 with what the O(n^2) guard says where it refuses, and a log-log plot.
-    python eval/bench_cluster_scaling.py [--sizes 1000,10000,100000] [--figure eval/figures/cluster_scaling.png]
+    python -m eval.bench_cluster_scaling [--sizes 1000,10000,100000] [--figure eval/figures/cluster_scaling.png]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.results_md import emit, parse_or_render, table_section  # noqa: E402
-from ssl_rep.eval import CLUSTER_METHODS, ClusteringTooLargeError, cluster, clustering_scores  # noqa: E402
+from eval.results_md import emit, parse_or_render, table_section
+from ssl_rep.eval import CLUSTER_METHODS, ClusteringTooLargeError, cluster, clustering_scores
 
 
 def blobs(n: int, dim: int = 32, k: int = 10, seed: int = 0):
@@ -74,7 +72,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def render(rows: list[dict], command: str | None, machine_name: str | None = None) -> None:
     lines = [f"| {r['method']} | {r['n']:,} | " + (f"{r['seconds']:.2f} s | {r['acc']:.3f} |" if "seconds" in r
                                                     else f"refused | {r['refused']} |") for r in rows]
-    table_section("bench-cluster-scaling", "Clustering time as n grows", "python eval/bench_cluster_scaling.py",
+    table_section("bench-cluster-scaling", "Clustering time as n grows", "python -m eval.bench_cluster_scaling",
                   ["method", "n", "time", "ACC on 10 blobs (or the guard's message)"], lines, command, machine_name,
                   note="![clustering time vs n](figures/cluster_scaling.png)\n\nThe O(n^2) methods (mean-shift, "
                        "DBSCAN, agglomerative) are refused above the memory limit (`max_memory_gb`, 4 GB by default) "

@@ -1,5 +1,5 @@
 """Throughput of 1 vs N processes (torchrun, gloo) on the CPU cores of one machine, same global batch.
-    python eval/bench_ddp_cpu.py [--procs 1,2] [--steps 30] [--recipe simclr_digits]
+    python -m eval.bench_ddp_cpu [--procs 1,2] [--steps 30] [--recipe simclr_digits]
 Each run gets cores / processes threads; images/s is read from metrics.jsonl after the first 5 steps.
 """
 from __future__ import annotations
@@ -12,8 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.results_md import emit, parse_or_render, table_section  # noqa: E402
+from eval.results_md import emit, parse_or_render, table_section
 
 
 def run(procs: int, steps: int, recipe: str, global_batch: int) -> dict:
@@ -50,7 +49,7 @@ def main() -> None:
 
 def render(rows: list[dict], command: str | None, machine_name: str | None = None) -> None:
     table_section("bench-ddp-cpu", "Processes vs throughput on one CPU machine (torchrun, gloo)",
-                  "python eval/bench_ddp_cpu.py", ["processes", "threads each", "global batch", "images/s",
+                  "python -m eval.bench_ddp_cpu", ["processes", "threads each", "global batch", "images/s",
                                                    "vs 1 process"],
                   [f"| {r['procs']} | {r['threads_each']} | {r['global_batch']} | {r['images_per_s']:.0f} | "
                    f"{r['scaling']:.2f}x |" for r in rows], command, machine_name,

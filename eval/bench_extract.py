@@ -3,25 +3,22 @@ the bare encoder forward on one batch already prepared on the device, same batch
 Goal: >= 0.9. Each extraction is bracketed by bare-forward runs over as many images, and compared with
 their mean (a GPU's clocks and a launch-bound step drift between runs a fraction of a second long);
 the batched paths report the median over ``--repeats`` such rounds and the range of the rounds. Usage:
-    python eval/bench_extract.py [--data fashion-mnist --root DIR] [--device cuda] [--encoder resnet20]
+    python -m eval.bench_extract [--data fashion-mnist --root DIR] [--device cuda] [--encoder resnet20]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.bench_step_overhead import sync  # noqa: E402
-from eval.results_md import device_table_section, emit, parse_or_render  # noqa: E402
-from ssl_rep.data import build_dataset, build_transform, stats_for  # noqa: E402
-from ssl_rep.encoders import create_encoder  # noqa: E402
-from ssl_rep.eval import extract_features, features  # noqa: E402
+from eval.bench_step_overhead import sync
+from eval.results_md import device_table_section, emit, parse_or_render
+from ssl_rep.data import build_dataset, build_transform, stats_for
+from ssl_rep.encoders import create_encoder
+from ssl_rep.eval import extract_features, features
 
 
 @torch.no_grad()
@@ -90,7 +87,7 @@ def main() -> None:
 
 
 def render(rows: list[dict], command: str | None, machine_name: str | None = None) -> None:
-    device_table_section(rows, "bench-extract", "Feature extraction vs bare forward", "python eval/bench_extract.py",
+    device_table_section(rows, "bench-extract", "Feature extraction vs bare forward", "python -m eval.bench_extract",
                          ["data, encoder, batch", "extraction path", "extract img/s", "bare forward img/s",
                           "ratio (goal >= 0.9)", "per-round ratios"],
                          lambda r: f"| {r['data']} ({r['images']}), {r['encoder']}, {r['batch_size']} | {r['path']} | "

@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.results_md import emit, parse_or_render, update_section  # noqa: E402
-from ssl_rep.cli.common import eval_dataset, fixed_subset, resolve_encoder  # noqa: E402
-from ssl_rep.eval import LinearProbe, cluster, clustering_scores, extract_features  # noqa: E402
-from ssl_rep.quantize import quantize_encoder, quantize_features  # noqa: E402
+from eval.results_md import emit, parse_or_render, update_section
+from ssl_rep.cli.common import eval_dataset, fixed_subset, resolve_encoder
+from ssl_rep.eval import LinearProbe, cluster, clustering_scores, extract_features
+from ssl_rep.quantize import quantize_encoder, quantize_features
 
 
 def timed_features(encoder, dataset, batch_size: int):

@@ -5,7 +5,7 @@ process each: LinearProbe (fixed C, streamed mini-batch solver) and k-means (fit
 every point assigned in chunks). Reports peak anonymous memory (what the process allocated: a full
 float32 copy would show here) and peak RSS (which also counts memory-mapped file pages the kernel
 can drop). Goal: fits a 24 GiB machine with no full copy in RAM.
-    python eval/bench_memory.py [--n 1281167] [--dim 2048] [--classes 100] [--dir /tmp/feats] [--keep]
+    python -m eval.bench_memory [--n 1281167] [--dim 2048] [--classes 100] [--dir /tmp/feats] [--keep]
 The 5 GiB feature file is deleted at the end unless --keep (then a rerun with the same shape reuses it).
 """
 from __future__ import annotations
@@ -21,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.results_md import emit, parse_or_render, update_section  # noqa: E402
-from ssl_rep.eval.probe import chunk_rows  # noqa: E402
+from eval.results_md import emit, parse_or_render, update_section
+from ssl_rep.eval.probe import chunk_rows
 
 
 def write_features(folder: Path, n: int, dim: int, classes: int, seed: int = 0) -> None:
@@ -124,7 +123,7 @@ def render(r: dict, command: str | None, machine_name: str | None = None) -> Non
         "allocated; RSS also counts pages of the memory-mapped file, which the kernel drops under pressure."
         + (f" {r['note']}" if r.get("note") else ""))
     update_section("bench-memory", "Memory: probe and k-means on features streamed from an fp16 memmap",
-                   command or "python eval/bench_memory.py", text, machine_name=machine_name)
+                   command or "python -m eval.bench_memory", text, machine_name=machine_name)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,20 @@
 """LinearProbe vs scikit-learn's LogisticRegression, and faiss kNN vs KNeighborsClassifier, on the
 same frozen features (side by side, one run). Goal: probe >= 5x faster at accuracy within 0.5 pt.
 
-    python eval/bench_probe.py --checkpoint CKPT --data fashion-mnist [--root DIR]
+    python -m eval.bench_probe --checkpoint CKPT --data fashion-mnist [--root DIR]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.results_md import emit, parse_or_render, update_section  # noqa: E402
-from ssl_rep.cli.common import eval_dataset, resolve_encoder  # noqa: E402
-from ssl_rep.eval import KNNClassifier, LinearProbe, extract_features  # noqa: E402
+from eval.results_md import emit, parse_or_render, update_section
+from ssl_rep.cli.common import eval_dataset, resolve_encoder
+from ssl_rep.eval import KNNClassifier, LinearProbe, extract_features
 
 
 def timed(fn):

@@ -3,26 +3,24 @@ seeds on the test split in each space: the backbone (raw, L2, standardised, PCA-
 + L2), the projection head's hidden layer (raw, L2) and its output (raw, L2; ``--features projection``).
 ``--umap DIM`` adds the backbone and hidden layer after L2 + UMAP (``ssl-cluster --l2 --umap DIM``),
 refitted per seed; ``--checkpoint pixels`` adds the raw-pixel baseline (its "backbone" is the pixels).
-    python eval/cluster_spaces.py --checkpoint NAME=OUT/checkpoints/last.pt [...] --data fashion-mnist
+    python -m eval.cluster_spaces --checkpoint NAME=OUT/checkpoints/last.pt [...] --data fashion-mnist
 """
 from __future__ import annotations
 
 import argparse
 import json
 import re
-import sys
 from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.results_md import emit, parse_or_render, table_section  # noqa: E402
-from ssl_rep.cli.common import features_for  # noqa: E402
-from ssl_rep.data import build_dataset  # noqa: E402
-from ssl_rep.encoders.io import ENCODER_FORMAT, encoder_from, projection_head, safe_load  # noqa: E402
-from ssl_rep.eval import cluster, clustering_scores, preprocess  # noqa: E402
+from eval.results_md import emit, parse_or_render, table_section
+from ssl_rep.cli.common import features_for
+from ssl_rep.data import build_dataset
+from ssl_rep.encoders.io import ENCODER_FORMAT, encoder_from, projection_head, safe_load
+from ssl_rep.eval import cluster, clustering_scores, preprocess
 
 
 def spaces(X: np.ndarray, head: torch.nn.Module | None, umap: int | None = None) -> dict[str, tuple]:
@@ -137,7 +135,7 @@ def render(result: dict, command: str | None, machine_name: str | None = None) -
     key = f"cluster-spaces-{result['data']}" + ("-umap" if umap else "") + (f"-{slug(study)}" if study else "")
     table_section(key, f"k-means{' with UMAP' if umap else ''}: which feature space ({result['data']}"
                        + (f", {study})" if study else ")"),
-                  "python eval/cluster_spaces.py",
+                  "python -m eval.cluster_spaces",
                   ["space", *[f"{name}: ACC mean ± sd / NMI" for name in names]], lines, command, machine_name,
                   note=f"k-means (ssl_rep's: faiss, k-means++, best of 3 restarts) with {n} seeds on the "
                        f"{result['data']} {result['split']} split, k = the number of classes. "

@@ -1,6 +1,6 @@
 """How many epochs fit a time budget, from a short timing run's metrics.jsonl (used by gpu_suite.sh's
 "wide" stage, so an untimed encoder cannot overrun the device call and leave no result).
-    python eval/epochs_for_budget.py RUN/metrics.jsonl --budget 300 --images 60000 --batch-size 256
+    python -m eval.epochs_for_budget RUN/metrics.jsonl --budget 300 --images 60000 --batch-size 256
 prints the number of epochs; the reasoning goes to stderr. The second half of the timing run sets the
 time per step (the first half holds warmup, cudnn autotuning and any compilation).
 """

@@ -1,6 +1,6 @@
 """Loss, online-probe accuracy over steps, and accuracy vs wall time, from metrics.jsonl files, as a PNG.
 
-    python eval/plot_training.py OUT.png run_a/metrics.jsonl[:label] run_b/metrics.jsonl[:label] ...
+    python -m eval.plot_training OUT.png run_a/metrics.jsonl[:label] run_b/metrics.jsonl[:label] ...
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def main(argv: list[str]) -> None:

@@ -5,25 +5,22 @@ flattened (``ssl_rep.encoders.GridPooledEncoder``), then the linear probe (C cho
 training split, as ``ssl-probe`` does) and kNN@20. A random-init encoder of the same shape
 (``NAME=random:resnet20?width=32``) is the row that says how much of a grid's gain the training earned;
 ``--checkpoint pixels`` adds the raw-pixel probe.
-    python eval/probe_grid.py --checkpoint NAME=OUT/checkpoints/last.pt [...] --data fashion-mnist --grids 1,2,3
+    python -m eval.probe_grid --checkpoint NAME=OUT/checkpoints/last.pt [...] --data fashion-mnist --grids 1,2,3
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.cluster_spaces import add_checkpoint_args, checkpoints, parse_checkpoint_study, pixels  # noqa: E402
-from eval.results_md import emit, table_section  # noqa: E402
-from ssl_rep.cli.common import features_for, resolve_encoder  # noqa: E402
-from ssl_rep.encoders import GridPooledEncoder  # noqa: E402
-from ssl_rep.eval import KNNClassifier, LinearProbe  # noqa: E402
+from eval.cluster_spaces import add_checkpoint_args, checkpoints, parse_checkpoint_study, pixels
+from eval.results_md import emit, table_section
+from ssl_rep.cli.common import features_for, resolve_encoder
+from ssl_rep.encoders import GridPooledEncoder
+from ssl_rep.eval import KNNClassifier, LinearProbe
 
 
 class EveryGrid(torch.nn.Module):
@@ -83,7 +80,7 @@ def render(result: dict, command: str | None, machine_name: str | None = None) -
     lines = [f"| {r['checkpoint']} | {grid(r['grid'])} | {r['dim']} | {r['top1']:.4f} | {r['top5']:.4f} | "
              f"{r['knn20']:.4f} | {r['C']:.3g} |" for r in result["rows"]]
     table_section(f"probe-grid-{result['data']}", f"Linear probe: global average against grid-pooled maps "
-                  f"({result['data']})", "python eval/probe_grid.py",
+                  f"({result['data']})", "python -m eval.probe_grid",
                   ["encoder", "grid", "features", "linear top-1", "top-5", "kNN@20", "C"], lines, command,
                   machine_name,
                   note="Grid 1 x 1 is the global average, the features every other table probes; G x G is the last "

@@ -4,12 +4,11 @@ bench_step_overhead.py gives the ratio; this script says what is behind it. It p
 of each, after ``--warmup`` steps, and writes per step: the host's wall time (ProfilerStep), the number of
 ops and kernel launches, the device's busy time, and the ops with the most host time, for both, side by
 side in one text file. Usage:
-    python eval/profile_step.py --method autoencoder --data fashion-mnist --root $FM --device cuda --out DIR
+    python -m eval.profile_step --method autoencoder --data fashion-mnist --root $FM --device cuda --out DIR
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
@@ -18,9 +17,8 @@ from torch.autograd import DeviceType
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.profiler import ProfilerActivity, profile, schedule
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.bench_step_overhead import RECIPES, bare_step, overhead_config, sync  # noqa: E402
-from ssl_rep.train import train  # noqa: E402
+from eval.bench_step_overhead import RECIPES, bare_step, overhead_config, sync
+from ssl_rep.train import train
 
 PROBE_PARAMS = 2   # the online probe's optimiser holds the head's weight and bias only
 

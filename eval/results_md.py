@@ -13,6 +13,14 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = "# ssl_rep results\n\nEvery number here was written by the command shown with it. Ratios are measured side by side in one run.\n"
 
 
+def command_line() -> str:
+    """How this run was started, as a reader would type it: ``python -m eval.NAME ARGS``."""
+    import sys
+    script = Path(sys.argv[0])
+    head = f"python -m eval.{script.stem}" if script.parent.name == "eval" else f"python {sys.argv[0]}"
+    return " ".join([head, *sys.argv[1:]])
+
+
 def machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
@@ -40,16 +48,53 @@ def git_rev() -> str:
         return "unknown"
 
 
+# RESULTS.md's topics, in order, each with the section keys (prefixes) it holds; a section goes to the topic of
+# its longest matching prefix, else the last
+TOPICS = [
+    ("Representation quality on Fashion-MNIST", ("suite-fashion-mnist", "ablation-simclr", "simclr-fm",
+                                                 "probe-grid", "figures")),
+    ("Representation quality on digits", ("suite-digits",)),
+    ("Clustering", ("cluster-", "bench-kmeans", "bench-cluster")),
+    ("Linear probe and kNN speed", ("bench-probe",)),
+    ("Training speed and the data path", ("step-overhead", "cpu-precision", "bench-ddp", "bench-data-path",
+                                          "bench-decode", "bench-extract")),
+    ("Int8", ("bench-int8",)),
+    ("Memory and long runs", ("bench-memory", "soak")),
+    ("GPU checks and the test suite", ("gpu-checks", "suite-time")),
+]
+_SECTION = re.compile(r"<!-- (?P<key>[\w.-]+):start -->.*?<!-- (?P=key):end -->[^<]*", re.S)
+
+
+def topic_of(key: str) -> str:
+    best = max(((len(prefix), title) for title, prefixes in TOPICS for prefix in prefixes if key.startswith(prefix)),
+               default=(0, TOPICS[-1][0]))
+    return best[1]
+
+
+def organise(text: str) -> str:
+    """RESULTS.md with its sections grouped under their topics (in ``TOPICS`` order), each topic's sections in
+    the order they had; text between a section's end marker and the next section stays with it."""
+    headers = {f"# {title}" for title, _ in TOPICS}
+    sections = [(m.group("key"), "\n".join(line for line in m.group(0).strip().splitlines()
+                                            if line not in headers).strip()) for m in _SECTION.finditer(text)]
+    out = [HEADER.rstrip()]
+    for title, _ in TOPICS:
+        mine = [body for key, body in sections if topic_of(key) == title]
+        if mine:
+            out += [f"# {title}", *mine]
+    return "\n\n".join(out) + "\n"
+
+
 def update_section(key: str, title: str, command: str, body: str, path: Path = RESULTS,
                    machine_name: str | None = None, date: str | None = None) -> None:
-    """Replace (or append) the section ``key`` of RESULTS.md with a header, the command and ``body``.
-    ``machine_name``/``date`` describe where the numbers were measured when that was elsewhere."""
+    """Replace (or add, under its topic) the section ``key`` of RESULTS.md with a header, the command and
+    ``body``. ``machine_name``/``date`` describe where the numbers were measured when that was elsewhere."""
     text = path.read_text() if path.exists() else HEADER
     stamp = f"{date or datetime.date.today().isoformat()}, {machine_name or machine()}, commit {git_rev()}"
     section = (f"<!-- {key}:start -->\n## {title}\n\n`{command}`  \n{stamp}\n\n{body.strip()}\n<!-- {key}:end -->")
     pattern = re.compile(rf"<!-- {re.escape(key)}:start -->.*?<!-- {re.escape(key)}:end -->", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
+    path.write_text(organise(text))
 
 
 def table_section(key: str, title: str, default_command: str, header: list[str], lines: list[str],
@@ -83,11 +128,10 @@ def parse_or_render(parser, render):
 def emit(result, args, render) -> None:
     """What every benchmark does with its result: ``--json`` copy, then RESULTS.md unless ``--no-results-md``."""
     import json
-    import sys
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     if not args.no_results_md:
-        render(result, " ".join(["python", *sys.argv]))
+        render(result, command_line())
 
 
 def add_output_args(parser) -> None:

@@ -1,6 +1,6 @@
 """Soak: a long CPU pretraining run in a child process, its resident memory (RSS, with any DataLoader
 workers) sampled every few seconds. Memory should rise while the first epoch warms up, then stay flat.
-    python eval/soak.py [--minutes 10] [--recipe ae_digits] [key=value ...]
+    python -m eval.soak [--minutes 10] [--recipe ae_digits] [key=value ...]
 """
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.results_md import emit, parse_or_render, update_section  # noqa: E402
+from eval.results_md import emit, parse_or_render, update_section
 
 
 def rss_mib(pid: int) -> float:
@@ -80,7 +79,7 @@ def render(r: dict, command: str | None, machine_name: str | None = None) -> Non
             f"checkpoint every 200), RSS sampled every few seconds: {r['rss_at_1min']:.0f} MiB after one minute, "
             f"{r['rss_end']:.0f} MiB at the end, at most {r['rss_max']:.0f} MiB; mean of the second half of the run "
             f"minus the first half (after minute 1): **{drift:+.1f} MiB**.")
-    update_section("soak", "Soak: memory over a long CPU run", command or "python eval/soak.py", text,
+    update_section("soak", "Soak: memory over a long CPU run", command or "python -m eval.soak", text,
                    machine_name=machine_name)
 
 

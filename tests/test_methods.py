@@ -94,8 +94,8 @@ def test_simclr_needs_two_views(digits_batch):
 
 
 def test_unknown_method_lists_valid_names():
-    with pytest.raises(ValueError, match="autoencoder, cpc, simclr, supervised"):
-        create_method("byol", ssl_rep.create_encoder("resnet20"))
+    with pytest.raises(ValueError, match="unknown method .*valid: autoencoder, cpc, simclr, supervised, byol, moco"):
+        create_method("byol2", ssl_rep.create_encoder("resnet20"))
     with pytest.raises(TypeError, match="create_method"):
         create_method("cpc", ssl_rep.create_encoder("resnet20"), no_such_option=1)
 

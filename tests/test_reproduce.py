@@ -1,5 +1,6 @@
 """The reproduction harness (eval/reproduce.py) end to end on digits, at a few steps per method."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +82,11 @@ def test_epochs_for_budget_times_the_second_half_of_a_run():
     assert epochs_for_budget(lines, 10, images=60_000, batch_size=256) == 1    # never 0
     with pytest.raises(ValueError, match="at least two logged steps"):
         seconds_per_step(lines[:1])
+
+
+def test_results_md_keeps_its_topics_in_order_and_a_rewrite_changes_nothing_else():
+    from eval.results_md import TOPICS, organise
+    text = (Path(__file__).resolve().parents[1] / "eval" / "RESULTS.md").read_text()
+    assert organise(text) == text   # the file is organised, and organising is idempotent
+    titles = [line[2:] for line in text.splitlines() if line.startswith("# ")][1:]
+    assert titles == [t for t, _ in TOPICS if t in titles]
