@@ -1,7 +1,6 @@
 """Barlow Twins (Zbontar et al. 2021, "Barlow Twins: Self-Supervised Learning via Redundancy Reduction")."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from .base import Method, MethodOutput
@@ -39,11 +38,8 @@ class BarlowTwins(Method):
         self.lambda_, self.global_batch, self.loss_scale = lambda_, global_batch, loss_scale
 
     def forward(self, batch):
-        views = self.images_of(batch)
-        if not isinstance(views, (list, tuple)) or len(views) != 2:
-            raise ValueError("Barlow Twins needs two views per image: wrap the transform in MultiView(t, 2)")
-        n = len(views[0])
-        h = self.encoder(torch.cat(list(views)))
+        x, n = self.views_of(batch)
+        h = self.encoder(x)
         z = self.projector(h)
         loss = self.loss_scale * barlow_twins_loss(z[:n].float(), z[n:].float(), self.lambda_, self.global_batch)
         return MethodOutput(loss, {"loss": loss.detach()}, h[:n].detach())

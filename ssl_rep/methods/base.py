@@ -62,6 +62,15 @@ class Method(nn.Module):
     def after_step(self, step: int, total_steps: int) -> None:
         """Called by the trainer after optimiser step ``step`` (1-based) of ``total_steps``."""
 
+    def views_of(self, batch) -> tuple[torch.Tensor, int]:
+        """A multi-view batch's ``n_views`` views concatenated along the batch axis (one encoder pass, so
+        BatchNorm sees every view), and the number of images ``B``: view ``v`` is rows ``v B .. (v + 1) B``."""
+        views = self.images_of(batch)
+        if not isinstance(views, (list, tuple)) or len(views) != self.n_views:
+            raise ValueError(f"{type(self).__name__} needs {self.n_views} views per image: wrap the transform in "
+                             f"ssl_rep.data.MultiView(transform, {self.n_views})")
+        return torch.cat(list(views)), len(views[0])
+
     @staticmethod
     def images_of(batch) -> torch.Tensor | list[torch.Tensor]:
         return batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch

@@ -33,11 +33,7 @@ class BYOL(Method):
         self.register_buffer("tau", torch.tensor(tau_base))
 
     def forward(self, batch):
-        views = self.images_of(batch)
-        if not isinstance(views, (list, tuple)) or len(views) != 2:
-            raise ValueError("BYOL needs two views per image: wrap the transform in ssl_rep.data.MultiView(t, 2)")
-        n = len(views[0])
-        x = torch.cat(list(views))
+        x, n = self.views_of(batch)
         h = self.encoder(x)
         p = self.predictor(self.projector(h))
         with torch.no_grad():

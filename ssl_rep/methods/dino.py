@@ -53,11 +53,7 @@ class DINO(Method):
         self.register_buffer("momentum", torch.tensor(momentum))
 
     def forward(self, batch):
-        views = self.images_of(batch)
-        if not isinstance(views, (list, tuple)) or len(views) != 2:
-            raise ValueError("DINO needs two views per image: wrap the transform in ssl_rep.data.MultiView(t, 2)")
-        n = len(views[0])
-        x = torch.cat(list(views))
+        x, n = self.views_of(batch)
         h = self.encoder(x)
         student = self.head(h).float().view(2, n, -1)
         with torch.no_grad():

@@ -68,11 +68,7 @@ class MoCo(Method):
         self.queue_ptr.fill_((ptr + len(keys)) % size)
 
     def forward(self, batch):
-        views = self.images_of(batch)
-        if not isinstance(views, (list, tuple)) or len(views) != 2:
-            raise ValueError("MoCo needs two views per image: wrap the transform in ssl_rep.data.MultiView(t, 2)")
-        n = len(views[0])
-        x = torch.cat(list(views))
+        x, n = self.views_of(batch)
         h = self.encoder(x)
         q = self.predictor(self.projector(h))
         with torch.no_grad():

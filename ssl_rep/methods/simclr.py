@@ -34,12 +34,8 @@ class SimCLR(Method):
         self.head = projection_mlp(d, hidden_dim, out_dim, batchnorm=head_batchnorm)
 
     def forward(self, batch):
-        views = self.images_of(batch)
-        if not isinstance(views, (list, tuple)) or len(views) != 2:
-            raise ValueError("SimCLR needs two views per image: wrap the transform in "
-                             "ssl_rep.data.MultiView(transform, 2)")
-        n = len(views[0])
-        h = self.encoder(torch.cat(list(views)))  # one pass: BatchNorm sees both views
+        x, n = self.views_of(batch)
+        h = self.encoder(x)  # one pass: BatchNorm sees both views
         z = self.head(h)
         z0, z1 = z[:n], z[n:]
         loss = nt_xent(z0, z1, self.temperature, gather_distributed=self.global_negatives)

@@ -36,11 +36,8 @@ class SimSiam(Method):
                                        nn.ReLU(inplace=True), nn.Linear(pred_dim, dim))
 
     def forward(self, batch):
-        views = self.images_of(batch)
-        if not isinstance(views, (list, tuple)) or len(views) != 2:
-            raise ValueError("SimSiam needs two views per image: wrap the transform in ssl_rep.data.MultiView(t, 2)")
-        n = len(views[0])
-        h = self.encoder(torch.cat(list(views)))
+        x, n = self.views_of(batch)
+        h = self.encoder(x)
         z = self.projector(h)
         p = self.predictor(z)
         loss = (byol_loss(p[:n], z[n:]) + byol_loss(p[n:], z[:n])) / 2   # byol_loss stops z's gradient

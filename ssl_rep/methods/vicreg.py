@@ -1,7 +1,6 @@
 """VICReg (Bardes et al. 2022, "VICReg: Variance-Invariance-Covariance Regularization")."""
 from __future__ import annotations
 
-import torch
 
 from .barlow_twins import expander
 from .base import Method, MethodOutput
@@ -29,11 +28,8 @@ class VICReg(Method):
         self.global_batch = global_batch
 
     def forward(self, batch):
-        views = self.images_of(batch)
-        if not isinstance(views, (list, tuple)) or len(views) != 2:
-            raise ValueError("VICReg needs two views per image: wrap the transform in MultiView(t, 2)")
-        n = len(views[0])
-        h = self.encoder(torch.cat(list(views)))
+        x, n = self.views_of(batch)
+        h = self.encoder(x)
         z = self.expander(h).float()
         loss = vicreg_loss(z[:n], z[n:], *self.weights, gather_distributed=self.global_batch)
         return MethodOutput(loss, {"loss": loss.detach()}, h[:n].detach())
