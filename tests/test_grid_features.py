@@ -82,6 +82,7 @@ def test_random_spec_reads_yaml_values_and_names_a_plain_folder():
         resolve_encoder("random:resnet20?width")
 
 
+@pytest.mark.slow   # a script under eval/, not the library (make test-all runs it)
 def test_probe_grid_study_agrees_with_the_cli(tmp_path, monkeypatch):
     from eval import probe_grid
     sections = {}

@@ -78,6 +78,7 @@ def test_cli_projection_features_are_recorded_and_cached_apart(simclr_run, tmp_p
     assert probe["features"] == "projection" and probe["feature_dim"] == 64 and probe["top1"] > 0.3
 
 
+@pytest.mark.slow   # a script under eval/, not the library (make test-all runs it)
 def test_cluster_spaces_study_agrees_with_the_cli(simclr_run, tmp_path, monkeypatch):
     from eval import cluster_spaces
     sections = {}

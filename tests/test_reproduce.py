@@ -15,6 +15,7 @@ def sections(monkeypatch) -> dict:
     return caught
 
 
+@pytest.mark.slow   # a script under eval/, not the library (make test-all runs it)
 def test_digits_suite_runs_every_row_and_writes_its_table(tmp_path, monkeypatch, sections):
     monkeypatch.chdir(tmp_path)   # runs/ and the feature cache go here
     out = tmp_path / "digits.json"

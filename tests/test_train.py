@@ -239,7 +239,7 @@ def _logged_step(path) -> int:
 
 
 @pytest.mark.parametrize("recipe,options,total,kills", [
-    ("ae_digits", ["method.mode=masked"], 30, 3),
+    ("ae_digits", ["method.mode=masked"], 20, 2),
     # momentum teachers (and DINO's centre) live in the checkpoint too
     ("byol_digits", ["method.hidden_dim=64", "method.out_dim=32"], 12, 1),
     ("dino_digits", ["method.hidden_dim=64", "method.bottleneck_dim=16", "method.out_dim=64"], 12, 1)])
@@ -414,7 +414,7 @@ def test_torch_compile_trains_like_eager(tmp_path):
     assert runs["true"] == pytest.approx(runs["false"], rel=1e-2)
 
 
-@pytest.mark.parametrize("recipe", ["simclr_digits", "supervised_digits"])
+@pytest.mark.parametrize("recipe", ["supervised_digits", pytest.param("simclr_digits", marks=pytest.mark.slow)])
 def test_bf16_on_the_cpu_runs_in_bf16_and_trains_like_fp32(tmp_path, recipe, monkeypatch, caplog):
     """trainer.precision=bf16 reaches the CPU (auto stays fp32 there, and says where bf16 is native): the losses
     differ from fp32's in the low bits but follow them, and the weights stay float32."""
