@@ -12,11 +12,10 @@ import json
 import time
 from pathlib import Path
 
-import torch
 
-from .cli.common import image_getter, setup_logging
+from .cli.common import image_getter, resolve_encoder, setup_logging
 from .data import build_dataset, build_transform, stats_for
-from .encoders import create_encoder, load_encoder
+from .encoders import load_encoder
 from .eval import cluster_features, extract_features, probe_features
 from .eval.report import write_report
 from .train import load_config, train
@@ -44,9 +43,7 @@ def main(argv=None) -> None:
     data = cfg.data.dataset
     transform = build_transform("eval", stats=stats_for(data), resize=None)
     train_set, test_set = (build_dataset(data, split=s, root=cfg.data.root, transform=transform) for s in ("train", "test"))
-    torch.manual_seed(0)   # the random-init baseline: ssl-probe's random:<encoder> with its default seed
-    encoders = {"probe": load_encoder(result.checkpoint),
-                "probe_random": create_encoder(cfg.encoder.name, **cfg.encoder.options).eval()}
+    encoders = {"probe": load_encoder(result.checkpoint), "probe_random": resolve_encoder(f"random:{cfg.encoder.name}")}
     features = {}
     for name, encoder in encoders.items():
         X, y = extract_features(encoder, train_set)

@@ -146,10 +146,10 @@ def gaussian_blur(x: torch.Tensor, kernel: int, gen: torch.Generator, p: float =
 
 
 def augment_batch(x: torch.Tensor, transform: str, size: int, gen: torch.Generator, shift: torch.Tensor,
-                  unit_scale: torch.Tensor, min_scale: float = MIN_SCALE) -> torch.Tensor:
+                  unit_scale: torch.Tensor, byte_scale: torch.Tensor, min_scale: float = MIN_SCALE) -> torch.Tensor:
     """uint8 images ``(N, 3, H, W)`` -> normalised float32 ``(N, 3, size, size)`` under ``transform`` (one of
-    ``BATCHED_TRANSFORMS``). ``shift``, ``unit_scale``: ``-mean / std`` and ``1 / std`` as ``(1, 3, 1, 1)``, so
-    normalising ``x / 255`` is one multiply-add."""
+    ``BATCHED_TRANSFORMS``). ``shift``, ``unit_scale``, ``byte_scale``: ``-mean / std``, ``1 / std`` and
+    ``1 / (255 std)`` as ``(1, 3, 1, 1)``, so normalising is one multiply-add."""
     if transform == "simclr":   # the colour jitter works on [0, 1] images
         x = colour_jitter(resized_crop_flip(x.float().div_(255.0), size, gen, min_scale), gen)
         return torch.addcmul(shift, x, unit_scale)
@@ -157,4 +157,4 @@ def augment_batch(x: torch.Tensor, transform: str, size: int, gen: torch.Generat
         x = crop_flip(x, max(1, size // 8), gen)
     elif x.shape[-1] != size:
         x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return torch.addcmul(shift, x.float(), unit_scale / 255)
+    return torch.addcmul(shift, x.float(), byte_scale)

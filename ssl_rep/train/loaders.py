@@ -139,6 +139,7 @@ class ResidentLoader:
         self.size, self.n_views, self.min_scale = size, n_views, min_scale
         mean, std = mean_std(stats, self.device)
         self.unit_scale, self.shift = 1 / std, -mean / std   # for [0, 1] images
+        self.byte_scale = self.unit_scale / 255   # for uint8 ones
         self.sampler = EpochSampler(len(images), seed, batch_size, rank, world_size)
         if batches_per_call is None:
             batch_bytes = batch_size * n_views * 3 * size * size * 4
@@ -156,7 +157,8 @@ class ResidentLoader:
         return self.sampler.batches_per_epoch
 
     def augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        return augment_batch(x, self.transform, self.size, gen, self.shift, self.unit_scale, self.min_scale)
+        return augment_batch(x, self.transform, self.size, gen, self.shift, self.unit_scale, self.byte_scale,
+                             self.min_scale)
 
     def __iter__(self):
         sampler, k, b_size = self.sampler, self.batches_per_call, self.batch_size
