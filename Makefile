@@ -10,6 +10,8 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 MIN_FREE_GIB ?= 6
 BIN := $(VENV)/bin
 DEMO_OUT ?= runs/demo
+# pytest-xdist workers for make test (auto: one per core; tests/conftest.py splits torch's threads among them)
+TEST_WORKERS ?= auto
 
 .PHONY: demo test test-all setup data ci-extras clean
 
@@ -31,7 +33,7 @@ demo: setup
 	$(BIN)/python -m ssl_rep.demo --out $(DEMO_OUT)
 
 test: setup $(if $(CI),ci-extras)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # CI (CI=true, as root): Fashion-MNIST and headless Chromium too, so the tests that need them run instead of
 # skipping; best effort, never fatal (pytest's -ra summary names whatever still skipped and why)
@@ -42,7 +44,7 @@ ci-extras:
 	    dataset-fashion-mnist chromium chromium-driver >/dev/null; } ; fi
 
 test-all: setup
-	$(BIN)/python -m pytest -m "slow or not slow"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "slow or not slow"
 
 # Fashion-MNIST, the real CPU benchmark data (Debian/Ubuntu; needs root)
 data:

@@ -15,6 +15,9 @@ import torch.multiprocessing as mp
 import ssl_rep
 from ssl_rep.methods import create_method
 
+# its module-scoped fixture is costly: under pytest-xdist, every test here runs on one worker, which builds it once
+pytestmark = pytest.mark.xdist_group("distributed")
+
 B = 6
 
 

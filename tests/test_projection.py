@@ -11,6 +11,9 @@ from ssl_rep.encoders import CheckpointError
 from ssl_rep.methods import create_method
 from ssl_rep.train import load_config, train
 
+# its module-scoped fixture is costly: under pytest-xdist, every test here runs on one worker, which builds it once
+pytestmark = pytest.mark.xdist_group("projection")
+
 TINY = ["trainer.max_steps=3", "data.batch_size=32", "data.num_workers=0"]
 
 

@@ -10,6 +10,10 @@ from ssl_rep.quantize import (QuantizedFeatures, affine_qparams, dequantize_valu
                               quantize_features, quantize_values, save_features)
 
 
+# its module-scoped fixture is costly: under pytest-xdist, every test here runs on one worker, which builds it once
+pytestmark = pytest.mark.xdist_group("quantize")
+
+
 @pytest.fixture(scope="module")
 def digits():
     t = build_transform("eval", stats="digits", resize=None)

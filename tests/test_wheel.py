@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# its module-scoped fixture is costly: under pytest-xdist, every test here runs on one worker, which builds it once
+pytestmark = pytest.mark.xdist_group("wheel")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
