@@ -40,7 +40,11 @@ def test_grid_pooling_matches_a_naive_loop(size, grid):
             assert torch.allclose(got, encoder(x), atol=1e-5)   # one cell is the global average
         else:
             assert not torch.allclose(got[:, ::grid * grid], encoder(x), atol=1e-3)
-    assert pooled.encoder_name == f"grid{grid}:resnet20" and pooled.encoder_kwargs["grid"] == grid
+    assert pooled.encoder_name == "grid_pooled" and pooled.encoder_kwargs["grid"] == grid
+    rebuilt = create_encoder(pooled.encoder_name, **pooled.encoder_kwargs)   # what load_encoder does with encoder.pt
+    rebuilt.load_state_dict(pooled.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), got)
 
 
 def test_grid_errors_name_the_value():

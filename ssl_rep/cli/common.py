@@ -96,6 +96,9 @@ def describe_features(encoder, args) -> str:
         grid = (f"the patch grid average-pooled to {args.grid}x{args.grid} cells" if args.features == "grid"
                 else "the mean of the patch vectors over the grid (CPC v2's linear protocol)")
         return f"features: {grid}, {encoder.num_features}-d; patches of {inner.patch_size} px at stride {inner.stride}"
+    if getattr(encoder, "encoder_name", "") == "grid_pooled" and args.features == "backbone":
+        return (f"features: the autoencoder's spatial code, the last feature map average-pooled to {encoder.grid}x"
+                f"{encoder.grid} cells (what its decoder read), {encoder.num_features}-d")
     what = {"backbone": "the encoder's globally pooled last feature map",
             "projection": "the projection head's output",
             "grid": f"the last feature map average-pooled to {args.grid}x{args.grid} cells"}[args.features]

@@ -25,12 +25,13 @@ def create_encoder(name: str, **kwargs) -> Encoder:
     """Build an encoder by name. CIFAR ResNets take ``shortcut`` ("A"/"B"), ``norm``, ``in_chans``;
     torchvision ResNets take ``stem`` ("imagenet"/"cifar"), ``norm``, ``in_chans``;
     ``timm:<model>`` passes keyword arguments to ``timm.create_model``.
-    ``patch_grid`` (not listed; CPC's evaluation encoder) takes ``encoder``, ``encoder_kwargs``,
-    ``patch_size`` and ``stride`` and applies that encoder to each patch of a grid."""
-    if name == "patch_grid":
+    Two wrappers (not listed) take ``encoder`` and ``encoder_kwargs`` for the encoder they wrap:
+    ``patch_grid`` (CPC's evaluation encoder; ``patch_size``, ``stride``) applies it to each patch of a grid,
+    ``grid_pooled`` (the autoencoder's spatial code; ``grid``) pools its last map to ``grid x grid`` cells."""
+    if name in ("patch_grid", "grid_pooled"):
         kwargs = dict(kwargs)
         inner = create_encoder(kwargs.pop("encoder"), **kwargs.pop("encoder_kwargs", {}))
-        return PatchGridEncoder(inner, **kwargs)
+        return PatchGridEncoder(inner, **kwargs) if name == "patch_grid" else GridPooledEncoder(inner, **kwargs)
     if name.startswith("timm:"):
         encoder = TimmEncoder(name[len("timm:"):], **kwargs)
     elif name in _REGISTRY:

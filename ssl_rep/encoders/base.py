@@ -51,8 +51,12 @@ class GridPooledEncoder(nn.Module):
     ``(N, grid * grid * C)``, channel-major (all cells of channel 0 first). ``grid=1`` is the encoder's own
     globally pooled features. Linear probes read such pooled conv maps (Zhang et al. 2017, Goyal et al. 2019
     resize each map to a few thousand dims): the probe sees where in the image a feature fired, which the global
-    average discards. ``encoder_name``/``encoder_kwargs`` carry the grid, so cached features of the two never mix.
+    average discards. ``encoder_name`` is ``grid_pooled`` and ``encoder_kwargs`` name the inner encoder and the
+    grid, so ``create_encoder`` rebuilds it from ``encoder.pt`` (the autoencoder's spatial code is saved this way)
+    and cached features of the pooled and the gridded encoder never mix.
     """
+
+    encoder_name = "grid_pooled"
 
     def __init__(self, encoder: nn.Module, grid: int):
         super().__init__()
@@ -63,8 +67,11 @@ class GridPooledEncoder(nn.Module):
                              f"pool on a grid (a projection head acts on pooled features)")
         self.encoder, self.grid = encoder, grid
         self.num_features = encoder.num_features * grid * grid
-        self.encoder_name = f"grid{grid}:{getattr(encoder, 'encoder_name', type(encoder).__name__)}"
-        self.encoder_kwargs = {**getattr(encoder, "encoder_kwargs", {}), "grid": grid}
+
+    @property
+    def encoder_kwargs(self) -> dict:   # follows the inner encoder (e.g. after a norm swap)
+        return {"encoder": getattr(self.encoder, "encoder_name", type(self.encoder).__name__),
+                "encoder_kwargs": dict(getattr(self.encoder, "encoder_kwargs", {})), "grid": self.grid}
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder.feature_map(x)

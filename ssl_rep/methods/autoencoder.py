@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..encoders import GridPooledEncoder
 from .base import Method, MethodOutput
 
 MODES = ("plain", "denoising", "masked")
@@ -66,8 +67,9 @@ class Autoencoder(Method):
 
     - ``pooled`` (default): the pooled vector ``(B, D)``, which is exactly what ``encoder(x)``,
       ``load_encoder`` and the linear probe read; nothing else of the map reaches the decoder.
-    - ``grid``: the map average-pooled to ``code_grid x code_grid`` cells ``(B, D, g, g)``, a small
-      spatial code, which ``ssl-probe --features grid --grid g`` reads (``encoder(x)`` is its mean).
+    - ``grid``: the map average-pooled to ``code_grid x code_grid`` cells, a small spatial code of
+      ``D * g * g`` values. ``method.encoder`` is then a :class:`~ssl_rep.encoders.GridPooledEncoder`,
+      so ``encoder(x)``, ``encoder.pt``, ``load_encoder`` and the probe read exactly this code.
     - ``map``: the whole last feature map (no bottleneck; reconstruction is easy and teaches the
       pooled vector little). The code's size is set by the encoder's width (``encoder.width``).
 
@@ -87,7 +89,7 @@ class Autoencoder(Method):
                  noise_std: float = 0.5, noise_ratio: float = 0.3, mask_ratio: float = 0.75,
                  patch_size: int | None = None, loss: str = "mse", decoder_width: int = 128, in_chans: int = 3,
                  bottleneck: str = "pooled", code_grid: int = 2):
-        super().__init__(encoder)
+        super().__init__(GridPooledEncoder(encoder, code_grid) if bottleneck == "grid" and code_grid >= 1 else encoder)
         for option, value, valid in (("mode", mode, MODES), ("noise", noise, NOISES), ("loss", loss, ("mse", "bce")),
                                      ("bottleneck", bottleneck, BOTTLENECKS)):
             if value not in valid:
@@ -112,12 +114,13 @@ class Autoencoder(Method):
             self.decoder = CodeDecoder(channels * cells, out_size, map_size, in_chans, decoder_width)
 
     def code(self, fmap: torch.Tensor) -> torch.Tensor:
-        """What the decoder reads of the feature map ``(B, D, h, w)`` (see ``bottleneck``)."""
+        """What the decoder reads of the feature map ``(B, D, h, w)`` (see ``bottleneck``): for ``pooled``
+        and ``grid`` exactly ``encoder(x)``, ``(B, D)`` or ``(B, D * g * g)``."""
         if self.bottleneck == "map":
             return fmap
         if self.bottleneck == "pooled":
             return fmap.mean(dim=(2, 3))
-        return F.adaptive_avg_pool2d(fmap, self.code_grid)
+        return GridPooledEncoder.pool(fmap, self.code_grid)
 
     def patch_mask(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 1, H, W)`` float mask, 1 on hidden patches."""
@@ -164,7 +167,8 @@ class Autoencoder(Method):
             self._range_checked = True
         inputs, mask = self.corrupt(x)
         fmap = self.encoder.feature_map(inputs)
-        out = self.decoder(self.code(fmap))
+        code = self.code(fmap)
+        out = self.decoder(code)
         if self.loss_kind == "bce":
             per_pixel = F.binary_cross_entropy_with_logits(out, x, reduction="none")
             recon = torch.sigmoid(out)
@@ -179,4 +183,5 @@ class Autoencoder(Method):
             weight = mask.expand_as(x)
             denom = weight.sum().clamp_min(1.0)
             loss, mse = (per_pixel * weight).sum() / denom, (sq * weight).sum() / denom
-        return MethodOutput(loss, {"loss": loss.detach(), "recon_mse": mse.detach()}, fmap.detach().mean(dim=(2, 3)))
+        features = fmap.mean(dim=(2, 3)) if self.bottleneck == "map" else code   # what encoder(x) returns
+        return MethodOutput(loss, {"loss": loss.detach(), "recon_mse": mse.detach()}, features.detach())
