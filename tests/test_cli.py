@@ -57,6 +57,7 @@ def test_cluster_guard_is_reported_not_fatal(tiny_run, tmp_path, capsys):
     assert "scores" in clusters["kmeans"]
 
 
+@pytest.mark.xdist_group("umap")   # under pytest-xdist: numba compiles UMAP once, on one worker
 def test_cluster_umap_prepares_once_and_feeds_every_method(tmp_path, caplog):
     from ssl_rep.cli.common import encoder_for, features_for
     from ssl_rep.eval import cluster, clustering_scores, preprocess

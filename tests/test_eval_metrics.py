@@ -131,6 +131,7 @@ def test_more_clusters_than_points_and_unknown_method():
         cluster(np.random.rand(3, 2), "spectral")
 
 
+@pytest.mark.xdist_group("umap")   # under pytest-xdist: numba compiles UMAP once, on one worker
 def test_umap_before_kmeans_separates_digits_better_and_is_reproducible():
     from sklearn.datasets import load_digits
 

@@ -104,12 +104,19 @@ def test_activation_range_follows_the_cpu(monkeypatch):
 
 
 def test_quantization_aware_finetuning_runs_and_stays_close(trained_encoder, digits):
+    """The fine-tuning learns: the int8 encoder after 3 passes at the default rate is closer (MSE) to the float
+    features than the same fake-quantized model with the rate at 0, on the images it trained on and on others."""
     train, test = digits
     x = torch.stack([test[i][0] for i in range(128)])
-    q = quantize_encoder(trained_encoder, train, num_calibration=128, qat_epochs=10)
+    cal = torch.stack([train[i][0] for i in range(128)])
+    q = quantize_encoder(trained_encoder, train, num_calibration=128, qat_epochs=3)
+    frozen = quantize_encoder(trained_encoder, train, num_calibration=128, qat_epochs=3, qat_lr=0.0)
     assert q.reduce_range == ssl_rep.quantize.needs_reduce_range(q.backend)
     with torch.no_grad():
         f, g = trained_encoder(x), q(x)
+        mse = {name: [float(((model(images) - trained_encoder(images)) ** 2).mean()) for images in (cal, x)]
+               for name, model in (("qat", q), ("frozen", frozen))}
+    assert mse["qat"][0] < 0.95 * mse["frozen"][0] and mse["qat"][1] < mse["frozen"][1], mse   # ~16% lower here
     assert np.corrcoef(f.numpy().ravel(), g.numpy().ravel())[0, 1] > 0.99
     assert min(int(c.min()) for c in q.weight_codes().values()) >= -127
 
