@@ -55,7 +55,8 @@ def encoder_spec_and_weights(obj: dict, path: Path) -> tuple[str, dict, dict]:
 
 
 def load_encoder(path: str | Path, map_location="cpu", projection: bool = False) -> torch.nn.Module:
-    """Rebuild the encoder saved in ``path`` (``OUT/encoder.pt`` or ``OUT/checkpoints/last.pt``).
+    """Rebuild the encoder saved in ``path`` (``OUT/encoder.pt``, ``OUT/checkpoints/last.pt``, or a
+    ``.safetensors`` file from :func:`ssl_rep.export.export_encoder`, whose ``preprocess`` it sets).
 
     Returns the encoder in eval mode: ``enc(x) -> (N, enc.num_features)``. A file from another
     encoder, a truncated or foreign file gives a :class:`CheckpointError` naming the file (and the
@@ -65,6 +66,11 @@ def load_encoder(path: str | Path, map_location="cpu", projection: bool = False)
     training checkpoint), as a :class:`~ssl_rep.encoders.heads.ProjectedEncoder`.
     """
     path = Path(path)
+    if path.suffix == ".safetensors":   # ssl_rep.export_encoder(..., format="safetensors") and its JSON
+        if projection:
+            raise CheckpointError(f"{path}: an exported encoder has no projection head; use the run's checkpoint")
+        from ..export import load_exported
+        return load_exported(path)
     obj = safe_load(path, map_location)
     encoder = encoder_from(obj, path)
     if projection:
