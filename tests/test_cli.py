@@ -110,6 +110,46 @@ def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
     assert len(np.unique(np.asarray(img))) > 50  # plots rendered, not a blank page
 
 
+@pytest.mark.skipif(shutil.which("chromium") is None or shutil.which("chromedriver") is None,
+                    reason="Chromium and its driver are not installed: apt-get install chromium chromium-driver runs it")
+def test_report_map_is_interactive_in_chromium(tiny_run, tmp_path):
+    """Driven by Selenium (Debian's chromedriver, named explicitly: nothing downloaded): no console errors, hovering
+    a point shows its thumbnail and names it, the wheel zooms, a legend entry lists its cluster's samples."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+    from selenium.webdriver.common.by import By
+
+    cluster_cli.main(["--checkpoint", str(tiny_run / "encoder.pt"), "--data", "digits", "--methods", "kmeans",
+                      "--out", str(tmp_path), "--cache-dir", "none", "--workers", "0"])
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1200",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--disable-background-networking"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(shutil.which("chromedriver")))
+    try:
+        driver.get(f"file://{tmp_path / 'report.html'}")
+        points = driver.find_elements(By.CSS_SELECTOR, "#explore-map circle.pt")
+        assert len(points) == 360   # the digits test split, every point shown
+        ActionChains(driver).move_to_element(points[7]).perform()
+        tip = driver.find_element(By.ID, "explore-tip")
+        assert tip.is_displayed()
+        assert tip.find_element(By.TAG_NAME, "img").get_attribute("src").startswith("data:image/png;base64,")
+        assert "cluster" in tip.text and "#" in tip.text
+        before = driver.find_element(By.ID, "explore-map").get_dom_attribute("viewBox")
+        origin = ScrollOrigin.from_element(driver.find_element(By.ID, "explore-map"))
+        ActionChains(driver).scroll_from_origin(origin, 0, -200).perform()   # wheel up over the map: zoom in
+        assert driver.find_element(By.ID, "explore-map").get_dom_attribute("viewBox") != before
+        driver.find_elements(By.CSS_SELECTOR, "#explore-legend .lg")[0].click()
+        assert driver.find_elements(By.CSS_SELECTOR, "#explore-panel img.thumb")
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+    finally:
+        driver.quit()
+
+
 def test_setup_stops_before_installing_when_the_disk_is_short(tmp_path):
     """`make setup` (under `make test` / `make demo`, so under CI) checks free space before pip fills the disk."""
     if shutil.which("make") is None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,7 +14,6 @@ from ..eval.api import DENSITY_PCA
 from ..eval.report import write_report
 from .common import EXPECTED_ERRORS, add_encoder_and_data_args, default_out, features_for, features_name, \
     friendly_errors, image_getter, encoder_for, setup_logging
-
 
 
 def autoencoder_reconstructions(checkpoint: str, dataset, n: int = 10):
@@ -44,6 +44,15 @@ def autoencoder_reconstructions(checkpoint: str, dataset, n: int = 10):
     std = torch.tensor(norm.std if norm else (1.0,) * 3).view(1, 3, 1, 1)
     to_uint8 = lambda t: ((t * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()  # noqa: E731
     return to_uint8(originals), to_uint8(recon)
+
+
+def run_metrics(checkpoint: str) -> Path | None:
+    """The ``metrics.jsonl`` of the run a checkpoint belongs to (OUT/encoder.pt, OUT/checkpoints/*.pt)."""
+    if ":" in checkpoint.split("/")[0]:   # random:..., untrained:...
+        return None
+    path = Path(checkpoint)
+    out = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return out / "metrics.jsonl" if (out / "metrics.jsonl").is_file() else None
 
 
 def run_cluster(args) -> tuple[dict, dict, np.ndarray, np.ndarray | None, object]:
@@ -103,7 +112,7 @@ def main(argv=None) -> None:
                                     "features": features_name(args), "points": len(X), "feature dim": X.shape[1],
                                     **({"UMAP": f"{args.umap} dims"} if args.umap else {})},
                               class_names=getattr(dataset, "classes", None), seed=args.seed,
-                              umap_map=bool(args.umap))
+                              umap_map=bool(args.umap), metrics_path=run_metrics(args.checkpoint))
     print(f"wrote {out / 'clusters.json'} and {report}")
 
 
