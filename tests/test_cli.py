@@ -150,6 +150,25 @@ def test_report_map_is_interactive_in_chromium(tiny_run, tmp_path):
         driver.quit()
 
 
+def test_cluster_compares_encoders_side_by_side_and_pixels_are_a_checkpoint(tiny_run, tmp_path):
+    """--compare clusters other encoders' features the same way; `pixels` (a --checkpoint for ssl-probe too) is the
+    raw-image baseline: its k-means here equals clustering the flattened images directly."""
+    from ssl_rep.cli.common import eval_dataset
+    from ssl_rep.eval import cluster, clustering_scores
+
+    cluster_cli.main(["--checkpoint", str(tiny_run / "encoder.pt"), "--data", "digits", "--methods", "kmeans",
+                      "--compare", "random:resnet20", "--compare", "pixels", "--out", str(tmp_path), "--cache-dir",
+                      "none", "--workers", "0"])
+    saved = json.loads((tmp_path / "clusters.json").read_text())
+    assert set(saved["compare"]) == {"random:resnet20", "pixels"}
+    dataset = eval_dataset("digits", "test", None, None)
+    flat = torch.stack([dataset[i][0] for i in range(len(dataset))]).flatten(1).numpy()
+    direct = clustering_scores(np.asarray(dataset.labels), cluster(flat, "kmeans", n_clusters=10))
+    assert saved["compare"]["pixels"]["kmeans"]["scores"]["acc"] == pytest.approx(direct["acc"])
+    page = (tmp_path / "report.html").read_text()
+    assert "<h2>Comparison</h2>" in page and page.count("class='gap'") >= 1 and "pixels" in page
+
+
 def test_setup_stops_before_installing_when_the_disk_is_short(tmp_path):
     """`make setup` (under `make test` / `make demo`, so under CI) checks free space before pip fills the disk."""
     if shutil.which("make") is None:

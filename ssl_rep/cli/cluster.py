@@ -87,6 +87,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-samples", type=int, default=None,
                         help="cluster a random subsample and assign the rest to the nearest (for O(n^2) methods)")
     parser.add_argument("--max-memory-gb", type=float, default=4.0, help="refuse runs estimated above this")
+    parser.add_argument("--compare", action="append", default=[], metavar="CHECKPOINT",
+                        help="also cluster these encoders' features the same way (a checkpoint, random:<encoder>, "
+                             "untrained:<checkpoint> or pixels; repeatable): the report sets them side by side")
     args = parser.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in args.methods if m not in CLUSTER_METHODS]
@@ -105,6 +108,15 @@ def main(argv=None) -> None:
         (out / "clusters.json").write_text(json.dumps({"checkpoint": args.checkpoint, "data": args.data,
                                                       "split": args.split, "quantize": args.quantize,
                                                       "features": features_name(args), "methods": results}, indent=2))
+        comparison = {args.checkpoint: {"results": results, "features": X}}
+        for spec in args.compare:
+            print(f"{spec}:")
+            other, _, other_X, _, _ = run_cluster(argparse.Namespace(**{**vars(args), "checkpoint": spec}))
+            comparison[spec] = {"results": other, "features": other_X}
+        if args.compare:
+            saved = json.loads((out / "clusters.json").read_text())
+            saved["compare"] = {spec: c["results"] for spec, c in comparison.items() if spec != args.checkpoint}
+            (out / "clusters.json").write_text(json.dumps(saved, indent=2))
         recon = autoencoder_reconstructions(args.checkpoint, dataset)
         report = write_report(out / "report.html", results, X, y, labels, image_at=image_getter(dataset),
                               reconstructions=recon, title=f"Clusters of {args.checkpoint} on {args.data}/{args.split}",
@@ -112,7 +124,8 @@ def main(argv=None) -> None:
                                     "features": features_name(args), "points": len(X), "feature dim": X.shape[1],
                                     **({"UMAP": f"{args.umap} dims"} if args.umap else {})},
                               class_names=getattr(dataset, "classes", None), seed=args.seed,
-                              umap_map=bool(args.umap), metrics_path=run_metrics(args.checkpoint))
+                              umap_map=bool(args.umap), metrics_path=run_metrics(args.checkpoint),
+                              comparison=comparison if args.compare else None)
     print(f"wrote {out / 'clusters.json'} and {report}")
 
 

@@ -45,7 +45,8 @@ def add_encoder_and_data_args(parser) -> None:
     parser.add_argument("--checkpoint", required=True,
                         help="OUT/checkpoints/last.pt, OUT/encoder.pt, random:<encoder> for a random-init baseline, "
                              "or untrained:<encoder.pt or checkpoint> for that encoder's architecture untrained "
-                             "(same shape, same features: the like-for-like baseline)")
+                             "(same shape, same features: the like-for-like baseline), or pixels for the raw "
+                             "images flattened")
     parser.add_argument("--data", required=True, help="dataset name (digits, fashion-mnist, cifar10, ...) or folder")
     parser.add_argument("--root", default=None, help="where the dataset's files are")
     parser.add_argument("--out", default=None, help="output folder (default: next to the checkpoint)")
@@ -67,7 +68,20 @@ def add_encoder_and_data_args(parser) -> None:
     parser.add_argument("--grid", type=int, default=2, help="cells per side for --features grid (default 2)")
 
 
+class PixelFeatures(torch.nn.Module):
+    """``--checkpoint pixels``: the raw-pixel baseline, the evaluation images (normalised as an encoder reads them)
+    flattened."""
+    encoder_name, encoder_kwargs, num_features = "pixels", {}, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
 def resolve_encoder(spec: str, seed: int = 0, projection: bool = False) -> torch.nn.Module:
+    if spec == "pixels":
+        if projection:
+            raise ValueError("--features projection needs a trained SimCLR checkpoint; pixels have no head")
+        return PixelFeatures()
     if spec.startswith("random:"):
         if projection:
             raise ValueError(f"--features projection needs a trained SimCLR checkpoint; {spec} has no head")
@@ -92,6 +106,8 @@ def resolve_encoder(spec: str, seed: int = 0, projection: bool = False) -> torch
 def describe_features(encoder, args) -> str:
     """One line saying which representation the evaluation reads."""
     inner = getattr(encoder, "encoder", encoder)
+    if getattr(encoder, "encoder_name", "") == "pixels":
+        return "features: the raw pixels (normalised as an encoder reads them), flattened"
     if getattr(inner, "encoder_name", "") == "patch_grid":
         grid = (f"the patch grid average-pooled to {args.grid}x{args.grid} cells" if args.features == "grid"
                 else "the mean of the patch vectors over the grid (CPC v2's linear protocol)")
@@ -135,6 +151,8 @@ def features_name(args) -> str:
 def default_out(args) -> Path:
     if args.out:
         return Path(args.out)
+    if args.checkpoint == "pixels":
+        return Path("runs") / "pixels"
     if args.checkpoint.startswith("random:"):
         return Path("runs") / ("random_" + re.sub(r"[^\w.-]", "_", args.checkpoint[len("random:"):]))
     path = Path(args.checkpoint).resolve()

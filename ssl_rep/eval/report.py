@@ -286,6 +286,46 @@ def curves_figure(metrics_path: str | Path) -> str | None:
     return _png(fig)
 
 
+def comparison_section(comparison: dict[str, dict], y_true, seed: int = 0, max_points: int = 2000) -> str:
+    """Several encoders' (or feature spaces') clusterings side by side: for each, its best method's scores with the
+    gap to the best encoder, and its 2-D map coloured by true class (or by its clusters without labels)."""
+    import matplotlib.pyplot as plt
+
+    key = "acc" if y_true is not None else "silhouette"
+    best_of = {}
+    for name, c in comparison.items():
+        ok = {m: r["scores"] for m, r in c["results"].items() if "scores" in r}
+        if ok:
+            method = max(ok, key=lambda m: ok[m].get(key, -1.0))
+            best_of[name] = (method, ok[method])
+    if not best_of:
+        return ""
+    columns = [k for k in ("acc", "nmi", "ari", "purity", "silhouette") if any(k in s for _, s in best_of.values())]
+    top = {k: max(s.get(k, float("-inf")) for _, s in best_of.values()) for k in columns}
+    rows = []
+    for name, (method, scores) in best_of.items():
+        cells = "".join(f"<td>{_fmt(scores.get(k))}" + (f" <span class='gap'>({scores[k] - top[k]:+.4f})</span>"
+                                                          if k in scores and scores[k] < top[k] else "") + "</td>"
+                        for k in columns)
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(method)}</td>{cells}</tr>")
+    header = "".join(f"<th>{c}</th>" for c in ("encoder", "best method", *columns))
+    pick = None
+    fig, axes = plt.subplots(1, len(best_of), figsize=(4 * len(best_of), 4), squeeze=False)
+    for ax, name in zip(axes[0], best_of):
+        X = np.asarray(comparison[name]["features"])
+        pick = map_points(len(X), seed, max_points) if pick is None else pick
+        maps = _embeddings(X[pick], seed)
+        which = "t-SNE" if "t-SNE" in maps else "PCA"
+        colour = y_true[pick] if y_true is not None else np.zeros(len(pick))
+        ax.scatter(*maps[which].T, c=colour, cmap="tab10" if y_true is not None else None, s=5, linewidths=0)
+        ax.set_title(f"{name}\n{which}, coloured by true class", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return (f"<h2>Comparison</h2><p class='meta'>Each encoder's best clustering method; in brackets the gap to the "
+            f"best encoder.</p><table><tr>{header}</tr>{''.join(rows)}</table>"
+            f"<img alt='maps of each encoder' src='{_png(fig)}'>")
+
+
 def _fmt(value) -> str:
     if value is None:
         return "–"
@@ -297,7 +337,8 @@ def _fmt(value) -> str:
 def write_report(path: str | Path, results: dict[str, dict], features: np.ndarray, y_true, labels: dict[str, np.ndarray],
                  image_at=None, reconstructions: tuple[np.ndarray, np.ndarray] | None = None,
                  title: str = "ssl_rep clustering report", meta: dict | None = None, class_names=None,
-                 seed: int = 0, umap_map: bool = False, metrics_path: str | Path | None = None) -> Path:
+                 seed: int = 0, umap_map: bool = False, metrics_path: str | Path | None = None,
+                 comparison: dict[str, dict] | None = None) -> Path:
     """Write one HTML page (all images embedded) and return its path.
 
     ``results``: method -> {"scores": {...}, "params": {...}, "seconds": float} (or {"error": str});
@@ -305,6 +346,7 @@ def write_report(path: str | Path, results: dict[str, dict], features: np.ndarra
     the maps (PCA, t-SNE, and UMAP with ``umap_map``), static and interactive (hover shows image ``i`` from
     ``image_at(i)`` -> uint8 (H, W, 3), its class and cluster), the confusion matrix and the sample grid.
     ``metrics_path``: a run's ``metrics.jsonl``, whose loss and online-probe curves are drawn.
+    ``comparison``: name -> {"results": ..., "features": X} for several encoders, set side by side.
     """
     import matplotlib
     matplotlib.use("Agg")
@@ -327,6 +369,8 @@ def write_report(path: str | Path, results: dict[str, dict], features: np.ndarra
                                                       for k, v in meta.items()) + "</p>")
     header = "".join(f"<th>{c}</th>" for c in ("method",) + SCORE_COLUMNS)
     sections.append(f"<h2>Scores</h2><table><tr>{header}</tr>{''.join(rows)}</table>")
+    if comparison:
+        sections.append(comparison_section(comparison, y_true, seed))
     if best is not None:
         pred = labels[best]
         pick = map_points(len(features), seed)
@@ -354,7 +398,7 @@ def write_report(path: str | Path, results: dict[str, dict], features: np.ndarra
              "#explore-legend{font-size:13px}.lg{cursor:pointer;padding:2px}.lg:hover{background:#eee}"
              ".sw{display:inline-block;width:10px;height:10px;margin-right:6px}"
              "#explore-tip{position:absolute;display:none;background:#fff;border:1px solid #888;padding:4px;"
-             "font-size:12px;pointer-events:none}.thumb{margin:2px;image-rendering:pixelated}")
+             "font-size:12px;pointer-events:none}.thumb{margin:2px;image-rendering:pixelated}.gap{color:#a00}")
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(sections)}</body></html>")
     path = Path(path)
