@@ -19,11 +19,9 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .encoders import create_encoder
-from .encoders.io import CheckpointError, safe_load
+from .encoders.io import EXPORT_FORMAT, safe_load
 
 FORMATS = ("torchvision", "timm", "safetensors")
-EXPORT_FORMAT = "ssl_rep.export/1"
 
 
 def _source(source) -> tuple[torch.nn.Module, dict | None]:
@@ -48,12 +46,10 @@ def describe_input(config: dict | None) -> dict | None:
     """Dataset, normalisation and image size a run's encoder was trained on (None without a config)."""
     if not config:
         return None
-    from .data.transforms import DATASET_STATS, stats_for
+    from .data.transforms import preprocessing
 
     data = config.get("data", {})
-    mean, std = DATASET_STATS[stats_for(str(data.get("dataset", "imagenet")))]
-    return {"dataset": data.get("dataset"), "image_size": data.get("image_size"), "mean": list(mean),
-            "std": list(std), "channels": 3, "scale": "RGB in [0, 1], then (x - mean) / std"}
+    return preprocessing(data.get("dataset", "imagenet"), data.get("image_size"))
 
 
 def _torchvision_state(encoder) -> dict:
@@ -104,28 +100,3 @@ def export_encoder(source, path, format: str = "safetensors") -> Path:
             "config": config}
     path.with_suffix(".json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
     return path
-
-
-def load_exported(path) -> torch.nn.Module:
-    """The encoder (eval mode) of a ``safetensors`` export, its ``preprocess`` set from the JSON beside it."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    meta_path = path.with_suffix(".json")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    if not meta_path.is_file():
-        raise CheckpointError(f"{path}: no {meta_path.name} beside it (export_encoder writes the two together)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{meta_path}: not JSON ({exc})") from exc
-    if meta.get("format") != EXPORT_FORMAT:
-        raise CheckpointError(f"{meta_path}: format {meta.get('format')!r}, expected {EXPORT_FORMAT!r}")
-    try:
-        encoder = create_encoder(meta["encoder"], **meta["kwargs"])
-        encoder.load_state_dict(load_file(str(path)), strict=True)
-    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
-        raise CheckpointError(f"{path}: cannot rebuild {meta.get('encoder')!r} from it: {str(exc)[:300]}") from exc
-    encoder.preprocess = meta.get("input")
-    return encoder.eval()

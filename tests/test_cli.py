@@ -44,9 +44,12 @@ def test_random_baseline_and_cluster_report(tiny_run, tmp_path):
     for method, r in clusters.items():
         assert {"acc", "nmi", "ari", "purity", "n_clusters"} <= set(r["scores"]) and r["seconds"] >= 0
     page = (tmp_path / "c" / "report.html").read_text()
-    for section in ("Scores", "Feature maps", "Confusion matrix", "Samples per cluster", "Autoencoder reconstructions"):
+    for section in ("Scores", "Explore (", "Feature maps", "Confusion matrix", "Samples per cluster", "Pretraining",
+                    "Autoencoder reconstructions"):
         assert section in page
-    assert page.count("data:image/png;base64,") == 4 and "http" not in page.split("<body>")[1]
+    assert page.count("<img alt=") == 5 and page.count("data:image/png;base64,") == 5 + 360   # + a thumbnail a point
+    body = page.split("<body>")[1].replace("http://www.w3.org/2000/svg", "")   # a namespace name, not a fetch
+    assert "http" not in body and "<script src" not in body
 
 
 def test_cluster_guard_is_reported_not_fatal(tiny_run, tmp_path, capsys):

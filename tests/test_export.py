@@ -100,6 +100,8 @@ def test_a_runs_export_records_its_preprocessing_and_method(tiny_run, tmp_path):
     again = export_encoder(tiny_run / "checkpoints" / "last.pt", tmp_path / "ae2.safetensors")
     assert json.loads(again.with_suffix(".json").read_text())["input"] == meta["input"]
     assert ssl_rep.load_encoder(path).preprocess == meta["input"]
+    for saved in (tiny_run / "encoder.pt", tiny_run / "checkpoints" / "last.pt"):   # the run's own files say it too
+        assert ssl_rep.load_encoder(saved).preprocess == meta["input"]
     path.with_suffix(".json").unlink()
     with pytest.raises(CheckpointError, match="no ae.json beside it"):
         ssl_rep.load_encoder(path)

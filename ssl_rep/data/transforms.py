@@ -67,6 +67,14 @@ def stats_for(dataset: str) -> str | None:
     return key if key in DATASET_STATS else "imagenet"
 
 
+def preprocessing(dataset: str, image_size: int | None = None) -> dict:
+    """What an encoder trained on ``dataset`` reads: RGB in [0, 1] normalised by that dataset's mean/std (a folder:
+    ImageNet's), at ``image_size`` (None: the dataset's own size). Saved with encoders as ``encoder.preprocess``."""
+    mean, std = DATASET_STATS[stats_for(str(dataset))]
+    return {"dataset": str(dataset), "image_size": image_size, "mean": list(mean), "std": list(std), "channels": 3,
+            "scale": "RGB in [0, 1], then (x - mean) / std"}
+
+
 class TenCropStack:
     """Apply TenCrop and stack: ``(10, 3, size, size)``; order as torchvision (corners, center, flips)."""
 

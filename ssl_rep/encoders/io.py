@@ -11,6 +11,7 @@ import torch
 
 CHECKPOINT_FORMAT = "ssl_rep.checkpoint/1"
 ENCODER_FORMAT = "ssl_rep.encoder/1"
+EXPORT_FORMAT = "ssl_rep.export/1"   # the JSON beside an exported .safetensors
 
 
 class CheckpointError(RuntimeError):
@@ -32,11 +33,47 @@ def safe_load(path: str | Path, map_location="cpu") -> dict:
     return obj
 
 
-def encoder_payload(encoder) -> dict:
-    """What ``encoder.pt`` holds: the name and kwargs to rebuild the module, and its weights."""
+def encoder_payload(encoder, preprocess: dict | None = None) -> dict:
+    """What ``encoder.pt`` holds: the name and kwargs to rebuild the module, its weights, and the input it reads
+    (``preprocess``: dataset, mean/std, image size; :func:`ssl_rep.data.transforms.preprocessing`)."""
     return {"format": ENCODER_FORMAT, "name": encoder.encoder_name, "kwargs": dict(encoder.encoder_kwargs),
-            "num_features": encoder.num_features,
+            "num_features": encoder.num_features, "preprocess": preprocess,
             "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()}}
+
+
+def preprocess_of(obj: dict) -> dict | None:
+    """The input description of a loaded ``encoder.pt`` or training checkpoint (None for files saved before it)."""
+    return obj.get("preprocess")
+
+
+def load_exported(path) -> torch.nn.Module:
+    """The encoder (eval mode) of a ``safetensors`` export (:func:`ssl_rep.export.export_encoder`), its
+    ``preprocess`` set from the JSON beside it."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from . import create_encoder
+
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    if not meta_path.is_file():
+        raise CheckpointError(f"{path}: no {meta_path.name} beside it (export_encoder writes the two together)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{meta_path}: not JSON ({exc})") from exc
+    if meta.get("format") != EXPORT_FORMAT:
+        raise CheckpointError(f"{meta_path}: format {meta.get('format')!r}, expected {EXPORT_FORMAT!r}")
+    try:
+        encoder = create_encoder(meta["encoder"], **meta["kwargs"])
+        encoder.load_state_dict(load_file(str(path)), strict=True)
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: cannot rebuild {meta.get('encoder')!r} from it: {str(exc)[:300]}") from exc
+    encoder.preprocess = meta.get("input")
+    return encoder.eval()
 
 
 def encoder_spec_and_weights(obj: dict, path: Path) -> tuple[str, dict, dict]:
@@ -56,7 +93,8 @@ def encoder_spec_and_weights(obj: dict, path: Path) -> tuple[str, dict, dict]:
 
 def load_encoder(path: str | Path, map_location="cpu", projection: bool = False) -> torch.nn.Module:
     """Rebuild the encoder saved in ``path`` (``OUT/encoder.pt``, ``OUT/checkpoints/last.pt``, or a
-    ``.safetensors`` file from :func:`ssl_rep.export.export_encoder`, whose ``preprocess`` it sets).
+    ``.safetensors`` file from :func:`ssl_rep.export.export_encoder`). ``encoder.preprocess`` says what input it
+    reads (dataset, normalisation mean/std, image size), None for files saved before that was recorded.
 
     Returns the encoder in eval mode: ``enc(x) -> (N, enc.num_features)``. A file from another
     encoder, a truncated or foreign file gives a :class:`CheckpointError` naming the file (and the
@@ -69,10 +107,10 @@ def load_encoder(path: str | Path, map_location="cpu", projection: bool = False)
     if path.suffix == ".safetensors":   # ssl_rep.export_encoder(..., format="safetensors") and its JSON
         if projection:
             raise CheckpointError(f"{path}: an exported encoder has no projection head; use the run's checkpoint")
-        from ..export import load_exported
         return load_exported(path)
     obj = safe_load(path, map_location)
     encoder = encoder_from(obj, path)
+    encoder.preprocess = preprocess_of(obj)
     if projection:
         from .heads import ProjectedEncoder
         return ProjectedEncoder(encoder, projection_head(obj, path)).eval()

@@ -93,7 +93,7 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
         steplog.flush(run.step, run.epoch)
         checkpoint = run.save()
         if run.dist.is_main:
-            atomic_save(encoder_payload(method.encoder), run.out / "encoder.pt")
+            atomic_save(encoder_payload(method.encoder, run.preprocess), run.out / "encoder.pt")
         barrier(run.dist)
     except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one; a CPU allocation failure another
         if not (isinstance(exc, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(exc)):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.transforms import preprocessing
 from ..encoders import create_encoder
 from ..methods import Method, create_method, method_class
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -152,11 +153,16 @@ class Run:
     def steps_per_epoch(self) -> int:
         return self.sampler.batches_per_epoch   # global batches: every process steps together
 
+    @property
+    def preprocess(self) -> dict:
+        """The input the encoder reads (dataset, mean/std, image size), saved with it: ``encoder.preprocess``."""
+        return preprocessing(self.cfg.data.dataset, self.cfg.data.image_size)
+
     def state(self) -> dict:
         return {"model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
                 **(self.probe.state_dict() if self.probe is not None else {"probe": {}, "probe_optimizer": {}}),
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "config": config_to_dict(self.cfg),
+                "config": config_to_dict(self.cfg), "preprocess": self.preprocess,
                 "encoder_spec": {"name": self.method.encoder.encoder_name,
                                  "kwargs": dict(self.method.encoder.encoder_kwargs)}}
 
