@@ -39,6 +39,11 @@ def test_cli_writes_the_folders_features_in_order_with_paths_labels_and_classes(
     assert [r["sample"] for r in rows] == [p for p, _ in dataset.samples]
     assert [int(r["label"]) for r in rows] == list(labels) and rows[0]["class"] == "cat" and rows[-1]["class"] == "dog"
     assert json.loads((out / "embed.json").read_text())["done"] == 10
+    from ssl_rep.cli import cluster as cluster_cli   # the report's map names a folder's files on hover
+    cluster_cli.main(["--checkpoint", "random:resnet20", "--data", str(folder), "--methods", "kmeans", "--n-clusters",
+                      "2", "--out", str(tmp_path / "c"), "--cache-dir", "none", "--workers", "0", "--device", "cpu"])
+    page = (tmp_path / "c" / "report.html").read_text()
+    assert all(f'"n": "{c}{i}.png"' in page for c in ("cat", "dog") for i in range(5))
 
 
 def test_a_stopped_run_continues_from_its_last_piece_and_refuses_another_encoder(tmp_path, monkeypatch):

@@ -17,6 +17,17 @@ def test_crop_flip_is_a_zero_padded_translation_or_its_mirror():
     for i in range(len(out)):
         candidates = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
         assert any(torch.equal(out[i], c) or torch.equal(out[i], c.flip(-1)) for c in candidates)
+    small = crop_flip(x.repeat(20, 1, 1, 1), 2, gen, size=5)   # RandomCrop(5, padding=2): data.image_size below native
+    assert small.shape == (40, 3, 5, 5)
+    seen = set()
+    for i in range(len(small)):
+        found = [(dy, dx) for dy in range(8) for dx in range(8) for c in [padded[i, :, dy:dy + 5, dx:dx + 5]]
+                 if torch.equal(small[i], c) or torch.equal(small[i], c.flip(-1))]
+        assert found, i
+        seen.update(found)
+    assert len(seen) > 10   # offsets spread over the padded image, not one corner
+    with pytest.raises(ValueError, match="a 13x13 crop does not fit 8x8 images padded by 2"):
+        crop_flip(x, 2, gen, size=13)
 
 
 def test_resized_crop_keeps_geometry_monotone_and_flips_some():

@@ -11,6 +11,7 @@ from torchvision.transforms import v2 as T
 
 from ..eval import CLUSTER_METHODS, cluster_features
 from ..eval.api import DENSITY_PCA
+from ..eval.embeddings import sample_names
 from ..eval.report import write_report
 from .common import EXPECTED_ERRORS, add_encoder_and_data_args, default_out, features_for, features_name, \
     friendly_errors, image_getter, encoder_for, setup_logging
@@ -125,7 +126,9 @@ def main(argv=None) -> None:
                                     **({"UMAP": f"{args.umap} dims"} if args.umap else {})},
                               class_names=getattr(dataset, "classes", None), seed=args.seed,
                               umap_map=bool(args.umap), metrics_path=run_metrics(args.checkpoint),
-                              comparison=comparison if args.compare else None)
+                              comparison=comparison if args.compare else None,
+                              sample_names=[Path(n).name for n in sample_names(dataset)]
+                              if getattr(dataset, "samples", None) is not None else None)
     print(f"wrote {out / 'clusters.json'} and {report}")
 
 

@@ -39,18 +39,26 @@ def _uniform(gen: torch.Generator, n: int, ranges: tuple, device) -> torch.Tenso
     return torch.addcmul(lo, span, torch.rand(len(ranges), n, generator=gen, device=device))
 
 
-def crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
-    """Zero-pad by ``pad``, take a random crop of the original size per image, flip half (any dtype:
-    uint8 images are cropped before they are converted, and zero stays black)."""
+def crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator, size: int | None = None) -> torch.Tensor:
+    """Zero-pad by ``pad``, take a random ``size`` crop per image (default: the original size), flip half, as
+    ``RandomCrop(size, padding=pad)`` + ``RandomHorizontalFlip`` (any dtype: uint8 images are cropped before they
+    are converted, and zero stays black)."""
     n, c, h, w = x.shape
+    oh, ow = (size, size) if size else (h, w)
+    if oh > h + 2 * pad or ow > w + 2 * pad:
+        raise ValueError(f"a {oh}x{ow} crop does not fit {h}x{w} images padded by {pad}")
     dev = x.device
-    dy, dx = torch.randint(0, 2 * pad + 1, (2, n, 1, 1), generator=gen, device=dev)
+    dy = torch.randint(0, h + 2 * pad - oh + 1, (1, n, 1, 1), generator=gen, device=dev)[0] if oh != h else None
+    if dy is None:   # the original size: one draw for both offsets, as before (runs stay reproducible)
+        dy, dx = torch.randint(0, 2 * pad + 1, (2, n, 1, 1), generator=gen, device=dev)
+    else:
+        dx = torch.randint(0, w + 2 * pad - ow + 1, (n, 1, 1), generator=gen, device=dev)
     flip = torch.rand(n, 1, 1, generator=gen, device=dev) < 0.5
-    cols = torch.where(flip, _constant(("cols-flipped", w), lambda: range(w - 1, -1, -1), dev, torch.long),
-                       _constant(("cols", w), lambda: range(w), dev, torch.long)) + dx
-    rows = dy + _constant(("rows", h), lambda: [[i] for i in range(h)], dev, torch.long)
-    index = (rows * (w + 2 * pad) + cols).view(n, 1, h * w).expand(n, c, h * w)
-    return F.pad(x, (pad, pad, pad, pad)).flatten(2).gather(2, index).view(n, c, h, w)
+    cols = torch.where(flip, _constant(("cols-flipped", ow), lambda: range(ow - 1, -1, -1), dev, torch.long),
+                       _constant(("cols", ow), lambda: range(ow), dev, torch.long)) + dx
+    rows = dy + _constant(("rows", oh), lambda: [[i] for i in range(oh)], dev, torch.long)
+    index = (rows * (w + 2 * pad) + cols).view(n, 1, oh * ow).expand(n, c, oh * ow)
+    return F.pad(x, (pad, pad, pad, pad)).flatten(2).gather(2, index).view(n, c, oh, ow)
 
 
 def resized_crop_flip(x: torch.Tensor, size: int, gen: torch.Generator, min_scale: float = MIN_SCALE) -> torch.Tensor:
@@ -154,7 +162,7 @@ def augment_batch(x: torch.Tensor, transform: str, size: int, gen: torch.Generat
         x = colour_jitter(resized_crop_flip(x.float().div_(255.0), size, gen, min_scale), gen)
         return torch.addcmul(shift, x, unit_scale)
     if transform == "cifar_train":
-        x = crop_flip(x, max(1, size // 8), gen)
+        x = crop_flip(x, max(1, size // 8), gen, size)
     elif x.shape[-1] != size:
         x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return torch.addcmul(shift, x.float(), byte_scale)

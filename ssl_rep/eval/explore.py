@@ -66,7 +66,7 @@ EXPLORE_JS = r"""
     });
   }
   function describe(p) {
-    return '#' + p.i + (p.t >= 0 ? ' · ' + label(p, 'class') : '') + ' · ' + label(p, 'cluster');
+    return (p.n || '#' + p.i) + (p.t >= 0 ? ' · ' + label(p, 'class') : '') + ' · ' + label(p, 'cluster');
   }
   function showGroup(v) {
     const by = bySel.value;
@@ -130,8 +130,9 @@ def _thumbnail(img: np.ndarray) -> str:
 
 
 def explore_section(maps: dict[str, np.ndarray], pick: np.ndarray, y_true, y_pred, method: str, class_names=None,
-                    image_at=None, max_points: int = EXPLORE_POINTS) -> str:
-    """The interactive 2-D map of the points ``pick`` (their ``maps`` coordinates), as HTML with its script."""
+                    image_at=None, max_points: int = EXPLORE_POINTS, names=None) -> str:
+    """The interactive 2-D map of the points ``pick`` (their ``maps`` coordinates), as HTML with its script;
+    ``names``: each sample's file name (a folder's), shown on hover instead of its number."""
     keep = np.arange(len(pick))[:max_points] if len(pick) <= max_points else \
         np.sort(np.random.default_rng(0).choice(len(pick), max_points, replace=False))
     coords = {}
@@ -144,7 +145,8 @@ def explore_section(maps: dict[str, np.ndarray], pick: np.ndarray, y_true, y_pre
     for k in keep:
         i = int(pick[k])
         points.append({"i": i, "c": int(y_pred[i]), "t": int(y_true[i]) if y_true is not None else -1,
-                       "img": _thumbnail(image_at(i)) if image_at is not None else ""})
+                       "img": _thumbnail(image_at(i)) if image_at is not None else "",
+                       **({"n": str(names[i])} if names is not None else {})})
     data = {"maps": coords, "points": points, "palette": PALETTE,
             "classes": list(map(str, class_names)) if class_names is not None else None}
     payload = json.dumps(data).replace("</", "<\\/")

@@ -187,7 +187,7 @@ def write_report(path: str | Path, results: dict[str, dict], features: np.ndarra
                  image_at=None, reconstructions: tuple[np.ndarray, np.ndarray] | None = None,
                  title: str = "ssl_rep clustering report", meta: dict | None = None, class_names=None,
                  seed: int = 0, umap_map: bool = False, metrics_path: str | Path | None = None,
-                 comparison: dict[str, dict] | None = None) -> Path:
+                 comparison: dict[str, dict] | None = None, sample_names=None) -> Path:
     """Write one HTML page (all images embedded) and return its path.
 
     ``results``: method -> {"scores": {...}, "params": {...}, "seconds": float} (or {"error": str});
@@ -196,6 +196,7 @@ def write_report(path: str | Path, results: dict[str, dict], features: np.ndarra
     ``image_at(i)`` -> uint8 (H, W, 3), its class and cluster), the confusion matrix and the sample grid.
     ``metrics_path``: a run's ``metrics.jsonl``, whose loss and online-probe curves are drawn.
     ``comparison``: name -> {"results": ..., "features": X} for several encoders, set side by side.
+    ``sample_names``: each sample's file name, shown when a point is hovered (else its number).
     """
     import matplotlib
     matplotlib.use("Agg")
@@ -224,7 +225,7 @@ def write_report(path: str | Path, results: dict[str, dict], features: np.ndarra
         pred = labels[best]
         pick = map_points(len(features), seed)
         maps = _embeddings(np.asarray(features)[pick], seed, umap_map)
-        sections.append(explore_section(maps, pick, y_true, pred, best, class_names, image_at))
+        sections.append(explore_section(maps, pick, y_true, pred, best, class_names, image_at, names=sample_names))
         figure = map_figure(features, y_true, pred, best, seed, maps=maps)
         sections.append(f"<h2>Feature maps</h2><img alt='feature maps' src='{figure}'>")
         if y_true is not None:
