@@ -14,7 +14,7 @@ from ..eval.api import DENSITY_PCA
 from ..eval.embeddings import sample_names
 from ..eval.report import write_report
 from .common import EXPECTED_ERRORS, add_encoder_and_data_args, default_out, features_for, features_name, \
-    friendly_errors, image_getter, encoder_for, setup_logging
+    friendly_errors, image_getter, encoder_for, run_folder, setup_logging
 
 
 def autoencoder_reconstructions(checkpoint: str, dataset, n: int = 10):
@@ -51,8 +51,7 @@ def run_metrics(checkpoint: str) -> Path | None:
     """The ``metrics.jsonl`` of the run a checkpoint belongs to (OUT/encoder.pt, OUT/checkpoints/*.pt)."""
     if ":" in checkpoint.split("/")[0]:   # random:..., untrained:...
         return None
-    path = Path(checkpoint)
-    out = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    out = run_folder(checkpoint)
     return out / "metrics.jsonl" if (out / "metrics.jsonl").is_file() else None
 
 
@@ -105,19 +104,17 @@ def main(argv=None) -> None:
     with friendly_errors("ssl-cluster", *EXPECTED_ERRORS):
         results, labels, X, y, dataset = run_cluster(args)
         out = default_out(args)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "clusters.json").write_text(json.dumps({"checkpoint": args.checkpoint, "data": args.data,
-                                                      "split": args.split, "quantize": args.quantize,
-                                                      "features": features_name(args), "methods": results}, indent=2))
         comparison = {args.checkpoint: {"results": results, "features": X}}
         for spec in args.compare:
             print(f"{spec}:")
             other, _, other_X, _, _ = run_cluster(argparse.Namespace(**{**vars(args), "checkpoint": spec}))
             comparison[spec] = {"results": other, "features": other_X}
-        if args.compare:
-            saved = json.loads((out / "clusters.json").read_text())
-            saved["compare"] = {spec: c["results"] for spec, c in comparison.items() if spec != args.checkpoint}
-            (out / "clusters.json").write_text(json.dumps(saved, indent=2))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "clusters.json").write_text(json.dumps(
+            {"checkpoint": args.checkpoint, "data": args.data, "split": args.split, "quantize": args.quantize,
+             "features": features_name(args), "methods": results,
+             **({"compare": {spec: comparison[spec]["results"] for spec in args.compare}} if args.compare else {})},
+            indent=2))
         recon = autoencoder_reconstructions(args.checkpoint, dataset)
         report = write_report(out / "report.html", results, X, y, labels, image_at=image_getter(dataset),
                               reconstructions=recon, title=f"Clusters of {args.checkpoint} on {args.data}/{args.split}",

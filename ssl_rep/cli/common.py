@@ -148,6 +148,12 @@ def features_name(args) -> str:
     return f"grid {args.grid}x{args.grid}" if args.features == "grid" else args.features
 
 
+def run_folder(checkpoint) -> Path:
+    """The run folder a checkpoint belongs to: OUT for OUT/encoder.pt and OUT/checkpoints/*.pt."""
+    path = Path(checkpoint).resolve()
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
 def default_out(args) -> Path:
     if args.out:
         return Path(args.out)
@@ -155,8 +161,7 @@ def default_out(args) -> Path:
         return Path("runs") / "pixels"
     if args.checkpoint.startswith("random:"):
         return Path("runs") / ("random_" + re.sub(r"[^\w.-]", "_", args.checkpoint[len("random:"):]))
-    path = Path(args.checkpoint).resolve()
-    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return run_folder(args.checkpoint)
 
 
 def eval_dataset(data: str, split: str, root, image_size, ten_crop: bool = False):

@@ -48,10 +48,10 @@ def crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator, size: int | None 
     if oh > h + 2 * pad or ow > w + 2 * pad:
         raise ValueError(f"a {oh}x{ow} crop does not fit {h}x{w} images padded by {pad}")
     dev = x.device
-    dy = torch.randint(0, h + 2 * pad - oh + 1, (1, n, 1, 1), generator=gen, device=dev)[0] if oh != h else None
-    if dy is None:   # the original size: one draw for both offsets, as before (runs stay reproducible)
+    if (oh, ow) == (h, w):   # one draw for both offsets, as before the size option (old runs reproduce)
         dy, dx = torch.randint(0, 2 * pad + 1, (2, n, 1, 1), generator=gen, device=dev)
     else:
+        dy = torch.randint(0, h + 2 * pad - oh + 1, (n, 1, 1), generator=gen, device=dev)
         dx = torch.randint(0, w + 2 * pad - ow + 1, (n, 1, 1), generator=gen, device=dev)
     flip = torch.rand(n, 1, 1, generator=gen, device=dev) < 0.5
     cols = torch.where(flip, _constant(("cols-flipped", ow), lambda: range(ow - 1, -1, -1), dev, torch.long),

@@ -41,11 +41,6 @@ def encoder_payload(encoder, preprocess: dict | None = None) -> dict:
             "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()}}
 
 
-def preprocess_of(obj: dict) -> dict | None:
-    """The input description of a loaded ``encoder.pt`` or training checkpoint (None for files saved before it)."""
-    return obj.get("preprocess")
-
-
 def load_exported(path) -> torch.nn.Module:
     """The encoder (eval mode) of a ``safetensors`` export (:func:`ssl_rep.export.export_encoder`), its
     ``preprocess`` set from the JSON beside it."""
@@ -110,7 +105,7 @@ def load_encoder(path: str | Path, map_location="cpu", projection: bool = False)
         return load_exported(path)
     obj = safe_load(path, map_location)
     encoder = encoder_from(obj, path)
-    encoder.preprocess = preprocess_of(obj)
+    encoder.preprocess = obj.get("preprocess")   # None for files saved before it was recorded
     if projection:
         from .heads import ProjectedEncoder
         return ProjectedEncoder(encoder, projection_head(obj, path)).eval()

@@ -133,7 +133,7 @@ def explore_section(maps: dict[str, np.ndarray], pick: np.ndarray, y_true, y_pre
                     image_at=None, max_points: int = EXPLORE_POINTS, names=None) -> str:
     """The interactive 2-D map of the points ``pick`` (their ``maps`` coordinates), as HTML with its script;
     ``names``: each sample's file name (a folder's), shown on hover instead of its number."""
-    keep = np.arange(len(pick))[:max_points] if len(pick) <= max_points else \
+    keep = np.arange(len(pick)) if len(pick) <= max_points else \
         np.sort(np.random.default_rng(0).choice(len(pick), max_points, replace=False))
     coords = {}
     for name, emb in maps.items():

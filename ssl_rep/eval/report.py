@@ -135,9 +135,11 @@ def curves_figure(metrics_path: str | Path) -> str | None:
     return _png(fig)
 
 
-def comparison_section(comparison: dict[str, dict], y_true, seed: int = 0, max_points: int = 2000) -> str:
+def comparison_section(comparison: dict[str, dict], y_true, seed: int = 0, max_points: int = 2000,
+                       known: dict | None = None) -> str:
     """Several encoders' (or feature spaces') clusterings side by side: for each, its best method's scores with the
-    gap to the best encoder, and its 2-D map coloured by true class (or by its clusters without labels)."""
+    gap to the best encoder, and its 2-D map coloured by true class (or by its clusters without labels).
+    ``known``: ``id(features) -> maps`` already computed for :func:`map_points` (the report's own encoder)."""
     import matplotlib.pyplot as plt
 
     key = "acc" if y_true is not None else "silhouette"
@@ -161,9 +163,10 @@ def comparison_section(comparison: dict[str, dict], y_true, seed: int = 0, max_p
     pick = None
     fig, axes = plt.subplots(1, len(best_of), figsize=(4 * len(best_of), 4), squeeze=False)
     for ax, name in zip(axes[0], best_of):
-        X = np.asarray(comparison[name]["features"])
+        features = comparison[name]["features"]
+        X = np.asarray(features)
         pick = map_points(len(X), seed, max_points) if pick is None else pick
-        maps = _embeddings(X[pick], seed)
+        maps = (known or {}).get(id(features)) or _embeddings(X[pick], seed)
         which = "t-SNE" if "t-SNE" in maps else "PCA"
         colour = y_true[pick] if y_true is not None else np.zeros(len(pick))
         ax.scatter(*maps[which].T, c=colour, cmap="tab10" if y_true is not None else None, s=5, linewidths=0)
@@ -219,12 +222,12 @@ def write_report(path: str | Path, results: dict[str, dict], features: np.ndarra
                                                       for k, v in meta.items()) + "</p>")
     header = "".join(f"<th>{c}</th>" for c in ("method",) + SCORE_COLUMNS)
     sections.append(f"<h2>Scores</h2><table><tr>{header}</tr>{''.join(rows)}</table>")
+    pick = map_points(len(features), seed)
+    maps = _embeddings(np.asarray(features)[pick], seed, umap_map) if best is not None or comparison else None
     if comparison:
-        sections.append(comparison_section(comparison, y_true, seed))
+        sections.append(comparison_section(comparison, y_true, seed, known={id(features): maps}))
     if best is not None:
         pred = labels[best]
-        pick = map_points(len(features), seed)
-        maps = _embeddings(np.asarray(features)[pick], seed, umap_map)
         sections.append(explore_section(maps, pick, y_true, pred, best, class_names, image_at, names=sample_names))
         figure = map_figure(features, y_true, pred, best, seed, maps=maps)
         sections.append(f"<h2>Feature maps</h2><img alt='feature maps' src='{figure}'>")
