@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from eval.results_md import emit, parse_or_render, update_section
-from ssl_rep.cli.common import eval_dataset, resolve_encoder
+from ssl_rep.eval import eval_dataset, resolve_encoder
 from ssl_rep.eval import KNNClassifier, LinearProbe, extract_features
 
 

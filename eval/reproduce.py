@@ -17,19 +17,16 @@ import importlib.util
 import json
 import sys
 import time
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
 
 from eval.results_md import command_line, machine, update_section
-from ssl_rep.cli import cluster as cluster_cli
-from ssl_rep.cli import probe as probe_cli
-from ssl_rep.cli.cluster import run_cluster
-from ssl_rep.cli.probe import run_probe
 from ssl_rep.data import build_dataset
 from ssl_rep.encoders import CheckpointError
-from ssl_rep.eval import KNNClassifier, LinearProbe, cluster, clustering_scores, preprocess
+from ssl_rep.eval import KNNClassifier, LinearProbe, cluster, cluster_features, clustering_scores, eval_dataset, \
+    extract_features, fixed_subset, preprocess, probe_features, resolve_encoder
+from ssl_rep.eval.inputs import run_folder
 from ssl_rep.train import load_config, train
 
 EXPERIMENTS = {
@@ -92,29 +89,30 @@ EXPERIMENTS = {
 }
 
 
-def eval_args(parse, checkpoint: str, data: str, root, device, *extra: str, cache_dir="none") -> Namespace:
-    """Arguments for a CLI's ``parse_args``, so the suites use the command lines' own defaults."""
-    return parse(["--checkpoint", checkpoint, "--data", data, "--cache-dir", cache_dir, "--batch-size", "512",
-                  "--workers", "4" if device == "cuda" else "2", *(["--root", root] if root else []),
-                  *(["--device", device] if device else []), *extra])
+def evaluate(checkpoint: str, data: str, root, device, cluster_methods, train_subset=None, cache_dir=None) -> dict:
+    """One row: the linear probe and kNN@20 (fit on the training split, or its seeded ``train_subset``), and the
+    clusterings of the test features, through the library's evaluation API (the defaults of ssl-probe and
+    ssl-cluster); each split's features are extracted once and serve the probe and every clustering."""
+    def features(encoder, split, subset=None):
+        dataset = fixed_subset(eval_dataset(data, split, root), subset)
+        X, y = extract_features(encoder, dataset, batch_size=512, device=device, num_workers=4 if device == "cuda"
+                                else 2, cache_dir=cache_dir, progress=sys.stderr.isatty())
+        return np.asarray(X), y
 
-
-def evaluate(checkpoint: str, data: str, root, device, cluster_methods, train_subset=None, cache_dir="none") -> dict:
-    subset = ["--train-subset", str(train_subset)] if train_subset else []
-    probe = run_probe(eval_args(probe_cli.parse_args, checkpoint, data, root, device, "--knn-k", "20", *subset,
-                                cache_dir=cache_dir))
-    results, _, X, y, _ = run_cluster(eval_args(cluster_cli.parse_args, checkpoint, data, root, device, "--methods",
-                                                ",".join(cluster_methods), "--max-memory-gb", "8", cache_dir=cache_dir))
+    encoder = resolve_encoder(checkpoint)
+    X, y = features(encoder, "train", train_subset)
+    Xt, yt = features(encoder, "test")
+    probe = probe_features(X, y, Xt, yt, knn_k=(20,), device=device)
+    results, _ = cluster_features(Xt, yt, cluster_methods, max_memory_gb=8.0)
     row = {"top1": probe["top1"], "top5": probe["top5"], "knn20": probe["knn"]["20"],
            "clusters": {m: r.get("scores", {"error": r.get("error")}) for m, r in results.items()},
-           **kmeans_l2_columns(X, y)}
+           **kmeans_l2_columns(Xt, yt)}
     if not checkpoint.startswith(("random:", "untrained:")):   # SimCLR: k-means also on the sphere its loss compares on
         try:
-            projected, *_ = run_cluster(eval_args(cluster_cli.parse_args, checkpoint, data, root, device, "--methods",
-                                                  "kmeans", "--features", "projection", "--l2", cache_dir=cache_dir))
-            row["kmeans_projection_l2"] = projected["kmeans"]["scores"]
-        except CheckpointError:   # refused before any extraction: the method has no projection head
-            pass
+            Zt, _ = features(resolve_encoder(checkpoint, projection=True), "test")
+        except CheckpointError:   # the method has no projection head
+            return row
+        row["kmeans_projection_l2"] = cluster_features(Zt, yt, ["kmeans"], l2=True)[0]["kmeans"]["scores"]
     return row
 
 
@@ -138,7 +136,6 @@ def kmeans_l2_columns(X, y) -> dict:
 
 
 def raw_pixels(data: str, root, cluster_methods, train_subset=None) -> dict:
-    from ssl_rep.cli.common import fixed_subset
     train_ds, test_ds = build_dataset(data, split="train", root=root), build_dataset(data, split="test", root=root)
     if train_subset:
         pick = np.asarray(fixed_subset(train_ds, train_subset, 0).indices)
@@ -153,7 +150,6 @@ def raw_pixels(data: str, root, cluster_methods, train_subset=None) -> dict:
 
 
 def same_architecture(checkpoint: str, random_spec: str) -> bool:
-    from ssl_rep.cli.common import resolve_encoder
     a, b = resolve_encoder(checkpoint), resolve_encoder(random_spec)
     return (a.encoder_name, a.encoder_kwargs) == (b.encoder_name, b.encoder_kwargs)
 
@@ -173,8 +169,7 @@ def for_method(overrides: list[str], method: str) -> list[str]:
 
 def training_speed(checkpoint: str) -> float | None:
     """The median of the run's logged images/s (the trainer's own measure, views counted once)."""
-    path = Path(checkpoint)
-    out = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    out = run_folder(checkpoint)
     speeds = [json.loads(line).get("images_per_s") for line in (out / "metrics.jsonl").read_text().splitlines()[1:]]
     speeds = [v for v in speeds if v]
     return float(np.median(speeds)) if speeds else None
@@ -182,8 +177,7 @@ def training_speed(checkpoint: str) -> float | None:
 
 def trained_run(checkpoint: str) -> tuple[float, int, int]:
     """``(training seconds, steps, epochs)`` of a finished run, from the metrics.jsonl and config.yaml beside it."""
-    path = Path(checkpoint)
-    out = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    out = run_folder(checkpoint)
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     cfg = load_config(str(out / "config.yaml"))
     return float(last["elapsed"]), int(last["step"]), cfg.trainer.epochs

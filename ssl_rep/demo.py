@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 
-from .cli.common import image_getter, resolve_encoder, setup_logging
+from .cli.common import setup_logging
 from .data import build_dataset, build_transform, stats_for
 from .encoders import load_encoder
-from .eval import cluster_features, extract_features, probe_features
+from .eval import cluster_features, extract_features, image_getter, probe_features, resolve_encoder
 from .eval.report import write_report
 from .train import load_config, train
 

@@ -156,7 +156,7 @@ def test_report_map_is_interactive_in_chromium(tiny_run, tmp_path):
 def test_cluster_compares_encoders_side_by_side_and_pixels_are_a_checkpoint(tiny_run, tmp_path):
     """--compare clusters other encoders' features the same way; `pixels` (a --checkpoint for ssl-probe too) is the
     raw-image baseline: its k-means here equals clustering the flattened images directly."""
-    from ssl_rep.cli.common import eval_dataset
+    from ssl_rep.eval import eval_dataset
     from ssl_rep.eval import cluster, clustering_scores
 
     cluster_cli.main(["--checkpoint", str(tiny_run / "encoder.pt"), "--data", "digits", "--methods", "kmeans",
@@ -208,7 +208,7 @@ def test_demo_runs_pretrain_probe_cluster_and_shows_the_loops_notes(tmp_path):
 def test_untrained_baseline_has_the_checkpoints_shape_and_the_output_names_the_features(tmp_path, caplog):
     """untrained:CKPT is the same encoder (a CPC patch grid here) with fresh weights: same shape, same
     features read the same way, and the log says which representation was read."""
-    from ssl_rep.cli.common import resolve_encoder
+    from ssl_rep.eval import resolve_encoder
     from ssl_rep.cli.probe import main as probe_main
     run = train(load_config("cpc_digits", ["trainer.max_steps=2", "data.num_workers=0", "trainer.device=cpu",
                                            f"out_dir={tmp_path / 'cpc'}"]), progress=False)

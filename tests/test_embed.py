@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import ssl_rep
-from ssl_rep.cli.common import eval_dataset
+from ssl_rep.eval import eval_dataset
 from ssl_rep.cli.embed import main as embed_main
 from ssl_rep.eval import embed, extract_features
 from ssl_rep.eval import embeddings as embed_module

@@ -10,14 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from ..data import build_dataset, build_transform, stats_for
-from ..data.base import ArrayImageDataset
-from ..data.folder import ImageFolderDataset, folder_image_size
-from ..data.shards import IndexedShards, ShardDataset
-from ..encoders import CheckpointError, GridPooledEncoder, create_encoder, load_encoder
+from ..encoders import CheckpointError, GridPooledEncoder
 from ..eval import extract_features
+from ..eval.inputs import eval_dataset, fixed_subset, image_getter, resolve_encoder, run_folder  # noqa: F401
 
 DEFAULT_CACHE = Path(os.environ.get("SSL_REP_CACHE", Path.home() / ".cache" / "ssl_rep" / "features"))
 
@@ -68,41 +64,6 @@ def add_encoder_and_data_args(parser) -> None:
     parser.add_argument("--grid", type=int, default=2, help="cells per side for --features grid (default 2)")
 
 
-class PixelFeatures(torch.nn.Module):
-    """``--checkpoint pixels``: the raw-pixel baseline, the evaluation images (normalised as an encoder reads them)
-    flattened."""
-    encoder_name, encoder_kwargs, num_features = "pixels", {}, None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1)
-
-
-def resolve_encoder(spec: str, seed: int = 0, projection: bool = False) -> torch.nn.Module:
-    if spec == "pixels":
-        if projection:
-            raise ValueError("--features projection needs a trained SimCLR checkpoint; pixels have no head")
-        return PixelFeatures()
-    if spec.startswith("random:"):
-        if projection:
-            raise ValueError(f"--features projection needs a trained SimCLR checkpoint; {spec} has no head")
-        torch.manual_seed(seed)
-        name, _, rest = spec[len("random:"):].partition("?")
-        pairs = [kv.partition("=") for kv in rest.split("&") if kv]
-        if any(not sep for _, sep, _ in pairs):
-            raise ValueError(f"{spec}: write the encoder's arguments as random:<encoder>?key=value&key=value")
-        # values read as YAML scalars, as the config's are: random:resnet20?width=32&shortcut=B
-        kwargs = {k: yaml.safe_load(v) for k, _, v in pairs}
-        return create_encoder(name, **kwargs).eval()
-    if spec.startswith("untrained:"):   # the same architecture as a saved encoder, fresh weights
-        if projection:
-            raise ValueError(f"--features projection needs a trained SimCLR checkpoint; {spec} has no trained head")
-        path = Path(spec[len("untrained:"):])
-        trained = load_encoder(path)
-        torch.manual_seed(seed)
-        return create_encoder(trained.encoder_name, **trained.encoder_kwargs).eval()
-    return load_encoder(spec, projection=projection)
-
-
 def describe_features(encoder, args) -> str:
     """One line saying which representation the evaluation reads."""
     inner = getattr(encoder, "encoder", encoder)
@@ -148,12 +109,6 @@ def features_name(args) -> str:
     return f"grid {args.grid}x{args.grid}" if args.features == "grid" else args.features
 
 
-def run_folder(checkpoint) -> Path:
-    """The run folder a checkpoint belongs to: OUT for OUT/encoder.pt and OUT/checkpoints/*.pt."""
-    path = Path(checkpoint).resolve()
-    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
-
-
 def default_out(args) -> Path:
     if args.out:
         return Path(args.out)
@@ -164,47 +119,9 @@ def default_out(args) -> Path:
     return run_folder(args.checkpoint)
 
 
-def eval_dataset(data: str, split: str, root, image_size, ten_crop: bool = False):
-    probe_ds = build_dataset(data, split=split, root=root)
-    if isinstance(probe_ds, ShardDataset):   # by sample number: a fixed order, subsets, report thumbnails
-        probe_ds = IndexedShards(probe_ds.folder)
-    small = isinstance(probe_ds, ArrayImageDataset) and probe_ds.images.shape[1] <= 96
-    size = image_size or (None if small else 224)
-    resize = None if small and image_size is None else (int(size * 256 / 224) if size else None)
-    if isinstance(probe_ds, ImageFolderDataset) and image_size is None:   # the size ssl-pretrain trained it at
-        size = folder_image_size(probe_ds)[0]
-        resize = int(size * 256 / 224) if size > 64 else size
-    name = "ten_crop" if ten_crop and not small else "eval"
-    probe_ds.transform = build_transform(name, stats=stats_for(data), size=size, resize=resize)
-    return probe_ds
-
-
-def fixed_subset(dataset, n: int | None, seed: int):
-    """A seeded random subset of ``n`` items (the whole dataset when ``n`` is None or larger)."""
-    if n is None or n >= len(dataset):
-        return dataset
-    pick = np.sort(np.random.default_rng(seed).choice(len(dataset), n, replace=False))
-    subset = torch.utils.data.Subset(dataset, pick.tolist())
-    subset.name, subset.transform = f"{getattr(dataset, 'name', '')}[{n} of {len(dataset)}, seed {seed}]", dataset.transform
-    subset.labels, subset.classes = np.asarray(dataset.labels)[pick], getattr(dataset, "classes", None)
-    return subset
-
-
 def features_for(encoder, data: str, split: str, args, ten_crop: bool = False, subset: int | None = None):
     dataset = fixed_subset(eval_dataset(data, split, args.root, args.image_size, ten_crop), subset, args.seed)
     cache = None if args.cache_dir == "none" else args.cache_dir
     X, y = extract_features(encoder, dataset, batch_size=args.batch_size, device=args.device, ten_crop=ten_crop,
                             num_workers=args.workers, cache_dir=cache, progress=sys.stderr.isatty())
     return np.asarray(X), y, dataset
-
-
-def image_getter(dataset):
-    """``i -> uint8 (H, W, 3)`` thumbnails for reports, without the evaluation transform."""
-    if isinstance(dataset, ArrayImageDataset):
-        return lambda i: np.asarray(dataset.images[i])
-
-    def load(i):
-        img = dataset.image(i)   # ImageFolderDataset and IndexedShards
-        img.thumbnail((96, 96))
-        return np.asarray(img)
-    return load

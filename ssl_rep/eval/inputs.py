@@ -1,0 +1,101 @@
+"""What an evaluation reads, as objects: an encoder named by a spec (a checkpoint, ``random:``, ``untrained:``,
+``pixels``), a dataset prepared as the encoder is evaluated on it, seeded subsets, thumbnails. The command
+lines, the demo and the scripts under eval/ all build their inputs here."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from ..data import build_dataset, build_transform, stats_for
+from ..data.base import ArrayImageDataset
+from ..data.folder import ImageFolderDataset, folder_image_size
+from ..data.shards import IndexedShards, ShardDataset
+from ..encoders import create_encoder, load_encoder
+
+
+class PixelFeatures(torch.nn.Module):
+    """``--checkpoint pixels``: the raw-pixel baseline, the evaluation images (normalised as an encoder reads them)
+    flattened."""
+    encoder_name, encoder_kwargs, num_features = "pixels", {}, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
+def resolve_encoder(spec: str, seed: int = 0, projection: bool = False) -> torch.nn.Module:
+    """The encoder ``spec`` names: a checkpoint or encoder.pt (with its projection head when ``projection``),
+    ``random:<encoder>?key=value`` (seeded random init), ``untrained:<checkpoint>`` (that architecture, fresh
+    weights) or ``pixels`` (the images flattened)."""
+    if spec == "pixels":
+        if projection:
+            raise ValueError("--features projection needs a trained SimCLR checkpoint; pixels have no head")
+        return PixelFeatures()
+    if spec.startswith("random:"):
+        if projection:
+            raise ValueError(f"--features projection needs a trained SimCLR checkpoint; {spec} has no head")
+        torch.manual_seed(seed)
+        name, _, rest = spec[len("random:"):].partition("?")
+        pairs = [kv.partition("=") for kv in rest.split("&") if kv]
+        if any(not sep for _, sep, _ in pairs):
+            raise ValueError(f"{spec}: write the encoder's arguments as random:<encoder>?key=value&key=value")
+        # values read as YAML scalars, as the config's are: random:resnet20?width=32&shortcut=B
+        kwargs = {k: yaml.safe_load(v) for k, _, v in pairs}
+        return create_encoder(name, **kwargs).eval()
+    if spec.startswith("untrained:"):   # the same architecture as a saved encoder, fresh weights
+        if projection:
+            raise ValueError(f"--features projection needs a trained SimCLR checkpoint; {spec} has no trained head")
+        path = Path(spec[len("untrained:"):])
+        trained = load_encoder(path)
+        torch.manual_seed(seed)
+        return create_encoder(trained.encoder_name, **trained.encoder_kwargs).eval()
+    return load_encoder(spec, projection=projection)
+
+
+def run_folder(checkpoint) -> Path:
+    """The run folder a checkpoint belongs to: OUT for OUT/encoder.pt and OUT/checkpoints/*.pt."""
+    path = Path(checkpoint).resolve()
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+def eval_dataset(data: str, split: str = "test", root=None, image_size: int | None = None, ten_crop: bool = False):
+    """``split`` of dataset ``data`` with the evaluation transform: small array datasets (digits, Fashion-MNIST,
+    CIFAR) at their own size, folders at the size ssl-pretrain trained them at, others resized to 256 and
+    centre-cropped to 224 (or ``image_size``); ``ten_crop`` for the ten-crop test protocol."""
+    probe_ds = build_dataset(data, split=split, root=root)
+    if isinstance(probe_ds, ShardDataset):   # by sample number: a fixed order, subsets, report thumbnails
+        probe_ds = IndexedShards(probe_ds.folder)
+    small = isinstance(probe_ds, ArrayImageDataset) and probe_ds.images.shape[1] <= 96
+    size = image_size or (None if small else 224)
+    resize = None if small and image_size is None else (int(size * 256 / 224) if size else None)
+    if isinstance(probe_ds, ImageFolderDataset) and image_size is None:   # the size ssl-pretrain trained it at
+        size = folder_image_size(probe_ds)[0]
+        resize = int(size * 256 / 224) if size > 64 else size
+    name = "ten_crop" if ten_crop and not small else "eval"
+    probe_ds.transform = build_transform(name, stats=stats_for(data), size=size, resize=resize)
+    return probe_ds
+
+
+def fixed_subset(dataset, n: int | None, seed: int = 0):
+    """A seeded random subset of ``n`` items (the whole dataset when ``n`` is None or larger)."""
+    if n is None or n >= len(dataset):
+        return dataset
+    pick = np.sort(np.random.default_rng(seed).choice(len(dataset), n, replace=False))
+    subset = torch.utils.data.Subset(dataset, pick.tolist())
+    subset.name, subset.transform = f"{getattr(dataset, 'name', '')}[{n} of {len(dataset)}, seed {seed}]", dataset.transform
+    subset.labels, subset.classes = np.asarray(dataset.labels)[pick], getattr(dataset, "classes", None)
+    return subset
+
+
+def image_getter(dataset):
+    """``i -> uint8 (H, W, 3)`` thumbnails for reports, without the evaluation transform."""
+    if isinstance(dataset, ArrayImageDataset):
+        return lambda i: np.asarray(dataset.images[i])
+
+    def load(i):
+        img = dataset.image(i)   # ImageFolderDataset and IndexedShards
+        img.thumbnail((96, 96))
+        return np.asarray(img)
+    return load
