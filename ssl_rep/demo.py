@@ -1,7 +1,7 @@
 """The main job on the embedded default: pretrain -> probe -> cluster report on digits, on CPU.
 
 ``python -m ssl_rep.demo --out runs/demo`` (``make demo``) pretrains a ResNet-20 with SimCLR on
-scikit-learn's digits, probes it and a random-init ResNet-20 (linear + kNN), clusters its features
+scikit-learn's digits, probes it and the same encoder untrained (linear + kNN), clusters its features
 with all five methods, and writes ``summary.json`` and ``report.html`` under ``--out``. A few
 minutes on 2 CPU cores.
 """
@@ -43,14 +43,16 @@ def main(argv=None) -> None:
     data = cfg.data.dataset
     transform = build_transform("eval", stats=stats_for(data), resize=None)
     train_set, test_set = (build_dataset(data, split=s, root=cfg.data.root, transform=transform) for s in ("train", "test"))
-    encoders = {"probe": load_encoder(result.checkpoint), "probe_random": resolve_encoder(f"random:{cfg.encoder.name}")}
+    # the baseline: the same architecture (width, stem, ... as trained) with fresh weights
+    baseline = f"untrained:{result.checkpoint}"
+    encoders = {"probe": load_encoder(result.checkpoint), "probe_random": resolve_encoder(baseline)}
     features = {}
     for name, encoder in encoders.items():
         X, y = extract_features(encoder, train_set)
         Xt, yt = extract_features(encoder, test_set)
         features[name] = Xt, yt
         write_json(out / name / "probe.json", {"checkpoint": str(result.checkpoint) if name == "probe" else
-                                               f"random:{cfg.encoder.name}", "data": data,
+                                               baseline, "data": data,
                                                **probe_features(X, y, Xt, yt)})
     print("[3/4] clustering (kmeans, meanshift, dbscan, gmm, agglomerative) + HTML report", flush=True)
     Xt, yt = features["probe"]
