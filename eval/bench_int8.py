@@ -12,7 +12,7 @@ import time
 import numpy as np
 import torch
 
-from eval.results_md import emit, parse_or_render, update_section
+from eval.results_md import add_encoder_args, emit, parse_or_render, update_section
 from ssl_rep.eval import eval_dataset, fixed_subset, resolve_encoder
 from ssl_rep.eval import LinearProbe, cluster, clustering_scores, extract_features
 from ssl_rep.quantize import quantize_encoder, quantize_features
@@ -33,17 +33,12 @@ def scores(X, y, Xt, yt, C: float, seed: int = 0) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--checkpoint", help="encoder.pt or checkpoints/last.pt (required unless --render)")
-    parser.add_argument("--data", default="fashion-mnist")
-    parser.add_argument("--root", default=None)
+    add_encoder_args(parser, "encoder.pt or checkpoints/last.pt", "the same fixed C for every row")
     parser.add_argument("--train-subset", type=int, default=10_000, help="probe training images (fixed subset)")
-    parser.add_argument("--C", type=float, default=0.1, help="the same fixed C for every row")
     parser.add_argument("--batch-size", type=int, default=256)
-    args = parse_or_render(parser, render)
+    args = parse_or_render(parser, render, required=("checkpoint",))
     if args is None:
         return
-    if not args.checkpoint:
-        parser.error("--checkpoint is required")
     encoder = resolve_encoder(args.checkpoint)
     train = fixed_subset(eval_dataset(args.data, "train", args.root, None), args.train_subset, 0)
     test = eval_dataset(args.data, "test", args.root, None)

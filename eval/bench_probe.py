@@ -12,7 +12,7 @@ import time
 import numpy as np
 import torch
 
-from eval.results_md import emit, parse_or_render, update_section
+from eval.results_md import add_encoder_args, emit, parse_or_render, update_section
 from ssl_rep.eval import eval_dataset, resolve_encoder
 from ssl_rep.eval import KNNClassifier, LinearProbe, extract_features
 
@@ -25,15 +25,10 @@ def timed(fn):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--checkpoint", help="the encoder whose features both fit (required unless --render)")
-    parser.add_argument("--data", default="fashion-mnist")
-    parser.add_argument("--root", default=None)
-    parser.add_argument("--C", type=float, default=0.1, help="the same fixed C for both (no search)")
-    args = parse_or_render(parser, render)
+    add_encoder_args(parser, "the encoder whose features both fit", "the same fixed C for both (no search)")
+    args = parse_or_render(parser, render, required=("checkpoint",))
     if args is None:
         return
-    if not args.checkpoint:
-        parser.error("--checkpoint is required")
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.preprocessing import StandardScaler

@@ -113,15 +113,28 @@ def device_table_section(rows: list[dict], key: str, title: str, default_command
                   machine_name, note)
 
 
-def parse_or_render(parser, render):
+def add_encoder_args(parser, checkpoint_help: str, C_help: str) -> None:
+    """The options of the benchmarks that evaluate one encoder: ``--checkpoint``, ``--data``, ``--root``, and the
+    fixed probe ``--C`` every row shares."""
+    parser.add_argument("--checkpoint", help=f"{checkpoint_help} (required unless --render)")
+    parser.add_argument("--data", default="fashion-mnist")
+    parser.add_argument("--root", default=None)
+    parser.add_argument("--C", type=float, default=0.1, help=C_help)
+
+
+def parse_or_render(parser, render, required: tuple[str, ...] = ()):
     """Parse a benchmark's arguments, with the output options every benchmark shares. With ``--render``, rewrite its
-    RESULTS.md section from the saved JSON instead and return None."""
+    RESULTS.md section from the saved JSON instead and return None. ``required``: options a run (not a render)
+    must have."""
     import json
     add_output_args(parser)
     args = parser.parse_args()
     if args.render:
         render(json.loads(Path(args.render).read_text()), args.command, args.machine)
         return None
+    missing = [f"--{name.replace('_', '-')}" for name in required if getattr(args, name) is None]
+    if missing:
+        parser.error(f"{', '.join(missing)} required (unless --render)")
     return args
 
 

@@ -37,8 +37,8 @@ def preprocess(X, l2_normalize: bool = False, pca: int | None = None, umap: int 
     """Optional L2 normalisation, PCA to ``pca`` dimensions, then UMAP to ``umap`` dimensions.
 
     UMAP runs with ``min_dist=0`` (packed clusters: the setting UMAP's docs and N2D use for clustering
-    rather than for plotting). On Fashion-MNIST SimCLR features it lifts k-means by 4-7 points of ACC
-    (0.710 and 0.716 with two pretraining seeds of one model) and NMI by 6-13 (eval/RESULTS.md, "k-means with UMAP")."""
+    rather than for plotting); what it does for k-means on SSL features is measured in eval/RESULTS.md
+    ("k-means with UMAP")."""
     X = np.asarray(X, dtype=np.float32)
     if l2_normalize:
         X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
@@ -156,7 +156,7 @@ def _run(X, method: str, n_clusters: int | None, seed: int, params: dict) -> np.
         if found < 2:
             # Where classes touch, the knee sits at the noise threshold and joins everything into one cluster
             # (SSL features and pixels of digits and Fashion-MNIST alike); the median k-distance, which makes about
-            # half the points core points, separates them (digits pixels ACC 0.10 -> 0.56, NMI 0.01 -> 0.67).
+            # half the points core points, separates them.
             median = kdistance_quantile(X, min_samples, 0.5)
             log.info("dbscan: the k-distance knee gave %d cluster(s); eps from the median k-distance instead (%.4g)",
                      found, median)
