@@ -1,4 +1,4 @@
-"""Clustering of frozen features: k-means (faiss), mean-shift, DBSCAN, GMM, agglomerative (scikit-learn).
+"""Clustering of frozen features: k-means (torch k-means++ seeding, faiss or torch Lloyd), mean-shift, DBSCAN, GMM, agglomerative (scikit-learn).
 
 ``cluster(features, method, **params) -> labels`` (``(N,)`` int64, noise = -1). Before an O(n^2)
 method runs, its memory is estimated and a run above ``max_memory_gb`` is refused with the estimate
@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 
 from .checks import check_features
+from .kmeans import kmeans
 
 log = logging.getLogger(__name__)
 METHODS = ("kmeans", "meanshift", "dbscan", "gmm", "agglomerative")
@@ -52,40 +53,6 @@ def preprocess(X, l2_normalize: bool = False, pca: int | None = None, umap: int 
             raise ValueError(f"umap needs more points than umap_neighbors={umap_neighbors}, got {len(X)}")
         X = umap_embed(X, umap, seed, n_neighbors=umap_neighbors, min_dist=0.0).astype(np.float32)
     return X
-
-
-def kmeans(X, n_clusters: int, n_init: int = 3, n_iter: int = 50, seed: int = 0, init: str = "k-means++",
-           use_gpu: bool | None = None, init_samples: int = 50_000) -> tuple[np.ndarray, float]:
-    """Lloyd's k-means in faiss, seeded with scikit-learn's k-means++ (faiss's own random init
-    lands in clearly worse optima); the best of ``n_init`` restarts by inertia.
-
-    Returns ``(labels, inertia)``: int64 ``(N,)`` and the sum of squared distances to the centres."""
-    import faiss
-    from sklearn.cluster import kmeans_plusplus
-
-    X = np.ascontiguousarray(X, dtype=np.float32)
-    n, d = X.shape
-    if n_clusters > n:
-        raise ValueError(f"kmeans: n_clusters={n_clusters} is more than the {n} points")
-    gpu = use_gpu is not False and faiss.get_num_gpus() > 0
-    rng = np.random.default_rng(seed)
-    best_inertia, best_labels = np.inf, None
-    for restart in range(n_init):
-        km = faiss.Kmeans(d, n_clusters, niter=n_iter, seed=seed + restart, gpu=gpu, verbose=False,
-                          max_points_per_centroid=n // n_clusters + 1, min_points_per_centroid=1)
-        if init == "k-means++":
-            sample = X if n <= init_samples else X[rng.choice(n, init_samples, replace=False)]
-            centers, _ = kmeans_plusplus(sample, n_clusters, random_state=seed + restart)
-            km.train(X, init_centroids=np.ascontiguousarray(centers, dtype=np.float32))
-        elif init == "random":
-            km.train(X)
-        else:
-            raise ValueError(f"kmeans init must be 'k-means++' or 'random', got {init!r}")
-        dist, labels = km.index.search(X, 1)
-        inertia = float(dist.sum())
-        if inertia < best_inertia:
-            best_inertia, best_labels = inertia, labels.ravel().astype(np.int64)
-    return best_labels, best_inertia
 
 
 def knee_eps(X, min_samples: int) -> float:

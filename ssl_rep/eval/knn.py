@@ -16,12 +16,57 @@ def _normalize(X) -> np.ndarray:
 INDEXES = ("flat", "sq8", "ivf")
 
 
+class TorchFlatIP:
+    """Exact inner-product search in torch, with the part of faiss's index interface the kNN uses (``add``,
+    ``search``, ``ntotal``, ``is_trained``): for GPUs torch sees and faiss's wheel has no kernels for. The
+    vectors live on ``device`` as float32; a search compares ``batch`` queries with all of them at once."""
+
+    is_trained = True
+
+    def __init__(self, dim: int, device="cuda"):
+        import torch
+        self.dim, self.device = dim, torch.device(device)
+        self.vectors = None   # made on the first add, so building an index touches no device
+
+    @property
+    def ntotal(self) -> int:
+        return 0 if self.vectors is None else len(self.vectors)
+
+    def train(self, X) -> None:   # exact search: nothing to learn
+        pass
+
+    def add(self, X) -> None:
+        import torch
+        new = torch.as_tensor(np.asarray(X, np.float32), device=self.device)
+        self.vectors = new if self.vectors is None else torch.cat([self.vectors, new])
+
+    def search(self, X, k: int, budget_bytes: float = 1e9) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` most similar stored vectors of each query, most similar first: the stored vectors are
+        compared in chunks so that one similarity block stays within ``budget_bytes``."""
+        import torch
+        with torch.no_grad():
+            q = torch.as_tensor(np.asarray(X, np.float32), device=self.device)
+            step = max(k, int(budget_bytes // (4 * max(len(q), 1))))
+            best_sims = torch.full((len(q), 0), -torch.inf, device=self.device)
+            best_idx = torch.zeros((len(q), 0), dtype=torch.long, device=self.device)
+            for start in range(0, self.ntotal, step):
+                sims, idx = (q @ self.vectors[start:start + step].T).topk(min(k, len(self.vectors[start:start + step])), 1)
+                best_sims, pick = torch.cat([best_sims, sims], 1).topk(min(k, best_sims.shape[1] + sims.shape[1]), 1)
+                best_idx = torch.cat([best_idx, idx + start], 1).gather(1, pick)
+        return best_sims.cpu().numpy(), best_idx.cpu().numpy()
+
+
 def make_index(dim: int, use_gpu: bool | None = None, kind: str = "flat", nlist: int = 1024, nprobe: int = 32):
     """An inner-product index: ``flat`` exact float32; ``sq8`` (faiss ScalarQuantizer, 8 bits per
     dimension: 4x less memory); ``ivf`` (inverted lists over ``nlist`` k-means cells, ``nprobe`` of
     them searched: sub-linear search for many millions of vectors). ``sq8`` and ``ivf`` are trained
-    on the first rows added. On the GPUs when faiss sees any (split between them when there are several)."""
+    on the first rows added. On the GPUs when faiss sees any (split between them when there are several); a
+    ``flat`` index on a GPU only torch sees is a :class:`TorchFlatIP` there."""
     import faiss
+    import torch
+
+    if kind == "flat" and use_gpu is not False and faiss.get_num_gpus() == 0 and torch.cuda.is_available():
+        return TorchFlatIP(dim, "cuda")
 
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
