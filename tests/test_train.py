@@ -416,24 +416,34 @@ def test_torch_compile_trains_like_eager(tmp_path):
 
 @pytest.mark.parametrize("recipe", ["supervised_digits", pytest.param("simclr_digits", marks=pytest.mark.slow)])
 def test_bf16_on_the_cpu_runs_in_bf16_and_trains_like_fp32(tmp_path, recipe, monkeypatch, caplog):
-    """trainer.precision=bf16 reaches the CPU (auto stays fp32 there, and says where bf16 is native): the losses
-    differ from fp32's in the low bits but follow them, and the weights stay float32."""
+    """trainer.precision=bf16 reaches the CPU, and auto picks it exactly where the CPU runs bf16 in hardware (and
+    channels_last exactly where it has AVX-512), saying what it chose: the losses differ from fp32's in the low bits
+    but follow them, and the weights stay float32."""
     import ssl_rep.train.setup as setup
-    monkeypatch.setattr(setup, "native_bf16", lambda: True)
     runs = {}
-    for precision in ("auto", "fp32", "bf16"):
-        out = tmp_path / precision
+    for precision, native, capability in (("auto", True, "AVX512"), ("auto", False, "AVX2"), ("fp32", True, "AVX512"),
+                                          ("bf16", False, "AVX2")):
+        monkeypatch.setattr(setup, "native_bf16", lambda: native)
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+        out = tmp_path / f"{precision}-{native}"
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="ssl_rep.train"):
-            train(load_config(recipe, [f"out_dir={out}", "trainer.max_steps=6", "trainer.device=cpu",
-                                       f"trainer.precision={precision}", *FAST]), progress=False)
-        assert ("trainer.precision=bf16 trainer.channels_last=true" in caplog.text) == (precision == "auto")
-        runs[precision] = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
+            cfg = load_config(recipe, [f"out_dir={out}", "trainer.max_steps=6", "trainer.device=cpu",
+                                       f"trainer.precision={precision}", *FAST])
+            assert setup.fast_formats(cfg, torch.device("cpu")) == (precision == "bf16" or (precision == "auto" and
+                                                                                           native), native)
+            train(cfg, progress=False)
+        if precision == "auto":
+            picked = "bf16 + channels_last" if native else "fp32"
+            assert f"training in {picked} on this CPU ({capability}" in caplog.text
+        runs[precision, native] = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
         weights = torch.load(out / "encoder.pt", map_location="cpu", weights_only=False)["state_dict"]
         assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float32}
-    assert runs["auto"] == runs["fp32"]
-    assert runs["bf16"] != runs["fp32"]
-    assert runs["bf16"] == pytest.approx(runs["fp32"], rel=5e-2)
+    fp32 = runs["auto", False]
+    assert runs["bf16", False] != fp32 and runs["auto", True] != fp32
+    assert runs["bf16", False] == pytest.approx(fp32, rel=5e-2)
+    assert runs["auto", True] == pytest.approx(fp32, rel=5e-2)
+    assert runs["fp32", True] == pytest.approx(fp32, rel=1e-3)   # the same fp32 loop; channels_last only reorders sums
 
 
 # ------------------------------------------------------------------ faults

@@ -111,8 +111,8 @@ class TrainerConfig:
     log_every: int = _field(10, check="positive")              # optimiser steps between metrics.jsonl lines
     deterministic: bool = False
     device: str = "auto"             # auto | cpu | cuda | cuda:N
-    precision: str = _field("auto", ("auto", "bf16", "fp32"))  # auto: bf16 on GPU, fp32 on CPU
-    channels_last: bool = False
+    precision: str = _field("auto", ("auto", "bf16", "fp32"))  # auto: bf16 on GPUs and on CPUs with bf16 in hardware
+    channels_last: Optional[bool] = None   # None (auto): on for CPUs with AVX-512, where it measured faster
     compile: bool = False
     online_probe: bool = True        # linear head on detached features when labels exist
     sync_batchnorm: bool = False     # under torchrun on GPUs: BatchNorm statistics over every process

@@ -55,7 +55,7 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
                 lr = lr_at(run.step, cfg.optim.lr, run.total, cfg.schedule)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                images, labels = to_device(batch, run.device, tc.channels_last)
+                images, labels = to_device(batch, run.device, run.channels_last)
                 with run.autocast():
                     out = run.model((images, labels))
                 loss, logs = out

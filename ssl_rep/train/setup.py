@@ -50,6 +50,18 @@ def native_bf16() -> bool:
         return False
 
 
+def fast_formats(cfg: Config, device: torch.device) -> tuple[bool, bool]:
+    """``(bf16, channels_last)`` for the run: what the recipe says, and for ``auto`` what eval/bench_cpu_precision
+    and eval/bench_vs_lightly measured fastest. bf16 on GPUs, and on CPUs that run it in hardware (AVX512-BF16 or
+    AMX; elsewhere bf16 is emulated and slow); channels_last on CPUs with AVX-512 (oneDNN's blocked kernels)."""
+    precision = cfg.trainer.precision
+    bf16 = precision == "bf16" or (precision == "auto" and (device.type == "cuda" or native_bf16()))
+    channels_last = cfg.trainer.channels_last
+    if channels_last is None:
+        channels_last = device.type == "cpu" and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    return bf16, channels_last
+
+
 def seed_everything(seed: int, deterministic: bool, device: torch.device) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -144,6 +156,7 @@ class Run:
     size: int
     total: int
     autocast: Callable
+    channels_last: bool = False
     resumed: bool = False
     step: int = 0
     epoch: int = 0
@@ -214,16 +227,16 @@ def setup_run(cfg: Config, resume: bool = False) -> Run:
         check_labels(cfg, labels, num_classes)
     method = create_method(cfg.method.name, create_encoder(cfg.encoder.name, **cfg.encoder.options),
                            **method_options(cfg, size, num_classes)).to(device)
-    if cfg.trainer.channels_last:
+    use_bf16, channels_last = fast_formats(cfg, device)
+    if channels_last:
         method = method.to(memory_format=torch.channels_last)
     if cfg.trainer.sync_batchnorm and (world > 1 or device.type == "cuda"):   # one process: the same as BatchNorm
         method = sync_batchnorm(method, world, device)
-    use_bf16 = cfg.trainer.precision == "bf16" or (cfg.trainer.precision == "auto" and device.type == "cuda")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
     if cfg.trainer.memory_check:
         n_views = getattr(dataset.transform, "n_views", 1)
         need = check_step_fits(method, cfg.data.batch_size, size, n_views, device, autocast,
-                               cfg.trainer.channels_last, "bf16" if use_bf16 else "fp32")
+                               channels_last, "bf16" if use_bf16 else "fp32")
         if main:
             log.info("a step needs about %.2f GiB (data.batch_size=%d, %d view(s) of %d px)", need / 2**30,
                      cfg.data.batch_size, n_views, size)
@@ -234,14 +247,15 @@ def setup_run(cfg: Config, resume: bool = False) -> Run:
     loader, sampler = build_loader(dataset, cfg, device, cfg.seed, rank, world, transform_name, size)
     total = cfg.trainer.max_steps or cfg.trainer.epochs * sampler.batches_per_epoch
     run = Run(cfg, out, dist_info, device, method, wrap_model(cfg, method, dist_info, device),
-              build_optimizer(method, cfg.optim), probe, loader, sampler, size, total, autocast)
+              build_optimizer(method, cfg.optim), probe, loader, sampler, size, total, autocast, channels_last)
     if state is not None:
         run.restore(state)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-        if device.type == "cpu" and cfg.trainer.precision == "auto" and native_bf16():
-            # auto stays fp32 on CPUs (results match earlier CPU runs); the faster choice is the user's
-            log.info("this CPU runs bf16 in hardware: trainer.precision=bf16 trainer.channels_last=true trains "
-                     "about 2x faster than fp32 on such CPUs (eval/RESULTS.md, 'Training on the CPU')")
+        if device.type == "cpu" and (cfg.trainer.precision == "auto" or cfg.trainer.channels_last is None):
+            log.info("training in %s%s on this CPU (%s, bf16 in hardware: %s); trainer.precision=fp32 "
+                     "trainer.channels_last=false for the plain fp32 loop", "bf16" if use_bf16 else "fp32",
+                     " + channels_last" if channels_last else "", torch.backends.cpu.get_cpu_capability(),
+                     "yes" if native_bf16() else "no")
     return run
