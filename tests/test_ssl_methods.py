@@ -218,6 +218,20 @@ def test_moco_v2_queue_holds_the_newest_keys_and_wraps(tmp_path):
     assert int(m.queue_ptr) == 2   # evaluation never enqueues
 
 
+def test_moco_v2_queue_takes_bf16_keys_and_batches_larger_than_itself():
+    """Under bf16 autocast (the default on GPUs and bf16 CPUs) the keys arrive as bf16 and are stored as the
+    queue's float32; a batch of more keys than the queue holds keeps the newest ``queue_size`` of them."""
+    m = create_method("moco", ssl_rep.create_encoder("resnet20"), hidden_dim=32, out_dim=8, queue_size=6)
+    views = [torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        m((views, torch.zeros(8, dtype=torch.long)))
+    assert m.queue.dtype == torch.float32 and int(m.queue_ptr) == 0   # 8 keys into 6 slots: the last 6, from 0
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        keys = m.key_encoder["projector"](m.key_encoder["encoder"](torch.cat(views)))
+    k = torch.nn.functional.normalize(keys[8:], dim=1)[-6:].float()
+    torch.testing.assert_close(m.queue, k, atol=1e-2, rtol=0)
+
+
 def test_dino_centre_follows_the_teachers_mean():
     torch.manual_seed(0)
     m = create_method("dino", ssl_rep.create_encoder("resnet20"), hidden_dim=32, bottleneck_dim=8, out_dim=16,

@@ -61,10 +61,11 @@ class MoCo(Method):
 
     @torch.no_grad()
     def _enqueue(self, keys: torch.Tensor) -> None:
-        keys = _gather_with_grad(keys)[0]
         size, ptr = len(self.queue), int(self.queue_ptr)
+        # the newest ``size`` keys, stored in the queue's dtype (under bf16 autocast the keys are bf16)
+        keys = _gather_with_grad(keys)[0][-size:].to(self.queue.dtype)
         idx = (torch.arange(len(keys), device=keys.device) + ptr) % size
-        self.queue[idx] = keys[-size:] if len(keys) > size else keys
+        self.queue[idx] = keys
         self.queue_ptr.fill_((ptr + len(keys)) % size)
 
     def forward(self, batch):
