@@ -2,10 +2,13 @@
 # One GPU session, prepared to run once on the lent device (see README "GPU checks"): the GPU
 # tests, the engine and data-path benchmarks on CUDA, the Fashion-MNIST suite (every run's
 # metrics.jsonl kept for the accuracy-vs-time figure) and the probe benchmark. Results land in $OUT.
-# Carried: .whl (faiss-cpu wheel for the device's Python) and .gpu_data/fashion-mnist (the IDX files).
+# Carried: .whl (faiss-cpu wheel for the device's Python; for the "lightly" stage also lightly's and
+# lightning_utilities' wheels: `pip download --no-deps -d .whl lightly==1.6.0 lightning-utilities`, all the
+# benchmark imports) and .gpu_data/fashion-mnist (the IDX files).
 # PARTS picks stages (default all): tests overhead data extract decode kmeans suite probe; "profile" (eval/profile_step.py)
 # "aecpc" (CPC v2 and the autoencoder on all of Fashion-MNIST, epochs to fit AECPC_BUDGET=200 s each, their table)
 # "methods" (BYOL, MoCo v2/v3, SimSiam, Barlow Twins, VICReg, DINO beside SimCLR, the autoencoder and CPC: one table)
+# "lightly" (SimCLR's full loop against lightly's on the GPU, eval/bench_vs_lightly.py)
 # and "wide" (SimCLR ResNet-18 on Fashion-MNIST, epochs to fit WIDE_BUDGET=280 s, or WIDE_EPOCHS) are opt-in; each takes
 # a device call of its own (on an H200, 2026-11-27, e02061d: timing 34 s, 84 epochs in 301 s; the SimCLR and
 # random-init rows were evaluated in the 179 s left before the then timeout, budget + 200 s, stopped the raw-pixel row). Stage times on an H200 (2026-11-26, commit f3c15c7): start 13 s, tests 60, overhead 81 (STEPS=80 WARMUP=20
@@ -54,6 +57,10 @@ fi
 if want kmeans; then
   # ssl_rep vs scikit-learn on the host; on the GPU through faiss where it sees one (gpu.txt), else torch
   stamp "k-means"; timeout 240 python -m eval.bench_kmeans --rounds 2 --json "$OUT/kmeans.json" --no-results-md 2>&1 | tail -3
+fi
+if asked lightly; then
+  stamp "ssl_rep vs lightly"; timeout 400 python -m eval.bench_vs_lightly --root "$FM" --device cuda --workers 8 \
+    --rounds 2 --steps 40 --warmup 10 --json "$OUT/vs_lightly.json" --no-results-md 2>&1 | grep -v "^step" | tail -5
 fi
 if want suite; then
   stamp "fashion-mnist suite"; timeout ${SUITE_TIMEOUT:-270} python -m eval.reproduce fashion-mnist-suite --device cuda \
