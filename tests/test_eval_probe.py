@@ -52,6 +52,37 @@ def test_probe_minibatch_path_agrees_with_lbfgs(digits_pixels, monkeypatch):
     assert abs(full - streamed) <= 0.02
 
 
+def test_streamed_c_search_reads_the_split_in_chunks_and_never_copies_it(digits_pixels, monkeypatch, tmp_path):
+    """C=None on features too large for the full-batch solver: the train / validation split of a memory-mapped
+    store is read chunk by chunk (RowSubset), never materialised as ``X[train_rows]``, and the chosen probe still
+    scores like the in-memory L-BFGS one."""
+    import ssl_rep.eval.probe as probe_mod
+    X, Xt, y, yt = digits_pixels
+    stored = np.lib.format.open_memmap(tmp_path / "f.npy", mode="w+", dtype=np.float16, shape=X.shape)
+    stored[:] = X
+    reads = []
+    original = probe_mod.RowSubset.__getitem__
+    monkeypatch.setattr(probe_mod.RowSubset, "__getitem__", lambda self, key: reads.append(original(self, key)) or
+                        reads[-1])
+    full = LinearProbe(Cs=(0.01, 0.1, 1.0), device="cpu").fit(X, y)
+    monkeypatch.setattr(probe_mod, "FULL_BATCH_MAX_BYTES", 0)
+    monkeypatch.setattr(probe_mod, "CHUNK_BYTES", 64 * 4 * X.shape[1])   # the solver's chunks: one batch, 128 rows
+    streamed = LinearProbe(Cs=(0.01, 0.1, 1.0), device="cpu", epochs=40, batch_size=128).fit(stored, y)
+    n_train = int(round(len(X) * 0.8))
+    assert reads and max(len(r) for r in reads) < n_train // 2   # 128-row chunks, the ~250 validation rows at once
+    assert streamed.val_scores_.keys() == full.val_scores_.keys()
+    assert abs(streamed.score(Xt, yt) - full.score(Xt, yt)) <= 0.03
+
+
+def test_row_subset_reads_the_rows_it_names():
+    from ssl_rep.eval.probe import RowSubset
+    X = np.arange(40, dtype=np.float32).reshape(10, 4)
+    rows = np.array([1, 4, 5, 9])
+    sub = RowSubset(X, rows)
+    assert len(sub) == 4 and sub.shape == (4, 4) and sub.nbytes == 64
+    np.testing.assert_array_equal(sub[1:3], X[[4, 5]])
+
+
 def _objective(X, y, coef, intercept, C):
     """scikit-learn's objective divided by C * n, in float64 (the reference both solvers minimise)."""
     from scipy.special import logsumexp

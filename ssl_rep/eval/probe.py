@@ -22,6 +22,30 @@ def chunk_rows(dim: int, minimum: int = 1024) -> int:
     return max(minimum, CHUNK_BYTES // (4 * max(1, dim)))
 
 
+class RowSubset:
+    """Rows ``rows`` (sorted) of ``X``, read on demand: a slice reads only its own rows, so a split of a memory-mapped
+    feature store is streamed like the store itself and never copied whole into memory."""
+
+    def __init__(self, X, rows: np.ndarray):
+        self.X, self.rows = X, rows
+        self.shape, self.dtype = (len(rows), X.shape[1]), X.dtype
+        self.nbytes = len(rows) * X.shape[1] * X.dtype.itemsize
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key):
+        return self.X[self.rows[key]]
+
+
+def split_rows(X, rows: np.ndarray):
+    """``X[rows]`` itself when that copy fits the full-batch solver (it then needs the rows in memory anyway), else
+    a :class:`RowSubset` that the streamed solver reads chunk by chunk."""
+    if len(rows) * X.shape[1] * X.dtype.itemsize <= FULL_BATCH_MAX_BYTES:   # the solvers' own test
+        return X[rows]
+    return RowSubset(X, rows)
+
+
 class LinearProbe(ClassifierMixin, BaseEstimator):
     """Multinomial logistic regression with an L2 penalty, scikit-learn style.
 
@@ -189,12 +213,14 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
                                       stratify=stratify)
             tr, va = np.sort(tr), np.sort(va)
             self.val_scores_, init = {}, None
-            X_tr = X[tr]
+            X_tr, X_va = split_rows(X, tr), split_rows(X, va)
             rotated = self._rotate(X_tr) if X_tr.nbytes <= FULL_BATCH_MAX_BYTES else None
+            rows = chunk_rows(X.shape[1])
             for C in sorted(self.Cs):  # strong to weak regularisation, warm-started
                 init = self._solve(X_tr, y_idx[tr], C, init, rotated)
                 W, b = init
-                pred = (self._transform(X[va]) @ W.T + b).argmax(1).cpu().numpy()
+                pred = torch.cat([(self._transform(X_va[s:s + rows]) @ W.T + b).argmax(1)
+                                  for s in range(0, len(va), rows)]).cpu().numpy()
                 self.val_scores_[float(C)] = float((pred == y_idx[va]).mean())
             del X_tr, rotated
             self.C_ = max(self.val_scores_, key=lambda c: (self.val_scores_[c], -c))
