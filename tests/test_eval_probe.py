@@ -1,3 +1,4 @@
+import math
 import pickle
 
 import numpy as np
@@ -72,6 +73,21 @@ def test_streamed_c_search_reads_the_split_in_chunks_and_never_copies_it(digits_
     assert reads and max(len(r) for r in reads) < n_train // 2   # 128-row chunks, the ~250 validation rows at once
     assert streamed.val_scores_.keys() == full.val_scores_.keys()
     assert abs(streamed.score(Xt, yt) - full.score(Xt, yt)) <= 0.03
+
+
+def test_c_search_scores_the_validation_split_in_chunks_even_when_it_fits(digits_pixels, monkeypatch):
+    """The held-out rows are only scored: read chunk by chunk even when the training part goes to the in-memory
+    L-BFGS solver (an ImageNet store's 20% split would otherwise be a 1 GB copy beside the memmap)."""
+    import ssl_rep.eval.probe as probe_mod
+    X, _, y, _ = digits_pixels
+    reads = []
+    original = probe_mod.RowSubset.__getitem__
+    monkeypatch.setattr(probe_mod.RowSubset, "__getitem__", lambda self, key: reads.append(original(self, key)) or
+                        reads[-1])
+    probe = LinearProbe(Cs=(0.1, 1.0), device="cpu").fit(X, y)
+    n_val = math.ceil(len(X) * probe.val_fraction)   # train_test_split's rounding
+    assert reads, "the validation split was copied instead of read through RowSubset"
+    assert sum(len(r) for r in reads) == 2 * n_val   # every validation row read once per C, nothing else
 
 
 def test_row_subset_reads_the_rows_it_names():

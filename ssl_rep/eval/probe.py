@@ -213,7 +213,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
                                       stratify=stratify)
             tr, va = np.sort(tr), np.sort(va)
             self.val_scores_, init = {}, None
-            X_tr, X_va = split_rows(X, tr), split_rows(X, va)
+            # the validation rows are only scored, chunk by chunk: never copied, whatever their size
+            X_tr, X_va = split_rows(X, tr), RowSubset(X, va)
             rotated = self._rotate(X_tr) if X_tr.nbytes <= FULL_BATCH_MAX_BYTES else None
             rows = chunk_rows(X.shape[1])
             for C in sorted(self.Cs):  # strong to weak regularisation, warm-started
