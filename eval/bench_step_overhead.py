@@ -27,11 +27,13 @@ from ssl_rep.encoders import create_encoder
 from ssl_rep.methods import create_method
 from ssl_rep.train import load_config, train
 from ssl_rep.train.data import build_train_dataset
-from ssl_rep.train.setup import method_options, to_device
+from ssl_rep.train.setup import fast_formats, method_options, to_device
 from ssl_rep.train.metrics import read_metrics
 from ssl_rep.train.optim import build_optimizer
 
-RECIPES = {"autoencoder": "ae", "cpc": "cpc", "simclr": "simclr", "supervised": "supervised"}
+RECIPES = {"autoencoder": "ae", "cpc": "cpc", "simclr": "simclr", "supervised": "supervised", "byol": "byol",
+           "moco": "moco", "mocov3": "mocov3", "simsiam": "simsiam", "barlow_twins": "barlow_twins",
+           "vicreg": "vicreg", "dino": "dino"}
 
 
 def sync(device):
@@ -48,11 +50,14 @@ def bare_step(cfg, device):
         x = [torch.stack([it[0][v] for it in items]) for v in range(len(images))]
     else:
         x = torch.stack([it[0] for it in items])
-    batch = to_device((x, torch.tensor([it[1] for it in items])), device, False)
+    use_bf16, channels_last = fast_formats(cfg, device)   # the loop's own formats (bf16 / channels_last)
+    batch = to_device((x, torch.tensor([it[1] for it in items])), device, channels_last)
     method = create_method(cfg.method.name, create_encoder(cfg.encoder.name, **cfg.encoder.options),
                            **method_options(cfg, size, num_classes)).to(device)
+    if channels_last:
+        method = method.to(memory_format=torch.channels_last)
     opt = build_optimizer(method, cfg.optim)
-    use_bf16 = device.type == "cuda"
+    count = iter(range(10**9))
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -60,6 +65,7 @@ def bare_step(cfg, device):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        method.after_step(next(count), 10**9)   # the momentum teachers' update is the method's work, not overhead
 
     return step
 
