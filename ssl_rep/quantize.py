@@ -10,7 +10,9 @@ The x86, fbgemm and onednn kernels multiply u8 activations by s8 weights with ``
 CPUs without VNNI, which adds pairs of products in int16 and saturates when activations use all 8
 bits; there activations are calibrated to 7 bits (``reduce_range``, as PyTorch's own x86 qconfig
 does). CPUs with AVX-512 VNNI accumulate in int32 and keep the full range, and so does qnnpack on
-any CPU. The choice is made at calibration time and kept in ``QuantizedEncoder.reduce_range``. With
+any CPU. oneDNN (the onednn engine, and x86's convolutions) uses VNNI only where ``ONEDNN_MAX_CPU_ISA``
+allows it: capped at ``AVX2`` it runs the saturating kernels on any CPU, which is also how a VNNI
+machine tests the other path. The choice is made at calibration time and kept in ``QuantizedEncoder.reduce_range``. With
 ``qat_epochs`` > 0, fake-quantized fine-tuning follows: the int8 student learns to reproduce the
 float encoder's features on the calibration images (a pretext-free distillation objective).
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -65,9 +68,22 @@ def quantized_engine(backend: str):
         torch.backends.quantized.engine = before
 
 
+def onednn_may_use_vnni() -> bool:
+    """Whether ``ONEDNN_MAX_CPU_ISA`` (or its old name ``DNNL_MAX_CPU_ISA``) leaves oneDNN its VNNI kernels:
+    unset, ``ALL``, or a cap at or above a VNNI level (``AVX2_VNNI``, ``AVX512_CORE_VNNI``, ``*_BF16``,
+    ``*_AMX``, ``AVX10_*``). ``SSE41``, ``AVX``, ``AVX2`` and ``AVX512_CORE`` leave only the int16 path."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+    return cap == "ALL" or cap.startswith("AVX10") or any(level in cap for level in ("VNNI", "BF16", "FP16", "AMX"))
+
+
 def needs_reduce_range(backend: str) -> bool:
-    """7-bit activations where the backend's kernels can saturate their int16 pair sums on this CPU."""
-    return backend != "qnnpack" and not cpu_has_vnni()
+    """7-bit activations where the backend's kernels can saturate their int16 pair sums on this CPU: fbgemm
+    without VNNI, oneDNN without VNNI or capped below it, x86 (both libraries) where either can."""
+    if backend == "qnnpack":
+        return False
+    fbgemm_saturates = not cpu_has_vnni()
+    onednn_saturates = fbgemm_saturates or not onednn_may_use_vnni()
+    return fbgemm_saturates if backend == "fbgemm" else onednn_saturates   # x86 runs both libraries
 
 
 def _qconfig(qat: bool, reduce_range: bool):

@@ -100,7 +100,50 @@ def test_activation_range_follows_the_cpu(monkeypatch):
     assert quantize.needs_reduce_range("x86") and quantize.needs_reduce_range("fbgemm")
     assert quantize.needs_reduce_range("onednn") and not quantize.needs_reduce_range("qnnpack")
     monkeypatch.setattr(quantize, "cpu_has_vnni", lambda: True)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     assert not any(quantize.needs_reduce_range(e) for e in ("x86", "fbgemm", "onednn", "qnnpack"))
+    for cap, vnni in (("AVX2", False), ("avx512_core", False), ("AVX512_CORE_VNNI", True), ("AVX2_VNNI", True),
+                      ("AVX512_CORE_AMX", True), ("ALL", True)):   # oneDNN capped below VNNI runs the int16 path
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert quantize.needs_reduce_range("onednn") == quantize.needs_reduce_range("x86") == (not vnni), cap
+        assert not quantize.needs_reduce_range("fbgemm")
+
+
+AVX2_ONEDNN_SCRIPT = """
+import sys, numpy as np, torch, ssl_rep
+from ssl_rep.quantize import quantize_encoder
+enc = ssl_rep.create_encoder("resnet20")
+enc.load_state_dict(torch.load(sys.argv[1], weights_only=True))
+enc.eval()
+calib, x = torch.load(sys.argv[2], weights_only=True)
+with torch.no_grad():
+    f = enc(x).numpy()
+    for reduce_range in (None, False):
+        q = quantize_encoder(enc, calib, num_calibration=512, backend="onednn", reduce_range=reduce_range)
+        print(q.reduce_range, np.corrcoef(f.ravel(), q(x).numpy().ravel())[0, 1])
+"""
+
+
+@pytest.mark.skipif("onednn" not in ENGINES, reason="this PyTorch build has no onednn engine")
+def test_oneDNN_without_vnni_saturates_8_bits_and_the_default_range_avoids_it(trained_encoder, digits, tmp_path):
+    """ONEDNN_MAX_CPU_ISA=AVX2 makes oneDNN run the kernels of a CPU without VNNI (int16 pair sums) on any x86
+    CPU, so this runs the AVX2-only path on a VNNI machine too: the default picks 7 bits and tracks float, while
+    the full 8-bit range (the default before the fix) saturates and tracks it less well."""
+    import subprocess
+    import sys
+    train, test = digits
+    torch.save(trained_encoder.state_dict(), tmp_path / "enc.pt")
+    torch.save((torch.stack([train[i][0] for i in range(512)]), torch.stack([test[i][0] for i in range(256)])),
+               tmp_path / "images.pt")
+    env = {**__import__("os").environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", AVX2_ONEDNN_SCRIPT, str(tmp_path / "enc.pt"), str(tmp_path / "images.pt")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (default_range, default_corr), (full_range, full_corr) = [
+        (line.split()[0] == "True", float(line.split()[1])) for line in out.stdout.split("\n") if line.strip()]
+    assert default_range and not full_range
+    assert default_corr > 0.99 and full_corr < default_corr, (default_corr, full_corr)
 
 
 def test_quantization_aware_finetuning_runs_and_stays_close(trained_encoder, digits):
