@@ -54,6 +54,21 @@ def test_info_nce_matches_loop_reference_value_and_gradient(temperature):
         torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
 
 
+def test_info_nce_scores_stay_float32_under_bf16_autocast():
+    """CPC's scores are unnormalised dot products in the tens to hundreds; rounded to bf16 (8-bit mantissa) their
+    differences are lost and training diverged. Under autocast the loss and its gradients still match float64."""
+    torch.manual_seed(2)
+    pred = (3 * torch.randn(48, 64)).requires_grad_()
+    targets = (3 * torch.randn(48, 64)).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = info_nce(pred, targets)
+    p64, t64 = pred.detach().double().requires_grad_(), targets.detach().double().requires_grad_()
+    ref = info_nce_reference(p64, t64, 1.0)
+    assert ours.dtype == torch.float32 and ours.item() == pytest.approx(ref.item(), rel=1e-4)
+    for a, b in zip(torch.autograd.grad(ours, (pred, targets)), torch.autograd.grad(ref, (p64, t64))):
+        torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-3)
+
+
 def test_losses_at_initialisation_are_log_of_candidates():
     torch.manual_seed(0)
     m = 512

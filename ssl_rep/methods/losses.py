@@ -27,7 +27,10 @@ def info_nce(predictions: torch.Tensor, targets: torch.Tensor, temperature: floa
         raise ValueError(f"info_nce: predictions {tuple(predictions.shape)} and targets "
                          f"{tuple(targets.shape)} must both be (M, D)")
     candidates, offset = _gather_with_grad(targets) if gather_distributed else (targets, 0)
-    logits = predictions @ candidates.T / temperature
+    # Scores in float32 even under autocast: unnormalised dot products are large, and bf16's 8-bit mantissa
+    # rounds their differences away, which made CPC diverge in bf16
+    with torch.autocast(predictions.device.type, enabled=False):
+        logits = predictions.float() @ candidates.float().T / temperature
     return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device) + offset)
 
 
