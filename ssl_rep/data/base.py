@@ -16,6 +16,22 @@ def mix_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
 
 
+class EpochCoded(Dataset):
+    """``inner``'s items addressed by the codes :class:`~ssl_rep.train.sampling.EpochSampler` yields: code
+    ``epoch * N + i`` is item ``i`` (``N = len(inner)``), and its sample seed is ``mix_seed(seed, epoch, i)``."""
+
+    def __init__(self, inner, seed: int):
+        self.inner, self.seed = inner, seed
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def locate(self, code: int) -> tuple[int, int]:
+        """``(index, sample seed)`` of ``code``."""
+        epoch, index = divmod(int(code), len(self.inner))
+        return index, mix_seed(self.seed, epoch, index)
+
+
 class ArrayImageDataset(Dataset):
     """Images held as a uint8 array ``(N, H, W, 3)`` (numpy or a numpy memmap).
 

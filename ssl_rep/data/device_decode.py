@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
-from .base import mix_seed
+from .base import EpochCoded
 from .decode import MAX_IMAGE_PIXELS, ImageDecodeError, decode_rgb, shown_path
 
 log = logging.getLogger("ssl_rep.data")
@@ -55,24 +54,15 @@ def read_for_device(path: str) -> tuple[str, torch.Tensor]:
     return encode_for_device(data, shown_path(path))
 
 
-class EncodedImages(Dataset):
-    """Items ``(kind, payload, label, sample_seed, path)`` of an :class:`ImageFolderDataset`'s files.
-
-    Item ``epoch * N + i`` is file ``i`` with seed ``mix_seed(seed, epoch, i)``: the codes that
-    :class:`~ssl_rep.train.sampling.EpochSampler` yields and the seed the worker path augments it with.
-    """
-
-    def __init__(self, folder, seed: int):
-        self.folder, self.seed = folder, seed
-
-    def __len__(self) -> int:
-        return len(self.folder)
+class EncodedImages(EpochCoded):
+    """Items ``(kind, payload, label, sample_seed, path)`` of an :class:`ImageFolderDataset`'s files, addressed
+    by epoch codes (:class:`~ssl_rep.data.base.EpochCoded`): the seed is the one the worker path augments with."""
 
     def __getitem__(self, code: int):
-        epoch, index = divmod(int(code), len(self.folder))
+        index, seed = self.locate(code)
         # read() may serve the next file when this one fails; the path travels with what it read
-        (kind, payload, path), label = self.folder.read(index, load=lambda p: (*read_for_device(p), p))
-        return kind, payload, label, mix_seed(self.seed, epoch, index), path
+        (kind, payload, path), label = self.inner.read(index, load=lambda p: (*read_for_device(p), p))
+        return kind, payload, label, seed, path
 
 
 def collate_encoded(items: list) -> tuple[list[str], list[torch.Tensor], torch.Tensor, list[int], list[str]]:

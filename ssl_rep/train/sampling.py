@@ -9,27 +9,21 @@ was resumed. Batched loaders seed one generator per batch (or per call) from ``(
 from __future__ import annotations
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Sampler
 
-from ..data.base import mix_seed
+from ..data.base import EpochCoded, mix_seed
 
 __all__ = ["EpochSampler", "SeededAugment", "mix_seed"]
 
 
-class SeededAugment(Dataset):
+class SeededAugment(EpochCoded):
     """Wraps a dataset; item ``epoch * N + i`` is item ``i`` augmented under seed ``(seed, epoch, i)``."""
 
-    def __init__(self, dataset, seed: int):
-        self.dataset, self.seed = dataset, seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
     def __getitem__(self, code: int):
-        epoch, index = divmod(int(code), len(self.dataset))
+        index, seed = self.locate(code)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(mix_seed(self.seed, epoch, index))
-            return self.dataset[index]
+            torch.manual_seed(seed)
+            return self.inner[index]
 
 
 class EpochSampler(Sampler):
