@@ -72,7 +72,7 @@ EXPERIMENTS = {
                                           "autoencoder": "ae_fashion_mnist", "cpc": "cpc_fashion_mnist"},
                               "overrides": ["data.subset=5000", "data.num_workers=2", "trainer.epochs=6",
                                             "data.batch_size=128", "autoencoder:data.batch_size=64",
-                                            "cpc:data.batch_size=32", "moco:method.queue_size=2048"],
+                                            "cpc:data.batch_size=32", "cpc:encoder.width=16", "moco:method.queue_size=2048"],
                               "anchors": "raw-pixel logistic regression 84.2% on all 60,000 (Xiao et al. 2017); "
                                          "lightly's CIFAR-10 kNN table (200 epochs): BYOL 0.869, SimCLR 0.847, MoCo "
                                          "0.838, SimSiam 0.819, Barlow Twins 0.842, DINO 0.840"},
