@@ -175,12 +175,20 @@ def training_speed(checkpoint: str) -> float | None:
     return float(np.median(speeds)) if speeds else None
 
 
-def trained_run(checkpoint: str) -> tuple[float, int, int]:
-    """``(training seconds, steps, epochs)`` of a finished run, from the metrics.jsonl and config.yaml beside it."""
+def trained_run(checkpoint: str) -> tuple[float, int, float]:
+    """``(training seconds, steps, epochs)`` of a finished run, from the metrics.jsonl and config.yaml beside it.
+    ``elapsed`` restarts at each resume: the seconds are the sum over the run's segments. A run stopped by
+    ``trainer.max_steps`` reports the epochs it covered (to 0.1), not the recipe's ``trainer.epochs``."""
     out = run_folder(checkpoint)
-    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    cfg = load_config(str(out / "config.yaml"))
-    return float(last["elapsed"]), int(last["step"]), cfg.trainer.epochs
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in lines if "elapsed" in r and "step" in r]
+    seconds = sum(a["elapsed"] for a, b in zip(logged, logged[1:]) if b["elapsed"] < a["elapsed"]) + logged[-1]["elapsed"]
+    cfg, steps = load_config(str(out / "config.yaml")), int(logged[-1]["step"])
+    epochs: float = cfg.trainer.epochs
+    if cfg.trainer.max_steps:   # the first epoch ends between the last step logged in epoch 0 and the next one
+        ends = [(a["step"] + b["step"]) / 2 for a, b in zip(logged, logged[1:]) if a["epoch"] == 0 and b["epoch"] == 1]
+        epochs = round(steps / ends[0], 1) if ends else epochs
+    return float(seconds), steps, epochs
 
 
 def run(name: str, device: str, root, overrides: list[str], methods: list[str], cluster_methods: list[str],

@@ -91,3 +91,17 @@ def test_results_md_keeps_its_topics_in_order_and_a_rewrite_changes_nothing_else
     assert organise(text) == text   # the file is organised, and organising is idempotent
     titles = [line[2:] for line in text.splitlines() if line.startswith("# ")][1:]
     assert titles == [t for t, _ in TOPICS if t in titles]
+
+
+def test_trained_run_adds_up_resumed_segments_and_counts_epochs_of_a_step_capped_run(tmp_path):
+    """elapsed restarts when a run resumes: the training time is the sum of the segments. With trainer.max_steps
+    the epochs are those the steps covered (here 10 steps of 4 per epoch), not the recipe's trainer.epochs."""
+    from ssl_rep.train import load_config
+    from ssl_rep.train.config import save_config
+    save_config(load_config("simclr_digits", ["trainer.epochs=50", "trainer.max_steps=10"]), tmp_path / "config.yaml")
+    rows = [{"step": 2, "epoch": 0, "elapsed": 1.0}, {"step": 4, "epoch": 0, "elapsed": 2.0},   # checkpoint at 4,
+            {"step": 6, "epoch": 1, "elapsed": 0.5}, {"step": 10, "epoch": 2, "elapsed": 1.5}]  # killed, resumed
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "checkpoints").mkdir()
+    seconds, steps, epochs = reproduce.trained_run(str(tmp_path / "checkpoints" / "last.pt"))
+    assert (seconds, steps, epochs) == (2.0 + 1.5, 10, 2.0)
