@@ -29,8 +29,9 @@ def info_nce(predictions: torch.Tensor, targets: torch.Tensor, temperature: floa
     candidates, offset = _gather_with_grad(targets) if gather_distributed else (targets, 0)
     # Scores in float32 even under autocast: unnormalised dot products are large, and bf16's 8-bit mantissa
     # rounds their differences away, which made CPC diverge in bf16
+    dtype = torch.promote_types(predictions.dtype, torch.float32)   # float64 stays float64
     with torch.autocast(predictions.device.type, enabled=False):
-        logits = predictions.float() @ candidates.float().T / temperature
+        logits = predictions.to(dtype) @ candidates.to(dtype).T / temperature
     return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device) + offset)
 
 
