@@ -72,7 +72,8 @@ EXPERIMENTS = {
                                           "autoencoder": "ae_fashion_mnist", "cpc": "cpc_fashion_mnist"},
                               "overrides": ["data.subset=5000", "data.num_workers=2", "trainer.epochs=6",
                                             "data.batch_size=128", "autoencoder:data.batch_size=64",
-                                            "cpc:data.batch_size=32", "cpc:encoder.width=16", "moco:method.queue_size=2048"],
+                                            "cpc:data.batch_size=32", "cpc:encoder.width=16",
+                                            "moco:method.queue_size=2048"],
                               "anchors": "raw-pixel logistic regression 84.2% on all 60,000 (Xiao et al. 2017); "
                                          "lightly's CIFAR-10 kNN table (200 epochs): BYOL 0.869, SimCLR 0.847, MoCo "
                                          "0.838, SimSiam 0.819, Barlow Twins 0.842, DINO 0.840"},
@@ -182,11 +183,12 @@ def trained_run(checkpoint: str) -> tuple[float, int, float]:
     out = run_folder(checkpoint)
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in lines if "elapsed" in r and "step" in r]
-    seconds = sum(a["elapsed"] for a, b in zip(logged, logged[1:]) if b["elapsed"] < a["elapsed"]) + logged[-1]["elapsed"]
+    pairs = list(zip(logged, logged[1:]))
+    seconds = sum(a["elapsed"] for a, b in pairs if b["elapsed"] < a["elapsed"]) + logged[-1]["elapsed"]
     cfg, steps = load_config(str(out / "config.yaml")), int(logged[-1]["step"])
     epochs: float = cfg.trainer.epochs
     if cfg.trainer.max_steps:   # the first epoch ends between the last step logged in epoch 0 and the next one
-        ends = [(a["step"] + b["step"]) / 2 for a, b in zip(logged, logged[1:]) if a["epoch"] == 0 and b["epoch"] == 1]
+        ends = [(a["step"] + b["step"]) / 2 for a, b in pairs if a["epoch"] == 0 and b["epoch"] == 1]
         epochs = round(steps / ends[0], 1) if ends else epochs
     return float(seconds), steps, epochs
 

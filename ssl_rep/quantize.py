@@ -12,8 +12,8 @@ bits; there activations are calibrated to 7 bits (``reduce_range``, as PyTorch's
 does). CPUs with AVX-512 VNNI accumulate in int32 and keep the full range, and so does qnnpack on
 any CPU. oneDNN (the onednn engine, and x86's convolutions) uses VNNI only where ``ONEDNN_MAX_CPU_ISA``
 allows it: capped at ``AVX2`` it runs the saturating kernels on any CPU, which is also how a VNNI
-machine tests the other path. The choice is made at calibration time and kept in ``QuantizedEncoder.reduce_range``. With
-``qat_epochs`` > 0, fake-quantized fine-tuning follows: the int8 student learns to reproduce the
+machine tests the other path. The choice is made at calibration time and kept in
+``QuantizedEncoder.reduce_range``. With ``qat_epochs`` > 0, fake-quantized fine-tuning follows: the int8 student learns to reproduce the
 float encoder's features on the calibration images (a pretext-free distillation objective).
 
 Features: :func:`quantize_features` stores ``(N, D)`` features as int8 codes with a float scale and

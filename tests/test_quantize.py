@@ -1,4 +1,8 @@
 """Int8 encoders and feature stores: exact zero, no -128 weights, features that track the float ones."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -130,13 +134,11 @@ def test_oneDNN_without_vnni_saturates_8_bits_and_the_default_range_avoids_it(tr
     """ONEDNN_MAX_CPU_ISA=AVX2 makes oneDNN run the kernels of a CPU without VNNI (int16 pair sums) on any x86
     CPU, so this runs the AVX2-only path on a VNNI machine too: the default picks 7 bits and tracks float, while
     the full 8-bit range (the default before the fix) saturates and tracks it less well."""
-    import subprocess
-    import sys
     train, test = digits
     torch.save(trained_encoder.state_dict(), tmp_path / "enc.pt")
     torch.save((torch.stack([train[i][0] for i in range(512)]), torch.stack([test[i][0] for i in range(256)])),
                tmp_path / "images.pt")
-    env = {**__import__("os").environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
     out = subprocess.run([sys.executable, "-c", AVX2_ONEDNN_SCRIPT, str(tmp_path / "enc.pt"), str(tmp_path / "images.pt")],
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
