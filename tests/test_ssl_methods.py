@@ -10,6 +10,9 @@ from ssl_rep.methods import create_method
 from ssl_rep.methods.losses import barlow_twins_loss, byol_loss, dino_loss, moco_loss, vicreg_loss
 from ssl_rep.methods.momentum import cosine_momentum, ema_update, momentum_copy
 from ssl_rep.train import load_checkpoint, load_config, train
+from ssl_rep.train.config import ConfigError
+from ssl_rep.train.data import build_train_dataset
+from ssl_rep.train.loaders import use_resident
 
 NEW = ["byol", "moco", "mocov3", "simsiam", "barlow_twins", "vicreg", "dino"]
 
@@ -169,10 +172,10 @@ def test_ema_update_is_the_moving_average_of_every_parameter():
 
 # ------------------------------------------------------------------ the methods through the trainer
 
-def small(recipe: str, out, steps=4):
+def small(recipe: str, out, steps=4, extra=()):
     return load_config(f"{recipe}_digits", [f"out_dir={out}", "data.batch_size=16", "data.num_workers=0",
                                            f"trainer.max_steps={steps}", "trainer.log_every=1", "trainer.device=cpu",
-                                           "trainer.memory_check=false"])
+                                           "trainer.memory_check=false", *extra])
 
 
 @pytest.mark.parametrize("recipe", NEW)
@@ -241,3 +244,49 @@ def test_dino_centre_follows_the_teachers_mean():
         t = m.teacher["head"](m.teacher["encoder"](torch.cat(x)))
     m((x, torch.zeros(4, dtype=torch.long)))
     torch.testing.assert_close(m.center, 0.5 * t.mean(0), rtol=1e-4, atol=1e-6)
+
+
+def test_dino_multi_crop_gives_the_student_small_views_and_the_teacher_none(tmp_path):
+    """method.local_crops=2: the dataset yields 2 global views at the image size, cropped from 0.4-1 of the area,
+    then 2 local ones at 96/224 of it from 0.05-0.4; the teacher's encoder sees only the global views, the
+    student's every view; data.resident=on is refused (batched augmentation draws one size); it trains."""
+    cfg = small("dino", tmp_path, extra=["method.local_crops=2", "method.hidden_dim=32", "method.bottleneck_dim=8",
+                                         "method.out_dim=16", "trainer.memory_check=true"])
+    ds, size, _, _ = build_train_dataset(cfg)
+    views, _ = ds[0]
+    assert size == 32 and [tuple(v.shape) for v in views] == [(3, 32, 32)] * 2 + [(3, 14, 14)] * 2
+    crops = [next(op for op in t.transforms if type(op).__name__ == "RandomResizedCrop")
+             for t in (ds.transform.global_transform, ds.transform.local_transform)]
+    assert [c.scale for c in crops] == [(0.4, 1.0), (0.05, 0.4)]
+    assert not use_resident(cfg, ds, "simclr")
+    with pytest.raises(ConfigError, match="multi-crop"):
+        use_resident(load_config("dino_digits", ["method.local_crops=2", "data.resident=on"]), ds, "simclr")
+
+    m = create_method("dino", ssl_rep.create_encoder("resnet20"), hidden_dim=32, bottleneck_dim=8, out_dim=16,
+                      local_crops=2)
+    seen = {"student": [], "teacher": []}
+    m.encoder.register_forward_hook(lambda mod, inp, out: seen["student"].append(inp[0].shape[-1]))
+    m.teacher["encoder"].register_forward_hook(lambda mod, inp, out: seen["teacher"].append(inp[0].shape[-1]))
+    batch = [torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32), torch.randn(4, 3, 14, 14), torch.randn(4, 3, 14, 14)]
+    loss, _ = m((batch, torch.zeros(4, dtype=torch.long)))
+    assert seen == {"student": [32, 14], "teacher": [32]} and torch.isfinite(loss)
+    with pytest.raises(ValueError, match="needs 4 views"):
+        m((batch[:2], torch.zeros(4, dtype=torch.long)))
+
+    result = train(cfg, progress=False)
+    assert result.steps == 4 and math.isfinite(result.final_loss)
+
+
+def test_dino_teacher_temperature_warms_up_linearly_and_is_saved():
+    m = create_method("dino", ssl_rep.create_encoder("resnet20"), hidden_dim=32, bottleneck_dim=8, out_dim=16,
+                      teacher_temp=0.07, warmup_teacher_temp=0.04, teacher_temp_warmup=0.5)
+    assert float(m.teacher_temp) == pytest.approx(0.04)
+    temps = []
+    for step in range(1, 11):
+        m.after_step(step, 10)
+        temps.append(float(m.teacher_temp))
+    assert temps == pytest.approx([0.046, 0.052, 0.058, 0.064, 0.07, 0.07, 0.07, 0.07, 0.07, 0.07])
+    assert "teacher_temp" in m.state_dict()   # a resumed run carries on from the saved temperature
+    fixed = create_method("dino", ssl_rep.create_encoder("resnet20"), hidden_dim=32, bottleneck_dim=8, out_dim=16)
+    fixed.after_step(1, 10)
+    assert float(fixed.teacher_temp) == pytest.approx(0.04)

@@ -11,7 +11,7 @@ from .digits import load_digits_dataset
 from .fashion_mnist import load_fashion_mnist
 from .folder import ImageFolderDataset, load_imagenet
 from .stl10 import load_stl10
-from .transforms import DATASET_STATS, MultiView, build_transform, stats_for, to_tensor
+from .transforms import DATASET_STATS, MultiCrop, MultiView, build_transform, stats_for, to_tensor
 
 DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100", "stl10", "imagenet")
 
@@ -49,4 +49,4 @@ def build_dataset(name_or_path: str | os.PathLike, split: str = "train", transfo
 
 
 __all__ = ["ArrayImageDataset", "DATASETS", "DATASET_STATS", "ImageDecodeError", "ImageFolderDataset",
-           "MultiView", "build_dataset", "build_transform", "load_rgb", "stats_for", "to_tensor"]
+           "MultiCrop", "MultiView", "build_dataset", "build_transform", "load_rgb", "stats_for", "to_tensor"]

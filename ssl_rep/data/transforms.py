@@ -117,8 +117,9 @@ class SeparableGaussianBlur(T.GaussianBlur):
 
 def build_transform(name: str, stats: str | None = "imagenet", size: int | None = None,
                     resize: int | None = 256, padding: int = 4, scale_range: tuple[int, int] = (256, 480),
-                    min_scale: float = MIN_SCALE, strength: float = 1.0) -> Callable:
-    """Build a named transform (table in the module docstring); ``stats`` picks the normalisation."""
+                    min_scale: float = MIN_SCALE, strength: float = 1.0, max_scale: float = 1.0) -> Callable:
+    """Build a named transform (table in the module docstring); ``stats`` picks the normalisation.
+    ``min_scale`` and ``max_scale`` bound the crop's area (``simclr``, ``imagenet_rrc``)."""
     post = [T.ToImage(), T.ToDtype(torch.float32, scale=True), *normalization(stats)]
     if name == "cifar_train":
         ops = [T.RandomCrop(size or 32, padding=padding, fill=0, padding_mode="constant"),
@@ -128,7 +129,8 @@ def build_transform(name: str, stats: str | None = "imagenet", size: int | None 
         ops = [T.RandomShortestSize(min_size=list(range(lo, hi + 1)), antialias=True),
                T.RandomCrop(size or 224), T.RandomHorizontalFlip()]
     elif name == "imagenet_rrc":
-        ops = [T.RandomResizedCrop(size or 224, scale=(min_scale, 1.0), antialias=True), T.RandomHorizontalFlip()]
+        ops = [T.RandomResizedCrop(size or 224, scale=(min_scale, max_scale), antialias=True),
+               T.RandomHorizontalFlip()]
     elif name == "eval":
         ops = ([T.Resize(resize, antialias=True)] if resize else []) + ([T.CenterCrop(size)] if size else [])
     elif name == "ten_crop":
@@ -136,7 +138,7 @@ def build_transform(name: str, stats: str | None = "imagenet", size: int | None 
         return T.Compose([*pre, TenCropStack(size or 224, T.Compose(post))])
     elif name == "simclr":
         s = strength
-        ops = [T.RandomResizedCrop(size or 32, scale=(min_scale, 1.0), antialias=True),
+        ops = [T.RandomResizedCrop(size or 32, scale=(min_scale, max_scale), antialias=True),
                T.RandomHorizontalFlip(),
                T.RandomApply([T.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=0.8),
                T.RandomGrayscale(p=0.2)]
@@ -172,3 +174,27 @@ class MultiView:
 
     def __repr__(self) -> str:
         return f"MultiView(n_views={self.n_views}, transform={self.transform!r})"
+
+
+class MultiCrop:
+    """Multi-crop (Caron et al. 2020, SwAV; DINO): ``n_global`` draws of ``global_transform`` then ``n_local`` of
+    ``local_transform`` (smaller crops at a smaller size) on one image -> a list of tensors, global views first.
+
+    A DataLoader collates each position on its own, so it yields ``([g0, g1, l0, ...], labels)`` with the global
+    views ``(B, 3, S, S)`` and the local ones ``(B, 3, s, s)``. ``sizes`` lists each view's side."""
+
+    def __init__(self, global_transform: Callable, n_global: int, local_transform: Callable, n_local: int,
+                 sizes: tuple[int, int]):
+        if n_global < 1 or n_local < 0:
+            raise ValueError(f"multi-crop needs n_global >= 1 and n_local >= 0, got {n_global} and {n_local}")
+        self.global_transform, self.local_transform = global_transform, local_transform
+        self.n_global, self.n_local = n_global, n_local
+        self.n_views = n_global + n_local
+        self.sizes = [sizes[0]] * n_global + [sizes[1]] * n_local
+
+    def __call__(self, img) -> list[torch.Tensor]:
+        return ([self.global_transform(img) for _ in range(self.n_global)]
+                + [self.local_transform(img) for _ in range(self.n_local)])
+
+    def __repr__(self) -> str:
+        return f"MultiCrop(global {self.n_global} x {self.sizes[0]} px, local {self.n_local} x {self.sizes[-1]} px)"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .autoencoder import Autoencoder
 from .barlow_twins import BarlowTwins
-from .base import Method, MethodOutput, replace_batchnorm
+from .base import Method, MethodOutput, MultiCropSpec, replace_batchnorm
 from .byol import BYOL
 from .cpc import CPC
 from .dino import DINO
@@ -43,6 +43,6 @@ def create_method(name: str, encoder, **kwargs) -> Method:
         raise TypeError(f"create_method({name!r}): {exc}") from exc
 
 
-__all__ = ["BYOL", "CPC", "DINO", "METHODS", "Autoencoder", "BarlowTwins", "Method", "MethodOutput", "MoCo", "SimCLR",
+__all__ = ["BYOL", "CPC", "DINO", "METHODS", "Autoencoder", "BarlowTwins", "Method", "MethodOutput", "MoCo", "MultiCropSpec", "SimCLR",
            "SimSiam", "Supervised", "VICReg", "barlow_twins_loss", "byol_loss", "create_method", "dino_loss",
            "info_nce", "method_class", "moco_loss", "nt_xent", "register_method", "replace_batchnorm", "vicreg_loss"]

@@ -1,10 +1,23 @@
 """What every pretext method shares: it owns ``encoder`` and maps a batch to ``(loss, logs)``."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
 from ..encoders import Encoder
+
+
+class MultiCropSpec(NamedTuple):
+    """The multi-crop a method asks for (:meth:`Method.multi_crop`): ``local`` small views whose side is
+    ``local_size`` times the image's, cropped from ``local_scale`` of its area, beside the global views cropped from
+    ``global_scale`` (DINO's defaults: 96 of 224 px, areas 0.05-0.4 and 0.4-1)."""
+
+    local: int
+    local_size: float = 96 / 224
+    local_scale: tuple[float, float] = (0.05, 0.4)
+    global_scale: tuple[float, float] = (0.4, 1.0)
 
 
 class MethodOutput(tuple):
@@ -41,6 +54,7 @@ class Method(nn.Module):
       or ``None`` for the trainer's choice by image size.
     - ``needs_labels``: every training image needs a label in ``[0, num_classes)``.
     - ``unused_parameters``: some parameters may get no gradient in a step (DDP must look for them).
+    - ``multi_crop(options)``: extra small views (multi-crop), from the recipe's options; default none.
 
     Constructor arguments named ``image_size`` or ``num_classes`` are filled from the dataset when
     the recipe leaves them out. ``after_step(step, total_steps)`` runs after every optimiser step
@@ -58,6 +72,13 @@ class Method(nn.Module):
             raise TypeError(f"{type(self).__name__} needs an ssl_rep encoder (forward, feature_map, "
                             f"num_features), got {type(encoder).__name__}; use ssl_rep.create_encoder")
         self.encoder = encoder
+
+    @classmethod
+    def multi_crop(cls, options: dict):
+        """The :class:`MultiCropSpec` the method asks for with these constructor ``options`` (the
+        recipe's ``method`` keys), or None (the default) for ``n_views`` draws of one size. With a spec the trainer's
+        batches hold the ``n_views`` global views first, then the spec's local ones."""
+        return None
 
     def after_step(self, step: int, total_steps: int) -> None:
         """Called by the trainer after optimiser step ``step`` (1-based) of ``total_steps``."""

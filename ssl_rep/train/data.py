@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import MultiView, build_dataset, build_transform, stats_for
+from ..data import MultiCrop, MultiView, build_dataset, build_transform, stats_for
 from ..data.base import ArrayImageDataset
 from ..data.folder import FOLDER_MAX_SIZE, ImageFolderDataset, folder_image_size
 from ..data.shards import ShardDataset
@@ -29,9 +29,10 @@ def image_size_of(dataset) -> int:
     return FOLDER_MAX_SIZE
 
 
-def choose_transform(cfg: Config, size: int, wants: str | None = None, n_views: int = 1):
+def choose_transform(cfg: Config, size: int, wants: str | None = None, n_views: int = 1, crops=None):
     """The training transform and its transform_name: ``data.transform``, else the one the method asks for
-    (``wants``), else one by image size. ``n_views > 1`` wraps it in :class:`MultiView`."""
+    (``wants``), else one by image size. ``n_views > 1`` wraps it in :class:`MultiView`; a
+    :class:`~ssl_rep.methods.MultiCropSpec` (``crops``) in :class:`MultiCrop`, ``n_views`` global views first."""
     transform_name = cfg.data.transform
     if transform_name == "auto":
         if wants:
@@ -50,10 +51,25 @@ def choose_transform(cfg: Config, size: int, wants: str | None = None, n_views: 
         kwargs["resize"] = None if size <= 64 else int(size * 256 / 224)
     if transform_name in ("simclr", "imagenet_rrc"):
         kwargs["min_scale"] = cfg.data.min_scale
+    if crops is not None:
+        return multi_crop(transform_name, kwargs, n_views, crops), transform_name
     transform = build_transform(transform_name, **kwargs)
     if n_views > 1:
         transform = MultiView(transform, n_views)
     return transform, transform_name
+
+
+def multi_crop(transform_name: str, kwargs: dict, n_global: int, crops) -> MultiCrop:
+    if transform_name not in ("simclr", "imagenet_rrc"):
+        raise ConfigError(f"multi-crop needs a random-resized-crop transform (data.transform=simclr or imagenet_rrc), "
+                          f"not {transform_name!r}")
+    size = kwargs["size"]
+    local_size = max(8, round(size * crops.local_size))
+    (g_lo, g_hi), (l_lo, l_hi) = crops.global_scale, crops.local_scale
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("size", "min_scale")}
+    return MultiCrop(build_transform(transform_name, size=size, min_scale=g_lo, max_scale=g_hi, **kwargs), n_global,
+                     build_transform(transform_name, size=local_size, min_scale=l_lo, max_scale=l_hi, **kwargs),
+                     crops.local, (size, local_size))
 
 
 def eval_transform(cfg: Config, size: int):
@@ -81,7 +97,10 @@ def build_train_dataset(cfg: Config):
     if hasattr(raw, "set_epoch"):   # streamed shards: shard order, shuffle and augmentation follow the run's seed
         raw.seed = cfg.seed
     size = cfg.data.image_size or image_size_of(raw)
-    raw.transform, transform_name = choose_transform(cfg, size, wants.transform, wants.n_views)
+    crops = wants.multi_crop(cfg.method.options)
+    if crops is not None and cfg.data.decode_on == "device":
+        raise ConfigError("multi-crop (method.local_crops) decodes in DataLoader workers: set data.decode_on=workers")
+    raw.transform, transform_name = choose_transform(cfg, size, wants.transform, wants.n_views, crops)
     labels = np.asarray(raw.labels)
     num_classes = len(raw.classes) if getattr(raw, "classes", None) else int(labels.max()) + 1
     return raw, size, num_classes, transform_name

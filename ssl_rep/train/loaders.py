@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2 as T
 
-from ..data import MultiView
+from ..data import MultiCrop, MultiView
 from ..data.base import ArrayImageDataset, mix_seed
 from ..data.batched import BATCHED_TRANSFORMS, augment_batch, colour_jitter, gaussian_blur
 from ..data.device_decode import EncodedImages, collate_encoded, decode_batch
@@ -36,11 +36,12 @@ def use_resident(cfg: Config, dataset, transform_name: str) -> bool:
     (``data.resident``): on a GPU it takes the CPU off the data path; on a CPU, batched tensor
     augmentation in the training process costs less than per-image PIL augmentation in worker
     processes that share the model's cores (eval/RESULTS.md, "Data path")."""
-    possible = isinstance(dataset, ArrayImageDataset) and transform_name in BATCHED_TRANSFORMS
+    possible = (isinstance(dataset, ArrayImageDataset) and transform_name in BATCHED_TRANSFORMS
+                and not isinstance(dataset.transform, MultiCrop))
     if cfg.data.resident == "on" and not possible:
-        raise ConfigError("data.resident=on needs an in-memory dataset (digits, fashion-mnist, cifar, stl10) "
-                          f"and a transform among {', '.join(BATCHED_TRANSFORMS)}; got {cfg.data.dataset!r} with "
-                          f"{transform_name!r}")
+        raise ConfigError("data.resident=on needs an in-memory dataset (digits, fashion-mnist, cifar, stl10), "
+                          f"a transform among {', '.join(BATCHED_TRANSFORMS)} and views of one size (no multi-crop); "
+                          f"got {cfg.data.dataset!r} with {transform_name!r}")
     if cfg.data.resident == "off" or not possible:
         return False
     return cfg.data.resident == "on" or int(np.prod(dataset.images.shape)) <= RESIDENT_MAX_BYTES

@@ -52,16 +52,21 @@ def _saved_activation_bytes(method: nn.Module, batch, autocast) -> int:
     return sum(seen.values())
 
 
-def _example_batch(batch_size: int, size: int, n_views: int, device: torch.device, channels_last: bool):
+def px_text(size) -> str:
+    return str(size) if isinstance(size, int) else " and ".join(str(s) for s in sorted(set(size), reverse=True))
+
+
+def _example_batch(batch_size: int, size, n_views: int, device: torch.device, channels_last: bool):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    views = [torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=fmt)
-             for _ in range(n_views)]
+    sizes = [size] * n_views if isinstance(size, int) else list(size)
+    views = [torch.randn(batch_size, 3, s, s, device=device).contiguous(memory_format=fmt) for s in sizes]
     return (views if n_views > 1 else views[0]), torch.zeros(batch_size, dtype=torch.long, device=device)
 
 
 def estimate_step_bytes(method: nn.Module, batch_size: int, size: int, n_views: int, device: torch.device,
                         autocast=nullcontext, channels_last: bool = False) -> int:
-    """Estimated peak bytes of one training step of ``method`` at ``batch_size`` images of ``size`` px."""
+    """Estimated peak bytes of one training step of ``method`` at ``batch_size`` images of ``size`` px (or a list
+    of each view's size, for multi-crop)."""
     probe = copy.deepcopy(method).train()
     weights = sum(p.numel() * p.element_size() for p in probe.parameters())
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -83,7 +88,7 @@ def check_step_fits(method: nn.Module, batch_size: int, size: int, n_views: int,
         where = "free on the GPU" if device.type == "cuda" else "of host memory available"
         raise StepMemoryError(
             f"a training step needs about {need / 2**30:.1f} GiB (data.batch_size={batch_size}, {n_views} view(s) "
-            f"of {size} px, {precision}), but only {budget / 2**30:.1f} GiB {where}; it would be killed. "
+            f"of {px_text(size)} px, {precision}), but only {budget / 2**30:.1f} GiB {where}; it would be killed. "
             f"Try data.batch_size={fits} or less, a smaller data.image_size"
             + ("" if precision == "bf16" else ", or trainer.precision=bf16")
             + " (or trainer.memory_check=false to start anyway)")

@@ -23,7 +23,7 @@ from .config import Config, ConfigError, config_from_dict, config_to_dict, save_
 from .data import build_eval_dataset, build_train_dataset
 from .distributed import DistInfo, barrier, gather_objects, init_distributed
 from .loaders import build_loader
-from .memory import check_step_fits
+from .memory import check_step_fits, px_text
 from .online_probe import OnlineProbe
 from .optim import build_optimizer
 from .sampling import mix_seed
@@ -235,11 +235,12 @@ def setup_run(cfg: Config, resume: bool = False) -> Run:
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
     if cfg.trainer.memory_check:
         n_views = getattr(dataset.transform, "n_views", 1)
-        need = check_step_fits(method, cfg.data.batch_size, size, n_views, device, autocast,
+        sizes = getattr(dataset.transform, "sizes", size)   # multi-crop: each view's side
+        need = check_step_fits(method, cfg.data.batch_size, sizes, n_views, device, autocast,
                                channels_last, "bf16" if use_bf16 else "fp32")
         if main:
-            log.info("a step needs about %.2f GiB (data.batch_size=%d, %d view(s) of %d px)", need / 2**30,
-                     cfg.data.batch_size, n_views, size)
+            log.info("a step needs about %.2f GiB (data.batch_size=%d, %d view(s) of %s px)", need / 2**30,
+                     cfg.data.batch_size, n_views, px_text(sizes))
     probe = None
     if cfg.trainer.online_probe and (labels >= 0).any():
         probe = OnlineProbe(method.encoder.num_features, num_classes, device, bool((labels >= 0).all()),
