@@ -6,26 +6,57 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.transforms import mean_std
 from .optim import AdamW
 
 ONLINE_PROBE_LR = 0.03   # the online probe's peak AdamW lr; it follows the run's schedule (warmup, decay)
 
 
-def eval_tensors(dataset, device, num_workers: int, limit: int = 10_000):
-    """The held-out split's first ``limit`` images, transformed once and kept on ``device``."""
-    if isinstance(dataset, torch.utils.data.IterableDataset):   # streamed shards: the first batches read
+class HeldOut:
+    """The held-out split's first ``limit`` images, transformed once and kept on ``device``, with their labels.
+
+    Where the transform's output is 8-bit pixels normalised by named statistics (the ``eval`` transform, which
+    records them as ``batched_spec``), the images are kept as those uint8 pixels and normalised again batch by
+    batch: the same numbers in a quarter of the memory (10,000 images at 224 px: 1.5 GB instead of 6). Other
+    transforms' outputs are kept as float32."""
+
+    def __init__(self, dataset, device, num_workers: int = 0, limit: int = 10_000):
+        spec = getattr(getattr(dataset, "transform", None), "batched_spec", None)
+        self.mean, self.std = mean_std(spec["stats"], device) if spec else (None, None)
         xs, ys, seen = [], [], 0
-        for x, y in torch.utils.data.DataLoader(dataset, batch_size=512):
-            xs.append(x)
+        if isinstance(dataset, torch.utils.data.IterableDataset):   # streamed shards: the first batches read
+            loader = torch.utils.data.DataLoader(dataset, batch_size=512)
+        else:
+            subset = torch.utils.data.Subset(dataset, range(min(len(dataset), limit)))
+            loader = torch.utils.data.DataLoader(subset, batch_size=512, num_workers=num_workers)
+        for x, y in loader:
+            xs.append(self._pack(x.to(device), check=not xs))
             ys.append(y)
             seen += len(x)
             if seen >= limit:
                 break
-        return torch.cat(xs)[:limit].to(device), torch.cat(ys)[:limit].to(device)
-    subset = torch.utils.data.Subset(dataset, range(min(len(dataset), limit)))
-    loader = torch.utils.data.DataLoader(subset, batch_size=512, num_workers=num_workers)
-    xs, ys = zip(*loader)
-    return torch.cat(xs).to(device), torch.cat(ys).to(device)
+        self.images, self.labels = torch.cat(xs)[:limit], torch.cat(ys)[:limit].to(device)
+
+    def _pack(self, x: torch.Tensor, check: bool) -> torch.Tensor:
+        if self.mean is None:
+            return x
+        packed = (x * self.std + self.mean).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+        if check and not torch.allclose(self._unpack(packed), x, rtol=0, atol=1e-4):
+            self.mean = self.std = None   # the first batch is not 8-bit pixels after all: keep floats
+            return x
+        return packed
+
+    def _unpack(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() / 255 - self.mean) / self.std
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, batch_size: int):
+        """``(images, labels)`` in order, the images float32 as the transform made them."""
+        for start in range(0, len(self), batch_size):
+            x = self.images[start:start + batch_size]
+            yield (self._unpack(x) if x.dtype == torch.uint8 else x), self.labels[start:start + batch_size]
 
 
 def online_probe_head(num_features: int, num_classes: int) -> nn.Sequential:
@@ -35,20 +66,20 @@ def online_probe_head(num_features: int, num_classes: int) -> nn.Sequential:
 
 
 @torch.no_grad()
-def probe_accuracy(encoder: nn.Module, head: nn.Module, images, labels, batch_size: int, autocast) -> float:
+def probe_accuracy(encoder: nn.Module, head: nn.Module, held_out: HeldOut, batch_size: int, autocast) -> float:
     """Accuracy of the online probe on held-out images (encoder and head in eval mode)."""
     was_training = encoder.training
     encoder.eval()
     head.eval()
     correct = 0
-    for start in range(0, len(images), batch_size):
+    for images, labels in held_out.batches(batch_size):
         with autocast():
-            feats = encoder(images[start:start + batch_size])
+            feats = encoder(images)
         # counted on the device, read once: a read per batch would wait for the device each time
-        correct = correct + (head(feats.float()).argmax(1) == labels[start:start + batch_size]).sum()
+        correct = correct + (head(feats.float()).argmax(1) == labels).sum()
     encoder.train(was_training)
     head.train()
-    return int(correct) / len(images)
+    return int(correct) / len(held_out)
 
 
 class OnlineProbe:
@@ -62,7 +93,7 @@ class OnlineProbe:
         self.head = online_probe_head(num_features, num_classes).to(device)
         self.optimizer = AdamW(self.head.parameters(), lr=ONLINE_PROBE_LR, weight_decay=0.0, fused=device.type == "cuda")
         self.all_labelled = all_labelled
-        self.held_out = eval_tensors(eval_set, device, num_workers) if eval_set is not None else None
+        self.held_out = HeldOut(eval_set, device, num_workers) if eval_set is not None else None
         self.correct = self.seen = 0
 
     def set_lr(self, fraction: float) -> None:
@@ -91,7 +122,7 @@ class OnlineProbe:
         if int(self.seen):
             scores["online_probe_train_acc"] = int(self.correct) / int(self.seen)
         if self.held_out is not None:
-            scores["online_probe_acc"] = probe_accuracy(encoder, self.head, *self.held_out, batch_size, autocast)
+            scores["online_probe_acc"] = probe_accuracy(encoder, self.head, self.held_out, batch_size, autocast)
         self.correct = self.seen = 0
         return scores
 
