@@ -229,3 +229,36 @@ def test_cuda_loader_augments_several_batches_per_call_and_resumes_exactly():
     assert len(resumed) == len(straight) - 19
     for (va, ya), (vb, yb) in zip(straight[19:], resumed):
         assert torch.equal(ya, yb) and all(torch.equal(p, q) for p, q in zip(va, vb))
+
+
+def test_gray_sets_are_stored_once_and_every_path_reads_the_same_pixels(tmp_path):
+    """digits and Fashion-MNIST keep their one channel once (a read-only RGB view with channel stride 0: a third of
+    the memory); the resident loader uploads that channel and repeats it on the device, feature extraction's batched
+    path likewise, and a data.subset stays shared. Every path gives what a dense RGB copy of the same images gives."""
+    from ssl_rep.data import build_transform
+    from ssl_rep.data.base import ArrayImageDataset, shares_channels, stored_bytes
+    from ssl_rep.eval.features import batched_source
+    from ssl_rep.train import load_config
+    from ssl_rep.train.data import build_train_dataset
+    ds = ssl_rep.build_dataset("digits", split="test")
+    dense = ArrayImageDataset(np.ascontiguousarray(ds.images), ds.labels, name="dense")
+    assert shares_channels(ds.images) and not shares_channels(dense.images)
+    assert stored_bytes(ds.images) * 3 == stored_bytes(dense.images) == dense.images.nbytes
+    torch.testing.assert_close(ds[7][0], dense[7][0], rtol=0, atol=0)
+
+    make = lambda images: ResidentLoader(images, torch.as_tensor(ds.labels), 32, seed=4, transform="simclr",  # noqa: E731
+                                         stats="digits", size=32, n_views=2, device="cpu")
+    shared, copy = make(ds.tensor()), make(dense.tensor())
+    assert shared.images.stride(1) == 0 and copy.images.stride(1) != 0   # one channel held, three views of it
+    for loader in (shared, copy):
+        loader.set_epoch(2)
+    for (va, ya), (vb, yb) in zip(shared, copy):
+        assert torch.equal(ya, yb) and all(torch.equal(p, q) for p, q in zip(va, vb))
+
+    for data in (ds, dense):
+        data.transform = build_transform("eval", stats="digits", size=None, resize=None)
+    got, want = (torch.cat([x for x, _ in batched_source(d, 100, torch.device("cpu"))]) for d in (ds, dense))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+    cfg = load_config("simclr_digits", [f"out_dir={tmp_path}", "data.subset=200"])
+    assert shares_channels(build_train_dataset(cfg)[0].images)

@@ -64,8 +64,10 @@ class ArrayImageDataset(Dataset):
         return x, int(self.labels[index])
 
     def tensor(self) -> torch.Tensor:
-        """All images as one uint8 tensor ``(N, 3, H, W)`` (for a device-resident data path)."""
-        return torch.from_numpy(np.ascontiguousarray(self.images)).permute(0, 3, 1, 2)
+        """All images as one uint8 tensor ``(N, 3, H, W)`` (for a device-resident data path); a gray set stored
+        once is its one channel expanded (stride 0), so moving ``tensor()[:, :1]`` moves every pixel there is."""
+        stored = torch.from_numpy(np.ascontiguousarray(stored_channels(self.images))).permute(0, 3, 1, 2)
+        return stored.expand(-1, 3, -1, -1)
 
     def __repr__(self) -> str:
         h, w = self.images.shape[1:3]
@@ -73,8 +75,32 @@ class ArrayImageDataset(Dataset):
 
 
 def gray_to_rgb(images: np.ndarray) -> np.ndarray:
-    """``(N, H, W)`` uint8 grayscale -> ``(N, H, W, 3)`` by channel repetition."""
-    return np.repeat(images[..., None], 3, axis=-1)
+    """``(N, H, W)`` uint8 grayscale -> ``(N, H, W, 3)`` RGB, the one channel stored once: a read-only view whose
+    three channels are the same memory (channel stride 0), so a gray set costs a third of RGB's host memory, and
+    the device paths upload the one channel and repeat it there (:func:`stored_channels`)."""
+    return np.broadcast_to(images[..., None], (*images.shape, 3))
+
+
+def shares_channels(images: np.ndarray) -> bool:
+    """Whether ``(N, H, W, 3)`` images are a gray set stored once (:func:`gray_to_rgb`)."""
+    return images.ndim == 4 and images.shape[-1] == 3 and getattr(images, "strides", (1,))[-1] == 0
+
+
+def stored_channels(images: np.ndarray) -> np.ndarray:
+    """The channels actually stored: ``(N, H, W, 1)`` for a gray set kept once, else ``images``; upload this and
+    expand to 3 channels on the device."""
+    return images[..., :1] if shares_channels(images) else images
+
+
+def stored_bytes(images) -> int:
+    """Bytes the images take where they are stored (a gray set kept once: a third of its RGB size)."""
+    stored = stored_channels(images)
+    return int(np.prod(stored.shape)) * np.dtype(stored.dtype).itemsize
+
+
+def take(images: np.ndarray, index) -> np.ndarray:
+    """``images[index]`` for an integer index array, still stored once when the set is gray."""
+    return gray_to_rgb(images[index][..., 0]) if shares_channels(images) else images[index]
 
 
 def check_split(dataset: str, split: str, valid: Sequence[str]) -> None:

@@ -12,7 +12,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from .base import ArrayImageDataset, check_split, gray_to_rgb
+from .base import ArrayImageDataset, check_split, gray_to_rgb, take
 
 SPLITS = ("train", "test", "all")
 IMAGE_SIZE = 32
@@ -38,5 +38,5 @@ def load_digits_dataset(split: str = "train", transform=None) -> ArrayImageDatas
     check_split("digits", split, SPLITS)
     images, labels, train_idx, test_idx = _digits_arrays()
     index = {"train": train_idx, "test": test_idx, "all": np.arange(len(labels))}[split]
-    return ArrayImageDataset(images[index], labels[index], transform, name=f"digits/{split}",
+    return ArrayImageDataset(take(images, index), labels[index], transform, name=f"digits/{split}",
                              classes=[str(d) for d in range(10)])

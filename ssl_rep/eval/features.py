@@ -76,7 +76,7 @@ def batched_source(dataset, batch_size: int, device: torch.device, upload_chunks
     from the uint8 array directly (to the device, scale, normalise), with no per-image PIL work.
     Returns None when the dataset's transform does anything else. ``upload_chunks`` (default
     ``UPLOAD_CHUNKS`` for a set that goes to the GPU whole): upload in that many overlapped pieces."""
-    from ..data.base import ArrayImageDataset
+    from ..data.base import ArrayImageDataset, stored_bytes, stored_channels
     from ..data.transforms import mean_std
     spec = getattr(getattr(dataset, "transform", None), "batched_spec", None)
     if not isinstance(dataset, ArrayImageDataset) or spec is None:
@@ -90,19 +90,20 @@ def batched_source(dataset, batch_size: int, device: torch.device, upload_chunks
 
     # A set that fits comfortably goes to the GPU in one copy; larger ones in pinned batches (each copy is queued
     # behind the previous batch's kernels, and the host pins the next batch while the device works).
-    whole = device.type == "cuda" and dataset.images.nbytes <= RESIDENT_BYTES
+    stored = stored_channels(dataset.images)   # a gray set: its one channel, repeated on the device
+    whole = device.type == "cuda" and stored_bytes(dataset.images) <= RESIDENT_BYTES
     chunks = upload_chunks if upload_chunks is not None else (UPLOAD_CHUNKS if whole else 0)
 
     def raw_batches():
         if chunks:
-            yield from chunked_upload(dataset.images, batch_size, chunks, device)
+            yield from chunked_upload(stored, batch_size, chunks, device)
             return
-        images = torch.from_numpy(np.ascontiguousarray(dataset.images)).to(device) if whole else None
+        images = torch.from_numpy(np.ascontiguousarray(stored)).to(device) if whole else None
         for start in range(0, len(dataset), batch_size):
             if whole:
                 yield start, images[start:start + batch_size]
                 continue
-            raw = torch.from_numpy(np.ascontiguousarray(dataset.images[start:start + batch_size]))
+            raw = torch.from_numpy(np.ascontiguousarray(stored[start:start + batch_size]))
             yield start, raw.pin_memory() if device.type == "cuda" else raw
 
     class Batches:
@@ -113,8 +114,8 @@ def batched_source(dataset, batch_size: int, device: torch.device, upload_chunks
             for start, raw in raw_batches():
                 # NCHW like the training loop's batches: the permuted view would otherwise make the batch, and the
                 # encoder's activations after it, channels-last, and its convolutions pick other kernels
-                x = raw.to(device, non_blocking=True).permute(0, 3, 1, 2).to(torch.float32,
-                                                                             memory_format=torch.contiguous_format)
+                x = raw.to(device, non_blocking=True).permute(0, 3, 1, 2).expand(-1, 3, -1, -1)
+                x = x.to(torch.float32, memory_format=torch.contiguous_format)
                 yield torch.addcmul(shift, x, scale), labels[start:start + batch_size]
 
     return Batches()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import MultiCrop, MultiView, build_dataset, build_transform, stats_for
-from ..data.base import ArrayImageDataset
+from ..data.base import ArrayImageDataset, take
 from ..data.folder import FOLDER_MAX_SIZE, ImageFolderDataset, folder_image_size
 from ..data.shards import ShardDataset
 from ..methods import method_class
@@ -88,7 +88,7 @@ def build_train_dataset(cfg: Config):
         if not isinstance(raw, ArrayImageDataset):
             raise ConfigError("data.subset works with in-memory datasets (digits, fashion-mnist, cifar, stl10)")
         pick = np.sort(np.random.default_rng(cfg.seed).choice(len(raw), cfg.data.subset, replace=False))
-        raw = ArrayImageDataset(raw.images[pick], raw.labels[pick], None,
+        raw = ArrayImageDataset(take(raw.images, pick), raw.labels[pick], None,
                                 name=f"{raw.name}[{cfg.data.subset}]", classes=raw.classes)
     if cfg.data.decode_on == "device" and not isinstance(raw, (ImageFolderDataset, ShardDataset)):
         raise ConfigError(f"data.decode_on=device decodes image files on the training device: it needs an image "

@@ -14,13 +14,12 @@ resampling); SimCLR's colour distortion and blur then run batched.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2 as T
 
 from ..data import MultiCrop, MultiView
-from ..data.base import ArrayImageDataset, mix_seed
+from ..data.base import ArrayImageDataset, mix_seed, stored_bytes
 from ..data.batched import BATCHED_TRANSFORMS, augment_batch, colour_jitter, gaussian_blur
 from ..data.device_decode import EncodedImages, collate_encoded, decode_batch
 from ..data.shards import ShardDataset
@@ -44,7 +43,7 @@ def use_resident(cfg: Config, dataset, transform_name: str) -> bool:
                           f"got {cfg.data.dataset!r} with {transform_name!r}")
     if cfg.data.resident == "off" or not possible:
         return False
-    return cfg.data.resident == "on" or int(np.prod(dataset.images.shape)) <= RESIDENT_MAX_BYTES
+    return cfg.data.resident == "on" or stored_bytes(dataset.images) <= RESIDENT_MAX_BYTES
 
 
 GEOMETRIC = (T.RandomResizedCrop, T.RandomShortestSize, T.RandomCrop, T.RandomHorizontalFlip, T.Resize, T.CenterCrop)
@@ -134,7 +133,10 @@ class ResidentLoader:
         self.device = torch.device(device)
         # NCHW on the device (``ArrayImageDataset.tensor()`` is a channels-last view of the HWC array): batches come
         # out in the layout the loop trains in, with no per-step conversion
-        self.images = images.to(self.device, non_blocking=True).contiguous()
+        if images.stride(1) == 0:   # a gray set stored once: upload its one channel, repeat it on the device
+            self.images = images[:, :1].to(self.device, non_blocking=True).contiguous().expand(-1, 3, -1, -1)
+        else:
+            self.images = images.to(self.device, non_blocking=True).contiguous()
         self.labels = labels.to(self.device)
         self.batch_size, self.seed, self.transform = batch_size, seed, transform
         self.size, self.n_views, self.min_scale = size, n_views, min_scale
