@@ -2,14 +2,15 @@
 
 Each method's recipe runs ``--repeats`` rounds; a round runs every variant once, back to back, so a drift of the
 host's speed hits all of them alike. The speed-up of a variant is the fp32 median time per step over its median;
-the range is over the per-round ratios. ``trainer.precision=auto`` stays fp32 on the CPU (so CPU results stay
-comparable with earlier runs); this measures what ``trainer.precision=bf16`` buys where the CPU has native
-bf16 (AVX512-BF16 or AMX). Usage:
+the range is over the per-round ratios. This is what ``trainer.precision=auto`` and ``trainer.channels_last`` (unset)
+choose from (``ssl_rep.train.setup.fast_formats``). Run under ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``
+it times the kernels an AVX2-only CPU runs, in a section of its own (the caps are recorded). Usage:
     python -m eval.bench_cpu_precision [--data fashion-mnist] [--methods simclr,supervised] [--steps 20] [--repeats 3]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 
@@ -23,6 +24,7 @@ VARIANTS = {"fp32": ["trainer.precision=fp32"],
             "fp32 + channels_last": ["trainer.precision=fp32", "trainer.channels_last=true"],
             "bf16": ["trainer.precision=bf16"],
             "bf16 + channels_last": ["trainer.precision=bf16", "trainer.channels_last=true"]}
+CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")   # kernel caps that emulate an older CPU
 
 
 def main() -> None:
@@ -61,7 +63,8 @@ def main() -> None:
                          "speedup_min": min(per_round), "speedup_max": max(per_round)})
             print(rows[-1], flush=True)
     result = {"data": args.data, "steps": args.steps, "repeats": args.repeats, "threads": torch.get_num_threads(),
-              "native_bf16": native_bf16(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "rows": rows}
+              "native_bf16": native_bf16(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "rows": rows,
+              "caps": {k: os.environ[k] for k in CAPS if k in os.environ}}
     emit(result, args, render)
 
 
@@ -73,7 +76,14 @@ def render(result: dict, command: str | None, machine_name: str | None = None) -
             f"timed steps after the warmup, medians of {result['repeats']} rounds; {result['threads']} threads. "
             f"Speed-up against {base} in the same round. This CPU: native bf16 "
             f"{'yes' if result['native_bf16'] else 'no'} (torch's CPU capability: {result['cpu_capability']}).")
-    table_section(f"cpu-precision-{result['data']}", f"Training on the CPU: fp32, channels_last, bf16 ({result['data']})",
+    caps = result.get("caps") or {}
+    if caps:
+        note += (" Kernels capped to emulate an older CPU: " + ", ".join(f"`{k}={v}`" for k, v in caps.items())
+                 + " (torch's and oneDNN's kernels as such a CPU runs them; bf16 is then emulated).")
+    capability = result["cpu_capability"].lower()
+    key = f"cpu-precision-{result['data']}" + ("" if capability.startswith("avx512") else f"-{capability}")
+    title = f"({result['data']})" if capability.startswith("avx512") else f"({result['data']}, {capability.upper()} kernels)"
+    table_section(key, f"Training on the CPU: fp32, channels_last, bf16 {title}",
                   "python -m eval.bench_cpu_precision", ["method", "batch", "variant", "ms/step", "speed-up",
                                                          "per-round"], lines, command, machine_name, note)
 

@@ -7,7 +7,8 @@ lightly runs its own ``SimCLRTransform``, ``SimCLRProjectionHead`` and ``NTXentL
 show; ssl_rep runs ``ssl_rep.train.train`` on the recipe with the same settings (online probe off). Each round runs
 both loops, alternating which goes first; the time per step is taken between step ``--warmup`` and
 ``--warmup + --steps`` (start-up excluded in both), and the ratio is median ssl_rep img/s over median lightly
-img/s. Rows: the same settings in fp32; then ssl_rep's defaults, which pick bf16 and channels_last where the
+img/s. Rows: the same settings in fp32; the two bare steps (forward, backward, SGD) on one batch already in memory,
+fp32, which splits a gap between the model's compute and the loop around it; then ssl_rep's defaults, which pick bf16 and channels_last where the
 machine runs them fast (``trainer.precision=auto``, ``trainer.channels_last`` unset). lightly is a benchmark dependency only: ``pip install lightly``.
 Usage:
     python -m eval.bench_vs_lightly --root /usr/share/datasets/fashion-mnist [--rounds 2 --steps 10 --warmup 5]
@@ -22,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from eval.bench_step_overhead import loop_step_time
+from eval.bench_step_overhead import bare_step_time, loop_step_time, sync
 from eval.results_md import emit, parse_or_render, table_section
 from ssl_rep.data import build_dataset
 from ssl_rep.data.transforms import DATASET_STATS
@@ -47,8 +48,8 @@ class PILImages(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(np.asarray(self.data.images[i]))), int(self.data.labels[i])
 
 
-def lightly_step_time(root, steps: int, warmup: int, workers: int, device: torch.device) -> float:
-    """Seconds per step of lightly's SimCLR loop between step ``warmup`` and ``warmup + steps``."""
+def lightly_parts(root, workers: int, device: torch.device):
+    """lightly's SimCLR as its docs build it: the loader over its transform, and one training step on a batch."""
     from lightly.loss import NTXentLoss
     from lightly.models.modules import SimCLRProjectionHead
     from lightly.transforms import SimCLRTransform
@@ -63,13 +64,38 @@ def lightly_step_time(root, steps: int, warmup: int, workers: int, device: torch
     criterion = NTXentLoss(temperature=TEMPERATURE)
     params = [*backbone.parameters(), *head.parameters()]
     optimizer = torch.optim.SGD(params, lr=LR, momentum=0.9, weight_decay=5e-4)
-    start = None
-    for step, ((x0, x1), _) in enumerate(loader, 1):
-        x0, x1 = x0.to(device), x1.to(device)
+
+    def step(x0, x1):
         loss = criterion(head(backbone(x0)), head(backbone(x1)))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        return loss
+
+    return loader, step
+
+
+def lightly_bare_step_time(root, steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds per step of lightly's forward + backward + SGD step on one batch already in memory."""
+    loader, step = lightly_parts(root, 0, device)
+    (x0, x1), _ = next(iter(loader))
+    x0, x1 = x0.to(device), x1.to(device)
+    for _ in range(warmup):
+        step(x0, x1)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(x0, x1)
+    sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def lightly_step_time(root, steps: int, warmup: int, workers: int, device: torch.device) -> float:
+    """Seconds per step of lightly's SimCLR loop between step ``warmup`` and ``warmup + steps``."""
+    loader, train_step = lightly_parts(root, workers, device)
+    start = None
+    for step, ((x0, x1), _) in enumerate(loader, 1):
+        loss = train_step(x0.to(device), x1.to(device))
         if step == warmup:
             float(loss)   # wait for the device, as ssl_rep's logged step does
             start = time.perf_counter()
@@ -92,11 +118,17 @@ def ssl_rep_config(root, steps: int, warmup: int, workers: int, device: torch.de
 FP32 = ["trainer.precision=fp32", "trainer.channels_last=false"]
 
 
-def compare(label: str, args, device, extra=()) -> dict:
+def compare(label: str, args, device, extra=(), bare: bool = False) -> dict:
+    """Both loops (``bare``: both bare steps on a batch in memory) in alternating rounds; img/s and their ratio."""
     times = {"ssl_rep": [], "lightly": []}
-    runs = {"ssl_rep": lambda: loop_step_time(ssl_rep_config(args.root, args.steps, args.warmup, args.workers, device,
-                                                             extra), args.steps, args.warmup),
-            "lightly": lambda: lightly_step_time(args.root, args.steps, args.warmup, args.workers, device)}
+    if bare:
+        runs = {"ssl_rep": lambda: bare_step_time(ssl_rep_config(args.root, args.steps, args.warmup, 0, device, extra),
+                                                  device, args.steps, args.warmup),
+                "lightly": lambda: lightly_bare_step_time(args.root, args.steps, args.warmup, device)}
+    else:
+        runs = {"ssl_rep": lambda: loop_step_time(ssl_rep_config(args.root, args.steps, args.warmup, args.workers,
+                                                                 device, extra), args.steps, args.warmup),
+                "lightly": lambda: lightly_step_time(args.root, args.steps, args.warmup, args.workers, device)}
     for r in range(args.rounds):
         for side in ("ssl_rep", "lightly") if r % 2 == 0 else ("lightly", "ssl_rep"):
             times[side].append(runs[side]())
@@ -117,7 +149,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="steps before the timed window (a multiple of 5)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--ssl-rep-override", action="append", default=[],
-                        help="extra ssl_rep settings for the second row (default: none, ssl_rep's defaults)")
+                        help="extra ssl_rep settings for the last row (default: none, ssl_rep's defaults)")
     args = parse_or_render(parser, render, required=("root",))
     if args is None:
         return
@@ -127,6 +159,7 @@ def main() -> None:
     picked = f"{'bf16' if bf16 else 'fp32'}{' + channels_last' if channels_last else ''}"
     extra = "".join(f" + {o}" for o in args.ssl_rep_override)
     rows = [compare("same settings, fp32", args, device, FP32),
+            compare("bare step on one batch in memory (forward, backward, SGD), fp32", args, device, FP32, bare=True),
             compare(f"ssl_rep's defaults (auto picks {picked} here){extra}; lightly as above", args, device,
                     args.ssl_rep_override)]
     emit({"rows": rows, "device": device.type, "lightly": lightly.__version__, "batch": BATCH, "image_size": SIZE,
