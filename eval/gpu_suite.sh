@@ -112,6 +112,7 @@ if asked aecpc; then
   # opt-in: CPC v2 and the autoencoder at their recipes on all of Fashion-MNIST, each trained for the epochs that
   # fit AECPC_BUDGET seconds (default 200 each; a 60-step timing run sets them), then eval/reproduce.py's
   # fashion-mnist-ae-cpc table (each beside its own untrained encoder, N2D's UMAP + GMM column). A call of its own.
+  # AE_CODE_DIM=10 adds the autoencoder with a 10-value code layer (N2D's embedding size).
   for m in autoencoder cpc; do
     recipe=$([ $m = cpc ] && echo cpc_fashion_mnist || echo ae_fashion_mnist)
     batch=$(python3 -c "from ssl_rep.train import load_config; print(load_config('$recipe').data.batch_size)")
@@ -127,6 +128,15 @@ if asked aecpc; then
     --override autoencoder:trainer.epochs=$EPOCHS_autoencoder --override cpc:trainer.epochs=$EPOCHS_cpc \
     --json "$OUT/fashion_mnist_ae_cpc.json" 2>&1 | grep -v "^step\|Warning\|warn" | tail -8
   for m in autoencoder cpc; do cp runs/fashion-mnist-ae-cpc/$m/metrics.jsonl "$OUT/fm_aecpc_${m}_metrics.jsonl"; done
+  if [ -n "${AE_CODE_DIM:-}" ]; then
+    # N2D's lever: the same autoencoder with a linear code of AE_CODE_DIM values (e.g. 10) that the decoder and the
+    # probe read, same epochs; its UMAP + GMM column is the N2D comparison
+    stamp "autoencoder with a ${AE_CODE_DIM}-value code"
+    timeout $(( ${AECPC_BUDGET:-200} + 240 )) python -m eval.reproduce fashion-mnist-ae-cpc --device cuda \
+      --root "$FM" --methods autoencoder --cluster-methods kmeans,gmm --no-baselines --override data.num_workers=8 \
+      --override autoencoder:trainer.epochs=$EPOCHS_autoencoder --override autoencoder:method.code_dim=$AE_CODE_DIM \
+      --json "$OUT/fashion_mnist_ae_code${AE_CODE_DIM}.json" 2>&1 | grep -v "^step\|Warning\|warn" | tail -4
+  fi
 fi
 if asked methods; then
   # opt-in: every method at one budget (eval/reproduce.py's fashion-mnist-methods table, the CPU subset's

@@ -251,20 +251,22 @@ def test_autoencoder_bce_needs_unit_range_and_reconstructions_helper(digits_batc
     assert method.training
 
 
-@pytest.mark.parametrize("bottleneck", ["pooled", "grid", "map"])
-def test_reconstruction_depends_only_on_the_code_the_probe_reads(bottleneck):
+@pytest.mark.parametrize("bottleneck,code_dim", [("pooled", None), ("grid", None), ("map", None), ("pooled", 10),
+                                                 ("grid", 10)])
+def test_reconstruction_depends_only_on_the_code_the_probe_reads(bottleneck, code_dim):
     """Move the feature map in every way that keeps the code (each channel's mean over the map, or over
-    each cell of the grid): the pooled and grid decoders' output does not move; the map decoder's does."""
+    each cell of the grid): the pooled and grid decoders' output does not move, with a code layer on top too;
+    the map decoder's does."""
     torch.manual_seed(0)
     method = create_method("autoencoder", ssl_rep.create_encoder("resnet20"), image_size=32, bottleneck=bottleneck,
-                           code_grid=2).eval()
+                           code_grid=2, code_dim=code_dim).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         fmap = method.encoder.feature_map(x)
         noise = torch.randn_like(fmap)
         if bottleneck != "map":   # the code is what encoder(x), encoder.pt and load_encoder give
             assert torch.allclose(method.code(fmap).flatten(1), method.encoder(x), atol=1e-6)
-            assert method.encoder.num_features == 64 * (4 if bottleneck == "grid" else 1)
+            assert method.encoder.num_features == code_dim or 64 * (4 if bottleneck == "grid" else 1)
         if bottleneck == "pooled":
             noise -= noise.mean(dim=(2, 3), keepdim=True)
         else:   # zero mean in each of the 2x2 cells of the 8x8 map
@@ -275,6 +277,23 @@ def test_reconstruction_depends_only_on_the_code_the_probe_reads(bottleneck):
         assert (after - before).abs().max() > 1e-3   # negative control: the whole map reaches the decoder
     else:
         assert torch.allclose(after, before, atol=1e-5)
+
+
+def test_autoencoder_code_layer_is_what_load_encoder_returns(tmp_path):
+    """``method.code_dim=10``: the saved encoder rebuilds as the code layer on the 2x2 code, 10 values per image,
+    equal to the trained method's encoder; a code layer on the whole map is refused."""
+    from ssl_rep.train import load_config, train
+    cfg = load_config("ae_digits", [f"out_dir={tmp_path}", "method.bottleneck=grid", "method.code_grid=2",
+                                    "method.code_dim=10", "trainer.max_steps=2", "data.batch_size=16",
+                                    "data.num_workers=0", "trainer.device=cpu", "trainer.memory_check=false"])
+    result = train(cfg, progress=False)
+    enc = ssl_rep.load_encoder(result.encoder_path)
+    assert enc.encoder_name == "code_layer" and enc.num_features == 10
+    state = ssl_rep.train.load_checkpoint(result.checkpoint)["model"]
+    assert torch.equal(state["encoder.code.weight"], enc.code.weight)
+    assert enc(torch.randn(3, 3, 32, 32)).shape == (3, 10)
+    with pytest.raises(ValueError, match="code_dim needs bottleneck"):
+        create_method("autoencoder", ssl_rep.create_encoder("resnet20"), image_size=32, bottleneck="map", code_dim=10)
 
 
 @pytest.mark.parametrize("encoder,kw,size", [("resnet20", {}, 28), ("resnet18", {"stem": "cifar"}, 96),

@@ -4,7 +4,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Callable
 
-from .base import NORMS, Encoder, GridPooledEncoder, make_norm
+from .base import NORMS, CodeEncoder, Encoder, GridPooledEncoder, make_norm
 from .cifar_resnet import CifarResNet
 from .patch_grid import PatchGridEncoder
 from .timm_encoder import TimmEncoder
@@ -14,6 +14,8 @@ _REGISTRY: dict[str, Callable[..., Encoder]] = {
     **{f"resnet{d}": partial(CifarResNet, d) for d in (20, 32, 44, 56, 110)},
     **{a: partial(TorchvisionResNet, a) for a in ("resnet18", "resnet34", "resnet50")},
 }
+
+WRAPPERS = {"patch_grid": PatchGridEncoder, "grid_pooled": GridPooledEncoder, "code_layer": CodeEncoder}
 
 
 def list_encoders() -> list[str]:
@@ -27,11 +29,12 @@ def create_encoder(name: str, **kwargs) -> Encoder:
     ``timm:<model>`` passes keyword arguments to ``timm.create_model``.
     Two wrappers (not listed) take ``encoder`` and ``encoder_kwargs`` for the encoder they wrap:
     ``patch_grid`` (CPC's evaluation encoder; ``patch_size``, ``stride``) applies it to each patch of a grid,
-    ``grid_pooled`` (the autoencoder's spatial code; ``grid``) pools its last map to ``grid x grid`` cells."""
-    if name in ("patch_grid", "grid_pooled"):
+    ``grid_pooled`` (the autoencoder's spatial code; ``grid``) pools its last map to ``grid x grid`` cells,
+    ``code_layer`` (the autoencoder's ``code_dim`` code; ``code_dim``) puts a linear layer on its output."""
+    if name in WRAPPERS:
         kwargs = dict(kwargs)
         inner = create_encoder(kwargs.pop("encoder"), **kwargs.pop("encoder_kwargs", {}))
-        return PatchGridEncoder(inner, **kwargs) if name == "patch_grid" else GridPooledEncoder(inner, **kwargs)
+        return WRAPPERS[name](inner, **kwargs)
     if name.startswith("timm:"):
         encoder = TimmEncoder(name[len("timm:"):], **kwargs)
     elif name in _REGISTRY:
@@ -47,4 +50,4 @@ def create_encoder(name: str, **kwargs) -> Encoder:
 
 from .io import CheckpointError, load_encoder  # noqa: E402  (io needs create_encoder defined)
 
-__all__ = ["NORMS", "CheckpointError", "Encoder", "GridPooledEncoder", "PatchGridEncoder", "load_encoder", "create_encoder", "list_encoders", "make_norm"]
+__all__ = ["NORMS", "CheckpointError", "CodeEncoder", "Encoder", "GridPooledEncoder", "PatchGridEncoder", "load_encoder", "create_encoder", "list_encoders", "make_norm"]

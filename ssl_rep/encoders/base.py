@@ -83,3 +83,32 @@ class GridPooledEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.encoder.feature_map(x), self.grid)
+
+
+class CodeEncoder(nn.Module):
+    """An encoder followed by a linear code layer: ``forward(x) = Linear(encoder(x))``, ``(N, code_dim)``.
+
+    The autoencoder's ``code_dim`` bottleneck (N2D's small embedding, McConville et al. 2019): the decoder reads this
+    code and nothing else, and ``encoder.pt``, ``load_encoder`` and the probe read exactly it. ``feature_map`` is the
+    inner encoder's. ``encoder_name`` is ``code_layer``; ``encoder_kwargs`` name the inner encoder and the code size,
+    so ``create_encoder`` rebuilds it."""
+
+    encoder_name = "code_layer"
+
+    def __init__(self, encoder: nn.Module, code_dim: int):
+        super().__init__()
+        if not isinstance(code_dim, int) or isinstance(code_dim, bool) or code_dim < 1:
+            raise ValueError(f"code_dim must be a positive integer, got {code_dim!r}")
+        self.encoder, self.code = encoder, nn.Linear(encoder.num_features, code_dim)
+        self.num_features = code_dim
+
+    @property
+    def encoder_kwargs(self) -> dict:
+        return {"encoder": getattr(self.encoder, "encoder_name", type(self.encoder).__name__),
+                "encoder_kwargs": dict(getattr(self.encoder, "encoder_kwargs", {})), "code_dim": self.num_features}
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder.feature_map(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.code(self.encoder(x))

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..encoders import GridPooledEncoder
+from ..encoders import CodeEncoder, GridPooledEncoder
 from .base import Method, MethodOutput
 
 MODES = ("plain", "denoising", "masked")
@@ -73,6 +73,10 @@ class Autoencoder(Method):
     - ``map``: the whole last feature map (no bottleneck; reconstruction is easy and teaches the
       pooled vector little). The code's size is set by the encoder's width (``encoder.width``).
 
+    ``code_dim``: a linear layer from the pooled or grid code to ``code_dim`` values (N2D's small embedding, e.g.
+    10) is the code instead; ``method.encoder`` is then a :class:`~ssl_rep.encoders.CodeEncoder`, so ``encoder(x)``,
+    ``encoder.pt`` and the probe read exactly it.
+
     ``mode``: ``plain``; ``denoising`` (corrupt the input with ``noise`` = ``gaussian`` of std
     ``noise_std`` or ``masking`` of a ``noise_ratio`` fraction of pixels; the loss is against the
     clean image); ``masked`` (as MAE, He et al. 2022: the encoder sees the image with a
@@ -88,8 +92,12 @@ class Autoencoder(Method):
     def __init__(self, encoder, image_size: int = 32, mode: str = "plain", noise: str = "gaussian",
                  noise_std: float = 0.5, noise_ratio: float = 0.3, mask_ratio: float = 0.75,
                  patch_size: int | None = None, loss: str = "mse", decoder_width: int = 128, in_chans: int = 3,
-                 bottleneck: str = "pooled", code_grid: int = 2):
-        super().__init__(GridPooledEncoder(encoder, code_grid) if bottleneck == "grid" and code_grid >= 1 else encoder)
+                 bottleneck: str = "pooled", code_grid: int = 2, code_dim: int | None = None):
+        if code_dim is not None and bottleneck == "map":
+            raise ValueError("autoencoder code_dim needs bottleneck 'pooled' or 'grid' (a code layer on the map's "
+                             "pooled code), not 'map'")
+        coded = GridPooledEncoder(encoder, code_grid) if bottleneck == "grid" and code_grid >= 1 else encoder
+        super().__init__(CodeEncoder(coded, code_dim) if code_dim is not None else coded)
         for option, value, valid in (("mode", mode, MODES), ("noise", noise, NOISES), ("loss", loss, ("mse", "bce")),
                                      ("bottleneck", bottleneck, BOTTLENECKS)):
             if value not in valid:
@@ -111,16 +119,15 @@ class Autoencoder(Method):
             self.decoder = Decoder(channels, out_size, map_size, out_chans=in_chans, width=decoder_width)
         else:
             cells = 1 if bottleneck == "pooled" else code_grid * code_grid
-            self.decoder = CodeDecoder(channels * cells, out_size, map_size, in_chans, decoder_width)
+            self.decoder = CodeDecoder(code_dim or channels * cells, out_size, map_size, in_chans, decoder_width)
 
     def code(self, fmap: torch.Tensor) -> torch.Tensor:
         """What the decoder reads of the feature map ``(B, D, h, w)`` (see ``bottleneck``): for ``pooled``
-        and ``grid`` exactly ``encoder(x)``, ``(B, D)`` or ``(B, D * g * g)``."""
+        and ``grid`` exactly ``encoder(x)``, ``(B, D)`` or ``(B, D * g * g)`` (``(B, code_dim)`` with a code layer)."""
         if self.bottleneck == "map":
             return fmap
-        if self.bottleneck == "pooled":
-            return fmap.mean(dim=(2, 3))
-        return GridPooledEncoder.pool(fmap, self.code_grid)
+        code = fmap.mean(dim=(2, 3)) if self.bottleneck == "pooled" else GridPooledEncoder.pool(fmap, self.code_grid)
+        return self.encoder.code(code) if isinstance(self.encoder, CodeEncoder) else code
 
     def patch_mask(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 1, H, W)`` float mask, 1 on hidden patches."""
