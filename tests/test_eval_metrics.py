@@ -142,8 +142,9 @@ def test_umap_before_kmeans_separates_digits_better_and_is_reproducible():
     assert np.array_equal(Z, preprocess(X, umap=10, seed=0))
     umapped = clustering_scores(y, cluster(Z, "kmeans", n_clusters=10))["acc"]             # ~0.88
     assert umapped > plain + 0.05, (plain, umapped)
-    with pytest.raises(ValueError, match="umap=64 must be fewer dimensions than the features' 64"):
-        preprocess(X, umap=64)
+    with pytest.raises(ValueError, match="umap=65 must be at most the features' 64 dimensions"):
+        preprocess(X, umap=65)
+    assert preprocess(X[:300, 20:26], umap=6).shape == (300, 6)   # N2D: a code mapped to as many dimensions
     with pytest.raises(ValueError, match="more points than umap_neighbors=15, got 10"):
         preprocess(X[:10], umap=2)
 

@@ -47,8 +47,8 @@ def preprocess(X, l2_normalize: bool = False, pca: int | None = None, umap: int 
         from sklearn.decomposition import PCA
         X = PCA(n_components=pca, random_state=seed).fit_transform(X).astype(np.float32)
     if umap:
-        if umap >= X.shape[1]:
-            raise ValueError(f"umap={umap} must be fewer dimensions than the features' {X.shape[1]}")
+        if umap > X.shape[1]:   # as many is fine: N2D maps a 10-value code to 10 dimensions
+            raise ValueError(f"umap={umap} must be at most the features' {X.shape[1]} dimensions")
         if len(X) <= umap_neighbors:
             raise ValueError(f"umap needs more points than umap_neighbors={umap_neighbors}, got {len(X)}")
         X = umap_embed(X, umap, seed, n_neighbors=umap_neighbors, min_dist=0.0).astype(np.float32)
