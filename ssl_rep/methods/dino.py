@@ -65,7 +65,7 @@ class DINO(Method):
         self.register_buffer("center", torch.zeros(out_dim))
         self.register_buffer("momentum", torch.tensor(momentum))
         self.register_buffer("teacher_temp", torch.tensor(
-            teacher_temp if warmup_teacher_temp is None else warmup_teacher_temp, dtype=torch.float64))
+            teacher_temp if warmup_teacher_temp is None else warmup_teacher_temp))
 
     @classmethod
     def multi_crop(cls, options: dict):
@@ -87,7 +87,7 @@ class DINO(Method):
         if self.local_crops:   # the small views in one pass of their own (another size)
             student.append(self.head(self.encoder(torch.cat(views[2:]))))
         student = torch.cat(student).float().view(len(views), n, -1)
-        temp = float(self.teacher_temp)
+        temp = self.teacher_temp   # a 0-d tensor: reading it as a number would wait for the device every step
         with torch.no_grad():
             teacher = self.teacher["head"](self.teacher["encoder"](torch.cat(views[:2]))).float().view(2, n, -1)
         loss = dino_loss(student, teacher, self.center, self.student_temp, temp)
