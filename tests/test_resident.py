@@ -1,4 +1,6 @@
 """The GPU-resident data path's augmentations (they run on any device; the CPU checks them here)."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -243,12 +245,15 @@ def test_gray_sets_are_stored_once_and_every_path_reads_the_same_pixels(tmp_path
     ds = ssl_rep.build_dataset("digits", split="test")
     dense = ArrayImageDataset(np.ascontiguousarray(ds.images), ds.labels, name="dense")
     assert shares_channels(ds.images) and not shares_channels(dense.images)
+    assert ds.images[..., 0].flags.c_contiguous   # the one channel is all the memory there is (not a 3-channel copy)
     assert stored_bytes(ds.images) * 3 == stored_bytes(dense.images) == dense.images.nbytes
     torch.testing.assert_close(ds[7][0], dense[7][0], rtol=0, atol=0)
 
     make = lambda images: ResidentLoader(images, torch.as_tensor(ds.labels), 32, seed=4, transform="simclr",  # noqa: E731
                                          stats="digits", size=32, n_views=2, device="cpu")
-    shared, copy = make(ds.tensor()), make(dense.tensor())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # torch warns on a read-only numpy view: the channel must be copied out
+        shared, copy = make(ds.tensor()), make(dense.tensor())
     assert shared.images.stride(1) == 0 and copy.images.stride(1) != 0   # one channel held, three views of it
     for loader in (shared, copy):
         loader.set_epoch(2)
@@ -257,7 +262,9 @@ def test_gray_sets_are_stored_once_and_every_path_reads_the_same_pixels(tmp_path
 
     for data in (ds, dense):
         data.transform = build_transform("eval", stats="digits", size=None, resize=None)
-    got, want = (torch.cat([x for x, _ in batched_source(d, 100, torch.device("cpu"))]) for d in (ds, dense))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got, want = (torch.cat([x for x, _ in batched_source(d, 100, torch.device("cpu"))]) for d in (ds, dense))
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
     cfg = load_config("simclr_digits", [f"out_dir={tmp_path}", "data.subset=200"])

@@ -66,8 +66,7 @@ class ArrayImageDataset(Dataset):
     def tensor(self) -> torch.Tensor:
         """All images as one uint8 tensor ``(N, 3, H, W)`` (for a device-resident data path); a gray set stored
         once is its one channel expanded (stride 0), so moving ``tensor()[:, :1]`` moves every pixel there is."""
-        stored = torch.from_numpy(np.ascontiguousarray(stored_channels(self.images))).permute(0, 3, 1, 2)
-        return stored.expand(-1, 3, -1, -1)
+        return stored_tensor(self.images).permute(0, 3, 1, 2).expand(-1, 3, -1, -1)
 
     def __repr__(self) -> str:
         h, w = self.images.shape[1:3]
@@ -92,6 +91,15 @@ def stored_channels(images: np.ndarray) -> np.ndarray:
     return images[..., :1] if shares_channels(images) else images
 
 
+def stored_tensor(images: np.ndarray) -> torch.Tensor:
+    """:func:`stored_channels` as a uint8 tensor ``(N, H, W, C)`` that owns writable memory (a gray set's channel is
+    copied out of its read-only view; a writable contiguous array is used as it is)."""
+    stored = stored_channels(images)
+    if not (stored.flags.writeable and stored.flags.c_contiguous):
+        stored = np.array(stored)
+    return torch.from_numpy(stored)
+
+
 def stored_bytes(images) -> int:
     """Bytes the images take where they are stored (a gray set kept once: a third of its RGB size)."""
     stored = stored_channels(images)
@@ -100,7 +108,7 @@ def stored_bytes(images) -> int:
 
 def take(images: np.ndarray, index) -> np.ndarray:
     """``images[index]`` for an integer index array, still stored once when the set is gray."""
-    return gray_to_rgb(images[index][..., 0]) if shares_channels(images) else images[index]
+    return gray_to_rgb(images[..., 0][index]) if shares_channels(images) else images[index]
 
 
 def check_split(dataset: str, split: str, valid: Sequence[str]) -> None:

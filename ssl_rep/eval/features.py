@@ -52,13 +52,14 @@ def chunked_upload(images: np.ndarray, batch_size: int, chunks: int, device: tor
     On CUDA each piece after the first is copied on a side stream when the consumer asks for its first batch,
     that is once every batch of the piece before it has been handed out (and its forward pass queued); the
     device's current stream waits for the copy before any kernel that reads it."""
+    from ..data.base import stored_tensor
     n = len(images)
     per = -(-n // max(1, chunks))
     per = max(1, -(-per // batch_size)) * batch_size    # pieces hold whole batches (and an empty set none)
     cuda = device.type == "cuda"
     side = torch.cuda.Stream(device) if cuda else None
     for lo in range(0, n, per):
-        src = torch.from_numpy(np.ascontiguousarray(images[lo:lo + per]))
+        src = stored_tensor(images[lo:lo + per])
         if cuda:
             main = torch.cuda.current_stream(device)
             with torch.cuda.stream(side):
@@ -76,7 +77,7 @@ def batched_source(dataset, batch_size: int, device: torch.device, upload_chunks
     from the uint8 array directly (to the device, scale, normalise), with no per-image PIL work.
     Returns None when the dataset's transform does anything else. ``upload_chunks`` (default
     ``UPLOAD_CHUNKS`` for a set that goes to the GPU whole): upload in that many overlapped pieces."""
-    from ..data.base import ArrayImageDataset, stored_bytes, stored_channels
+    from ..data.base import ArrayImageDataset, stored_bytes, stored_channels, stored_tensor
     from ..data.transforms import mean_std
     spec = getattr(getattr(dataset, "transform", None), "batched_spec", None)
     if not isinstance(dataset, ArrayImageDataset) or spec is None:
@@ -98,12 +99,12 @@ def batched_source(dataset, batch_size: int, device: torch.device, upload_chunks
         if chunks:
             yield from chunked_upload(stored, batch_size, chunks, device)
             return
-        images = torch.from_numpy(np.ascontiguousarray(stored)).to(device) if whole else None
+        images = stored_tensor(dataset.images).to(device) if whole else None
         for start in range(0, len(dataset), batch_size):
             if whole:
                 yield start, images[start:start + batch_size]
                 continue
-            raw = torch.from_numpy(np.ascontiguousarray(stored[start:start + batch_size]))
+            raw = stored_tensor(stored[start:start + batch_size])
             yield start, raw.pin_memory() if device.type == "cuda" else raw
 
     class Batches:
