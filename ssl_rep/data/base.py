@@ -95,8 +95,8 @@ def stored_tensor(images: np.ndarray) -> torch.Tensor:
     """:func:`stored_channels` as a uint8 tensor ``(N, H, W, C)`` that owns writable memory (a gray set's channel is
     copied out of its read-only view; a writable contiguous array is used as it is)."""
     stored = stored_channels(images)
-    if not (stored.flags.writeable and stored.flags.c_contiguous):
-        stored = np.array(stored)
+    if not (isinstance(stored, np.ndarray) and stored.flags.writeable and stored.flags.c_contiguous):
+        stored = np.array(stored)   # also reads array-likes (STL-10's memory-mapped records)
     return torch.from_numpy(stored)
 
 
