@@ -92,14 +92,14 @@ def batched_source(dataset, batch_size: int, device: torch.device, upload_chunks
     # A set that fits comfortably goes to the GPU in one copy; larger ones in pinned batches (each copy is queued
     # behind the previous batch's kernels, and the host pins the next batch while the device works).
     stored = stored_channels(dataset.images)   # a gray set: its one channel, repeated on the device
-    whole = device.type == "cuda" and stored_bytes(dataset.images) <= RESIDENT_BYTES
+    whole = device.type == "cuda" and stored_bytes(stored) <= RESIDENT_BYTES
     chunks = upload_chunks if upload_chunks is not None else (UPLOAD_CHUNKS if whole else 0)
 
     def raw_batches():
         if chunks:
             yield from chunked_upload(stored, batch_size, chunks, device)
             return
-        images = stored_tensor(dataset.images).to(device) if whole else None
+        images = stored_tensor(stored).to(device) if whole else None
         for start in range(0, len(dataset), batch_size):
             if whole:
                 yield start, images[start:start + batch_size]

@@ -81,15 +81,15 @@ class DINO(Method):
             got = len(views) if isinstance(views, (list, tuple)) else 1
             raise ValueError(f"DINO with local_crops={self.local_crops} needs {2 + self.local_crops} views per image "
                              f"(2 global, then the local ones), got {got}")
-        n = len(views[0])
-        h = self.encoder(torch.cat(views[:2]))
+        n, global_views = len(views[0]), torch.cat(views[:2])
+        h = self.encoder(global_views)
         student = [self.head(h)]
         if self.local_crops:   # the small views in one pass of their own (another size)
             student.append(self.head(self.encoder(torch.cat(views[2:]))))
         student = torch.cat(student).float().view(len(views), n, -1)
         temp = self.teacher_temp   # a 0-d tensor: reading it as a number would wait for the device every step
         with torch.no_grad():
-            teacher = self.teacher["head"](self.teacher["encoder"](torch.cat(views[:2]))).float().view(2, n, -1)
+            teacher = self.teacher["head"](self.teacher["encoder"](global_views)).float().view(2, n, -1)
         loss = dino_loss(student, teacher, self.center, self.student_temp, temp)
         with torch.no_grad():
             probs = F.softmax((teacher - self.center) / temp, dim=-1)
