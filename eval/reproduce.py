@@ -118,21 +118,27 @@ def evaluate(checkpoint: str, data: str, root, device, cluster_methods, train_su
 
 
 UMAP_DIM = 10
+N2D_NEIGHBORS = 20   # N2D's Fashion-MNIST run (rymc/n2d run.sh): 20 neighbours, min_dist 0, dims = clusters
 
 
 def kmeans_l2_columns(X, y) -> dict:
     """k-means (the suites' default settings) on the L2-normalised features, and after L2 + UMAP to
     ``UMAP_DIM`` dimensions where umap-learn is installed (the GPU image may lack it): the columns
-    ``kmeans_l2`` and ``kmeans_l2_umap``."""
+    ``kmeans_l2`` and ``kmeans_l2_umap``; and N2D's UMAP + GMM, ``umap_gmm`` (it also runs on features that
+    have no more dimensions than clusters, as N2D's 10-value code has)."""
     k, unit = len(np.unique(y)), preprocess(X, l2_normalize=True)   # normalised once, for both columns
     out = {"kmeans_l2": clustering_scores(y, cluster(unit, "kmeans", n_clusters=k))}
     if importlib.util.find_spec("umap") is None:
         print("k-means after UMAP skipped: umap-learn is not installed", file=sys.stderr)
-    elif X.shape[1] > UMAP_DIM:
+        return out
+    if X.shape[1] > UMAP_DIM:
         out["kmeans_l2_umap"] = clustering_scores(y, cluster(preprocess(unit, umap=UMAP_DIM), "kmeans", n_clusters=k))
+    if X.shape[1] >= k:
         # N2D's pipeline (McConville et al. 2019): the features as they are -> UMAP to as many dimensions as
-        # clusters, min_dist 0 -> a Gaussian mixture
-        out["umap_gmm"] = clustering_scores(y, cluster(preprocess(X, umap=k), "gmm", n_clusters=k))
+        # clusters with N2D's neighbours and min_dist 0 -> a Gaussian mixture
+        mapped = preprocess(X, umap=k, umap_neighbors=N2D_NEIGHBORS)
+        out["umap_gmm"] = {**clustering_scores(y, cluster(mapped, "gmm", n_clusters=k)),
+                           "umap_neighbors": N2D_NEIGHBORS}
     return out
 
 

@@ -65,6 +65,19 @@ def test_umap_column_is_skipped_without_umap_learn(monkeypatch):
     assert list(reproduce.kmeans_l2_columns(X, y)) == ["kmeans_l2"]
 
 
+def test_n2d_column_runs_on_a_code_as_small_as_the_clusters():
+    """N2D maps a 10-value code to 10 dimensions: the UMAP + GMM column runs on it (the k-means-after-UMAP column
+    needs more dimensions than it maps to, so it is left out), with N2D's 20 neighbours."""
+    import numpy as np
+    pytest.importorskip("umap")
+    rng = np.random.default_rng(0)
+    y = np.arange(90) % 3
+    X = (rng.normal(size=(90, 3)) * 0.1 + np.eye(3)[y] * 5).astype(np.float32)
+    out = reproduce.kmeans_l2_columns(X, y)
+    assert list(out) == ["kmeans_l2", "umap_gmm"]
+    assert out["umap_gmm"]["umap_neighbors"] == reproduce.N2D_NEIGHBORS == 20 and out["umap_gmm"]["acc"] > 0.9
+
+
 @pytest.mark.parametrize("name", sorted(reproduce.EXPERIMENTS))
 def test_every_experiment_names_recipes_that_load(name):
     from ssl_rep.train import load_config
