@@ -276,7 +276,8 @@ def main() -> None:
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--root", default=None, help="dataset root (e.g. the Fashion-MNIST folder)")
-    parser.add_argument("--methods", default="simclr,autoencoder,cpc,supervised")
+    parser.add_argument("--methods", default="simclr,autoencoder,cpc,supervised",
+                        help="comma-separated; empty (--methods '') for the baselines alone")
     parser.add_argument("--cluster-methods", default="kmeans,gmm,agglomerative")
     parser.add_argument("--override", action="append", default=[],
                         help="key=value for every recipe, or method:key=value for one (repeatable)")
@@ -308,7 +309,7 @@ def main() -> None:
         parser.error("name an experiment (or --list)")
     out = Path(args.json or Path(__file__).parent / "results" / f"{args.name}.json")
     trained = dict(text.split("=", 1) for text in args.trained)
-    result = run(args.name, args.device, args.root, args.override, args.methods.split(","),
+    result = run(args.name, args.device, args.root, args.override, [m for m in args.methods.split(",") if m],
                  args.cluster_methods.split(","), out, trained, not args.no_baselines)
     render(result)
     print(f"wrote {out} and eval/RESULTS.md")
