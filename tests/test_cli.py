@@ -66,19 +66,21 @@ def test_cluster_umap_prepares_once_and_feeds_every_method(tmp_path, caplog):
     from ssl_rep.eval import cluster, clustering_scores, preprocess
 
     argv = ["--checkpoint", "random:resnet20", "--data", "digits", "--methods", "kmeans,dbscan", "--l2",
-            "--umap", "5", "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache"), "--workers", "0"]
+            "--umap", "5", "--umap-neighbors", "20", "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache"),
+            "--workers", "0"]
     with caplog.at_level("INFO", logger="ssl_rep.eval"):
         cluster_cli.main(argv)
     assert caplog.text.count("UMAP to 5 dimensions") == 1   # one UMAP for both methods
     clusters = json.loads((tmp_path / "clusters.json").read_text())["methods"]
     for method in ("kmeans", "dbscan"):   # no default PCA for dbscan once UMAP has reduced the features
         assert clusters[method]["params"] | {"n_clusters": 10} == {"l2_normalize": True, "pca": None, "umap": 5,
-                                                                  "n_clusters": 10}
+                                                                  "umap_neighbors": 20, "n_clusters": 10}
     args = cluster_cli.parse_args(argv)
     X, y, _ = features_for(encoder_for(args, "test"), "digits", "test", args)
-    expected = clustering_scores(y, cluster(preprocess(X, l2_normalize=True, umap=5), "kmeans", n_clusters=10))
+    expected = clustering_scores(y, cluster(preprocess(X, l2_normalize=True, umap=5, umap_neighbors=20), "kmeans",
+                                            n_clusters=10))
     assert clusters["kmeans"]["scores"]["acc"] == pytest.approx(expected["acc"])
-    assert "<b>UMAP</b>: 5 dims" in (tmp_path / "report.html").read_text()
+    assert "<b>UMAP</b>: 5 dims, 20 neighbours" in (tmp_path / "report.html").read_text()
     assert clusters["kmeans"]["preprocess_seconds"] == clusters["dbscan"]["preprocess_seconds"] > 0
 
 

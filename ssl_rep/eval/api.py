@@ -39,22 +39,26 @@ def probe_features(X, y, Xt, yt, C: float | None = None, knn_k: Iterable[int] = 
 
 def cluster_features(X, y=None, methods: Iterable[str] = CLUSTER_METHODS, n_clusters: int | None = None,
                      pca: int | None = None, l2: bool = False, umap: int | None = None, seed: int = 0,
-                     max_samples: int | None = None, max_memory_gb: float = 4.0) -> tuple[dict, dict]:
+                     max_samples: int | None = None, max_memory_gb: float = 4.0,
+                     umap_neighbors: int = 15) -> tuple[dict, dict]:
     """Cluster ``X`` with each method and score it against ``y`` when given.
 
     ``n_clusters`` defaults to the number of classes (else 10); ``pca`` / ``l2`` / ``umap`` prepare the
-    features first (each distinct input once: UMAP takes a minute on 70,000 points); meanshift and DBSCAN
-    run on a 10-d PCA unless ``pca`` or ``umap`` is given. A method that cannot run (memory, too few
-    points) is reported with its error, not raised. Returns ``(results, labels)`` keyed by method."""
+    features first (each distinct input once: UMAP, keeping ``umap_neighbors`` neighbours per point, takes a
+    minute on 70,000 points); meanshift and DBSCAN run on a 10-d PCA unless ``pca`` or ``umap`` is given. A
+    method that cannot run (memory, too few points) is reported with its error, not raised. Returns
+    ``(results, labels)`` keyed by method."""
     n_clusters = n_clusters or (len(np.unique(y)) if y is not None else 10)
     results, labels, prepared = {}, {}, {}   # prepared: pca -> (input, seconds it took)
     for method in methods:
         use_pca = pca if pca is not None else (DENSITY_PCA if method in DENSITY_METHODS and not umap else None)
-        params = {"l2_normalize": l2, "pca": use_pca, "umap": umap}
+        params = {"l2_normalize": l2, "pca": use_pca, "umap": umap,
+                  **({"umap_neighbors": umap_neighbors} if umap else {})}
         try:
             if use_pca not in prepared:
                 start = time.time()
-                prepared[use_pca] = preprocess(X, l2_normalize=l2, pca=use_pca, umap=umap, seed=seed), time.time() - start
+                prepared[use_pca] = preprocess(X, l2_normalize=l2, pca=use_pca, umap=umap, seed=seed,
+                                               umap_neighbors=umap_neighbors), time.time() - start
                 if umap:
                     log.info("UMAP to %d dimensions%s (%.1fs)", umap, f" after PCA {use_pca}" if use_pca else "",
                              prepared[use_pca][1])
