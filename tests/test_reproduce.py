@@ -41,7 +41,9 @@ def test_digits_suite_runs_every_row_and_writes_its_table(tmp_path, monkeypatch,
     assert "k-means ACC, L2" in table and "| raw pixels |" in table and "| random init |" in table
     assert "k-means ACC, projection L2" in table and "k-means ACC, L2 + UMAP-10" in table
     assert "UMAP + GMM ACC / NMI (N2D)" in table and "| cpc, untrained | same encoder, untrained |" in table
-    assert all(line.count("|") == 13 for line in table.splitlines() if line.startswith("|"))
+    assert all(line.count("|") == 14 for line in table.splitlines() if line.startswith("|"))
+    # N2D's protocol (train + test clustered together) where the whole training split was probed
+    assert all(row["umap_gmm_all"]["points"] == 1797 for row in saved["rows"].values())
     # --trained METHOD=CKPT evaluates a finished run instead of training it again
     monkeypatch.setattr(reproduce, "train", lambda *a, **k: pytest.fail("trained again"))
     again = reproduce.run("digits-suite", "cpu", None, [], ["autoencoder"], ["kmeans"], tmp_path / "again.json",
@@ -54,7 +56,8 @@ def test_render_keeps_runs_saved_before_the_l2_umap_and_projection_columns(secti
     row = {"top1": 0.9, "top5": 1.0, "knn20": 0.8, "clusters": {"kmeans": {"acc": 0.5, "nmi": 0.4}}}
     reproduce.render({"experiment": "x", "rows": {"random init": row}, "overrides": [], "anchors": "a",
                       "command": "c", "machine": "m"})
-    assert "| random init | – | 0.9000 | 1.0000 | 0.8000 | 0.5000 | 0.4000 | – | – | – | – | – |" in sections["suite-x"]
+    expected = "| random init | – | 0.9000 | 1.0000 | 0.8000 | 0.5000 | 0.4000 | – | – | – | – | – | – |"
+    assert expected in sections["suite-x"]
 
 
 def test_umap_column_is_skipped_without_umap_learn(monkeypatch):
