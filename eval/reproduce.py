@@ -301,7 +301,8 @@ def main() -> None:
     parser.add_argument("--render", default=None, help="update RESULTS.md from a saved JSON and exit")
     parser.add_argument("--no-baselines", action="store_true", help="only the methods' rows (and untrained twins)")
     parser.add_argument("--merge", action="append", default=[], metavar="JSON",
-                        help="with --render: add the rows of these saved runs of the same experiment")
+                        help="with --render: add the rows of these saved runs of the same experiment (a row "
+                             "name already in the table keeps its first run)")
     parser.add_argument("--trained", action="append", default=[], metavar="METHOD=CKPT",
                         help="evaluate this finished run's checkpoint instead of training the method (repeatable)")
     parser.add_argument("--add-raw-pixels", action="store_true",
@@ -313,8 +314,9 @@ def main() -> None:
         return
     if args.render:
         result = json.loads(Path(args.render).read_text())
-        for other in args.merge:
-            result["rows"] = {**json.loads(Path(other).read_text())["rows"], **result["rows"]}
+        for other in args.merge:   # the saved run's rows first, then each merged run's new rows, in order
+            rows = json.loads(Path(other).read_text())["rows"]
+            result["rows"].update({name: row for name, row in rows.items() if name not in result["rows"]})
         if args.add_raw_pixels and "raw pixels" not in result["rows"]:
             result["rows"]["raw pixels"] = {**raw_pixels(result["data"], args.root, ["kmeans"]),
                                             "note": f"computed on {machine()}"}

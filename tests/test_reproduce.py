@@ -121,3 +121,19 @@ def test_trained_run_adds_up_resumed_segments_and_counts_epochs_of_a_step_capped
     (tmp_path / "checkpoints").mkdir()
     seconds, steps, epochs = reproduce.trained_run(str(tmp_path / "checkpoints" / "last.pt"))
     assert (seconds, steps, epochs) == (2.0 + 1.5, 10, 2.0)
+
+
+def test_render_merges_runs_in_order_and_keeps_a_rows_first_run(tmp_path, monkeypatch, sections):
+    def row(top1):
+        return {"top1": top1, "top5": 1.0, "knn20": 0.5, "clusters": {"kmeans": {"acc": 0.5, "nmi": 0.4}}}
+    runs = {"main": {"cpc": row(0.86)}, "a": {"raw pixels": row(0.85), "autoencoder": row(0.89)},
+            "b": {"raw pixels": row(0.11), "simclr": row(0.89)}}
+    for name, rows in runs.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({"experiment": "x", "rows": rows, "overrides": [],
+                                                           "anchors": "a", "command": "c", "machine": "m"}))
+    monkeypatch.setattr("sys.argv", ["reproduce", "--render", str(tmp_path / "main.json"),
+                                     "--merge", str(tmp_path / "a.json"), "--merge", str(tmp_path / "b.json")])
+    reproduce.main()
+    table = [line.split(" | ")[0][2:] for line in sections["suite-x"].splitlines()[2:] if line.startswith("| ")]
+    assert table == ["cpc", "raw pixels", "autoencoder", "simclr"]
+    assert "| raw pixels | – | 0.8500 |" in sections["suite-x"]   # the first run that has the row wins
