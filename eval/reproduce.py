@@ -134,12 +134,15 @@ def kmeans_l2_columns(X, y) -> dict:
     if X.shape[1] > UMAP_DIM:
         out["kmeans_l2_umap"] = clustering_scores(y, cluster(preprocess(unit, umap=UMAP_DIM), "kmeans", n_clusters=k))
     if X.shape[1] >= k:
-        # N2D's pipeline (McConville et al. 2019): the features as they are -> UMAP to as many dimensions as
-        # clusters with N2D's neighbours and min_dist 0 -> a Gaussian mixture
-        mapped = preprocess(X, umap=k, umap_neighbors=N2D_NEIGHBORS)
-        out["umap_gmm"] = {**clustering_scores(y, cluster(mapped, "gmm", n_clusters=k)),
-                           "umap_neighbors": N2D_NEIGHBORS}
+        out["umap_gmm"] = n2d_scores(X, y, k)
     return out
+
+
+def n2d_scores(X, y, k: int) -> dict:
+    """N2D's pipeline (McConville et al. 2019): the features as they are -> UMAP to ``k`` dimensions with N2D's
+    neighbours and min_dist 0 -> a Gaussian mixture of ``k`` components, scored against ``y``."""
+    mapped = preprocess(X, umap=k, umap_neighbors=N2D_NEIGHBORS)
+    return {**clustering_scores(y, cluster(mapped, "gmm", n_clusters=k)), "umap_neighbors": N2D_NEIGHBORS}
 
 
 def n2d_all_column(X, y, Xt, yt) -> dict:
@@ -149,10 +152,8 @@ def n2d_all_column(X, y, Xt, yt) -> dict:
     k = len(np.unique(yt))
     if importlib.util.find_spec("umap") is None or X.shape[1] < k:
         return {}
-    both, labels = np.concatenate([X, Xt]), np.concatenate([y, yt])
-    mapped = preprocess(both, umap=k, umap_neighbors=N2D_NEIGHBORS)
-    return {"umap_gmm_all": {**clustering_scores(labels, cluster(mapped, "gmm", n_clusters=k)),
-                             "umap_neighbors": N2D_NEIGHBORS, "points": len(both)}}
+    both = np.concatenate([X, Xt])
+    return {"umap_gmm_all": {**n2d_scores(both, np.concatenate([y, yt]), k), "points": len(both)}}
 
 
 def raw_pixels(data: str, root, cluster_methods, train_subset=None) -> dict:
