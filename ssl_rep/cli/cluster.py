@@ -11,6 +11,7 @@ from torchvision.transforms import v2 as T
 
 from ..eval import CLUSTER_METHODS, cluster_features
 from ..eval.api import DENSITY_PCA
+from ..eval.cluster import UMAP_NEIGHBORS
 from ..eval.embeddings import sample_names
 from ..eval.report import write_report
 from .common import EXPECTED_ERRORS, add_encoder_and_data_args, default_out, features_for, features_name, \
@@ -84,8 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--umap", type=int, default=None, metavar="DIM",
                         help="UMAP to DIM dimensions (min_dist 0) after --l2/--pca, before every method; "
                              "e.g. --l2 --umap 10 lifts k-means on SimCLR features by 4-7 points of ACC")
-    parser.add_argument("--umap-neighbors", type=int, default=15, metavar="K",
-                        help="neighbours UMAP keeps per point (default 15, UMAP's; N2D used 20 on Fashion-MNIST)")
+    parser.add_argument("--umap-neighbors", type=int, default=UMAP_NEIGHBORS, metavar="K",
+                        help=f"neighbours UMAP keeps per point (default {UMAP_NEIGHBORS}, UMAP's; N2D used 20 on "
+                             "Fashion-MNIST)")
     parser.add_argument("--max-samples", type=int, default=None,
                         help="cluster a random subsample and assign the rest to the nearest (for O(n^2) methods)")
     parser.add_argument("--max-memory-gb", type=float, default=4.0, help="refuse runs estimated above this")

@@ -10,7 +10,7 @@ from typing import Iterable
 import numpy as np
 
 from .cluster import METHODS as CLUSTER_METHODS
-from .cluster import cluster, preprocess
+from .cluster import UMAP_NEIGHBORS, cluster, preprocess
 from .features import extract_features
 from .knn import KNNClassifier
 from .metrics import clustering_scores
@@ -40,7 +40,7 @@ def probe_features(X, y, Xt, yt, C: float | None = None, knn_k: Iterable[int] = 
 def cluster_features(X, y=None, methods: Iterable[str] = CLUSTER_METHODS, n_clusters: int | None = None,
                      pca: int | None = None, l2: bool = False, umap: int | None = None, seed: int = 0,
                      max_samples: int | None = None, max_memory_gb: float = 4.0,
-                     umap_neighbors: int = 15) -> tuple[dict, dict]:
+                     umap_neighbors: int = UMAP_NEIGHBORS) -> tuple[dict, dict]:
     """Cluster ``X`` with each method and score it against ``y`` when given.
 
     ``n_clusters`` defaults to the number of classes (else 10); ``pca`` / ``l2`` / ``umap`` prepare the

@@ -16,6 +16,7 @@ from .kmeans import kmeans
 
 log = logging.getLogger(__name__)
 METHODS = ("kmeans", "meanshift", "dbscan", "gmm", "agglomerative")
+UMAP_NEIGHBORS = 15   # UMAP's own default
 
 
 class ClusteringTooLargeError(MemoryError):
@@ -34,7 +35,7 @@ def umap_embed(X, n_components: int, seed: int = 0, **options) -> np.ndarray:
 
 
 def preprocess(X, l2_normalize: bool = False, pca: int | None = None, umap: int | None = None, seed: int = 0,
-               umap_neighbors: int = 15):
+               umap_neighbors: int = UMAP_NEIGHBORS):
     """Optional L2 normalisation, PCA to ``pca`` dimensions, then UMAP to ``umap`` dimensions.
 
     UMAP runs with ``min_dist=0`` (packed clusters: the setting UMAP's docs and N2D use for clustering
