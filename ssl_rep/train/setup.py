@@ -42,6 +42,9 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"trainer.device={name!r} is not a device (auto, cpu, cuda, cuda:N)") from exc
 
 
+CHANNELS_LAST_CPUS = ("AVX2", "AVX512")   # torch's CPU capabilities where channels_last trained faster in fp32
+
+
 def native_bf16() -> bool:
     """Whether this CPU runs bf16 matrix kernels in hardware (AVX512-BF16 or AMX, through oneDNN)."""
     try:
@@ -53,12 +56,13 @@ def native_bf16() -> bool:
 def fast_formats(cfg: Config, device: torch.device) -> tuple[bool, bool]:
     """``(bf16, channels_last)`` for the run: what the recipe says, and for ``auto`` what eval/bench_cpu_precision
     and eval/bench_vs_lightly measured fastest. bf16 on GPUs, and on CPUs that run it in hardware (AVX512-BF16 or
-    AMX; elsewhere bf16 is emulated and slow); channels_last on CPUs with AVX-512 (oneDNN's blocked kernels)."""
+    AMX; elsewhere bf16 is emulated and slow); channels_last on CPUs with AVX2 or AVX-512 (oneDNN's blocked
+    kernels), and not on older ones, where it was never measured."""
     precision = cfg.trainer.precision
     bf16 = precision == "bf16" or (precision == "auto" and (device.type == "cuda" or native_bf16()))
     channels_last = cfg.trainer.channels_last
     if channels_last is None:
-        channels_last = device.type == "cpu" and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+        channels_last = device.type == "cpu" and torch.backends.cpu.get_cpu_capability().startswith(CHANNELS_LAST_CPUS)
     return bf16, channels_last
 
 
