@@ -10,21 +10,19 @@ it times the kernels an AVX2-only CPU runs, in a section of its own (the caps ar
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 
 import torch
 
 from eval.bench_step_overhead import loop_step_time, overhead_config
-from eval.results_md import emit, parse_or_render, table_section
+from eval.results_md import caps_note, emit, kernel_caps, parse_or_render, table_section
 from ssl_rep.train.setup import native_bf16
 
 VARIANTS = {"fp32": ["trainer.precision=fp32"],
             "fp32 + channels_last": ["trainer.precision=fp32", "trainer.channels_last=true"],
             "bf16": ["trainer.precision=bf16"],
             "bf16 + channels_last": ["trainer.precision=bf16", "trainer.channels_last=true"]}
-CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")   # kernel caps that emulate an older CPU
 
 
 def main() -> None:
@@ -64,7 +62,7 @@ def main() -> None:
             print(rows[-1], flush=True)
     result = {"data": args.data, "steps": args.steps, "repeats": args.repeats, "threads": torch.get_num_threads(),
               "native_bf16": native_bf16(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "rows": rows,
-              "caps": {k: os.environ[k] for k in CAPS if k in os.environ}}
+              "caps": kernel_caps()}
     emit(result, args, render)
 
 
@@ -76,10 +74,7 @@ def render(result: dict, command: str | None, machine_name: str | None = None) -
             f"timed steps after the warmup, medians of {result['repeats']} rounds; {result['threads']} threads. "
             f"Speed-up against {base} in the same round. This CPU: native bf16 "
             f"{'yes' if result['native_bf16'] else 'no'} (torch's CPU capability: {result['cpu_capability']}).")
-    caps = result.get("caps") or {}
-    if caps:
-        note += (" Kernels capped to emulate an older CPU: " + ", ".join(f"`{k}={v}`" for k, v in caps.items())
-                 + " (torch's and oneDNN's kernels as such a CPU runs them; bf16 is then emulated).")
+    note += caps_note(result.get("caps") or {})
     capability = result["cpu_capability"].lower()
     key = f"cpu-precision-{result['data']}" + ("" if capability.startswith("avx512") else f"-{capability}")
     title = f"({result['data']})" if capability.startswith("avx512") else f"({result['data']}, {capability.upper()} kernels)"

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from eval.bench_step_overhead import bare_step_time, loop_step_time, sync
-from eval.results_md import emit, parse_or_render, table_section
+from eval.results_md import caps_note, emit, kernel_caps, parse_or_render, table_section
 from ssl_rep.data import build_dataset
 from ssl_rep.data.transforms import DATASET_STATS
 from ssl_rep.encoders import create_encoder
@@ -163,21 +163,25 @@ def main() -> None:
             compare(f"ssl_rep's defaults (auto picks {picked} here){extra}; lightly as above", args, device,
                     args.ssl_rep_override)]
     emit({"rows": rows, "device": device.type, "lightly": lightly.__version__, "batch": BATCH, "image_size": SIZE,
-          "steps": args.steps, "warmup": args.warmup, "workers": args.workers}, args, render)
+          "steps": args.steps, "warmup": args.warmup, "workers": args.workers, "caps": kernel_caps(),
+          "cpu_capability": torch.backends.cpu.get_cpu_capability()}, args, render)
 
 
 def render(result: dict, command: str | None = None, machine_name: str | None = None) -> None:
     lines = [f"| {r['case']} | {r['ssl_rep_img_s']:.1f} | {r['lightly_img_s']:.1f} | {r['ratio']:.2f}x | "
              f"{', '.join(f'{v:.1f}' for v in r['rounds_ssl_rep_img_s'])} / "
              f"{', '.join(f'{v:.1f}' for v in r['rounds_lightly_img_s'])} |" for r in result["rows"]]
-    table_section(f"bench-vs-lightly-{result['device']}", f"SimCLR's training loop: ssl_rep against lightly "
-                  f"({result['device']})", "python -m eval.bench_vs_lightly",
+    caps = result.get("caps") or {}
+    capped = f"-{result['cpu_capability'].lower()}" if caps else ""   # an older CPU's kernels: a section of its own
+    where = f"{result['device']}, {result['cpu_capability']} kernels" if caps else result["device"]
+    table_section(f"bench-vs-lightly-{result['device']}{capped}", f"SimCLR's training loop: ssl_rep against lightly "
+                  f"({where})", "python -m eval.bench_vs_lightly",
                   ["case", "ssl_rep img/s", f"lightly {result['lightly']} img/s", "ratio (goal >= 1.3x)",
                    "rounds ssl_rep / lightly"], lines, command, machine_name,
                   note=f"ResNet-18 (CIFAR stem), batch {result['batch']}, two {result['image_size']}-px views, "
                        f"{result['workers']} DataLoader workers, SGD; steps {result['warmup']}-"
                        f"{result['warmup'] + result['steps']} of each loop timed, median over rounds (the two "
-                       "loops alternate which goes first).")
+                       "loops alternate which goes first)." + caps_note(caps))
 
 
 if __name__ == "__main__":

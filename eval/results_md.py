@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import re
 import subprocess
@@ -13,12 +14,28 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = "# ssl_rep results\n\nEvery number here was written by the command shown with it. Ratios are measured side by side in one run.\n"
 
 
+KERNEL_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")   # cap torch's / oneDNN's CPU kernels
+
+
+def kernel_caps() -> dict:
+    """The kernel caps set in the environment: how a run on this CPU times the kernels an older one runs."""
+    return {k: os.environ[k] for k in KERNEL_CAPS if k in os.environ}
+
+
+def caps_note(caps: dict) -> str:
+    return (" Kernels capped to emulate an older CPU: " + ", ".join(f"`{k}={v}`" for k, v in caps.items())
+            + " (torch's and oneDNN's kernels as such a CPU runs them, on this machine's caches and memory; bf16 "
+            "is then emulated).") if caps else ""
+
+
 def command_line() -> str:
-    """How this run was started, as a reader would type it: ``python -m eval.NAME ARGS``."""
+    """How this run was started, as a reader would type it: ``[CAPS] python -m eval.NAME ARGS``."""
+    import shlex
     import sys
     script = Path(sys.argv[0])
     head = f"python -m eval.{script.stem}" if script.parent.name == "eval" else f"python {sys.argv[0]}"
-    return " ".join([head, *sys.argv[1:]])
+    caps = [f"{k}={v}" for k, v in kernel_caps().items()]
+    return " ".join([*caps, head, shlex.join(sys.argv[1:])]).strip()
 
 
 def machine() -> str:
@@ -37,6 +54,8 @@ def cpu_name() -> str:
             name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    if kernel_caps():
+        return f"{name}, kernels capped to {torch.backends.cpu.get_cpu_capability()}"
     return f"{name}, {torch.backends.cpu.get_cpu_capability()}, {'VNNI' if cpu_has_vnni() else 'no VNNI'}"
 
 
@@ -56,8 +75,8 @@ TOPICS = [
     ("Representation quality on digits", ("suite-digits",)),
     ("Clustering", ("cluster-", "bench-kmeans", "bench-cluster")),
     ("Linear probe and kNN speed", ("bench-probe",)),
-    ("Training speed and the data path", ("step-overhead", "cpu-precision", "bench-ddp", "bench-data-path",
-                                          "bench-decode", "bench-extract")),
+    ("Training speed and the data path", ("step-overhead", "cpu-precision", "bench-vs-lightly", "bench-ddp",
+                                          "bench-data-path", "bench-decode", "bench-extract")),
     ("Int8", ("bench-int8",)),
     ("Memory and long runs", ("bench-memory", "soak")),
     ("GPU checks and the test suite", ("gpu-checks", "suite-time")),
