@@ -4,25 +4,42 @@ Each method's recipe runs ``--repeats`` rounds; a round runs every variant once,
 host's speed hits all of them alike. The speed-up of a variant is the fp32 median time per step over its median;
 the range is over the per-round ratios. This is what ``trainer.precision=auto`` and ``trainer.channels_last`` (unset)
 choose from (``ssl_rep.train.setup.fast_formats``). Run under ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``
-it times the kernels an AVX2-only CPU runs, in a section of its own (the caps are recorded). Usage:
+it times the kernels an AVX2-only CPU runs, in a section of its own (the caps are recorded). A variant named with
+", malloc as-is" runs with ``trainer.reuse_memory=false``; every loop runs in a fresh process. Usage:
     python -m eval.bench_cpu_precision [--data fashion-mnist] [--methods simclr,supervised] [--steps 20] [--repeats 3]
 """
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import tempfile
 
 import torch
 
-from eval.bench_step_overhead import loop_step_time, overhead_config
+from eval.bench_step_overhead import isolated, loop_step_time, overhead_config
 from eval.results_md import caps_note, emit, kernel_caps, parse_or_render, table_section
 from ssl_rep.train.setup import native_bf16
 
-VARIANTS = {"fp32": ["trainer.precision=fp32"],
+VARIANTS = {"fp32": ["trainer.precision=fp32", "trainer.channels_last=false"],
             "fp32 + channels_last": ["trainer.precision=fp32", "trainer.channels_last=true"],
-            "bf16": ["trainer.precision=bf16"],
+            "bf16": ["trainer.precision=bf16", "trainer.channels_last=false"],
             "bf16 + channels_last": ["trainer.precision=bf16", "trainer.channels_last=true"]}
+AS_IS = ", malloc as-is"   # a variant's suffix: trainer.reuse_memory=false
+
+
+def variant_overrides(name: str) -> list[str] | None:
+    """The overrides of a variant name (``VARIANTS``' names, each optionally with ``AS_IS``); None if unknown."""
+    base = name.removesuffix(AS_IS)
+    if base not in VARIANTS:
+        return None
+    return VARIANTS[base] + (["trainer.reuse_memory=false"] if name.endswith(AS_IS) else [])
+
+
+def step_time(method, data, root, warmup: int, steps: int, overrides: list[str]) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = overhead_config(method, data, torch.device("cpu"), tmp, warmup, steps, root, extra=overrides)
+        return loop_step_time(cfg, steps, warmup)
 
 
 def main() -> None:
@@ -31,31 +48,30 @@ def main() -> None:
     parser.add_argument("--root", default=None, help="dataset root (e.g. the Fashion-MNIST folder)")
     parser.add_argument("--methods", default="simclr,supervised")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, the first is the baseline: "
-                        f"{', '.join(VARIANTS)}")
+                        f"{', '.join(VARIANTS)}, each optionally followed by '{AS_IS}' (trainer.reuse_memory=false)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     args = parse_or_render(parser, render)
     if args is None:
         return
-    names = [v.strip() for v in args.variants.split(",")]
-    unknown = [n for n in names if n not in VARIANTS]
+    names = [n.strip() for n in re.split(r",(?! malloc)", args.variants)]
+    unknown = [n for n in names if variant_overrides(n) is None]
     if unknown:
-        raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
-    cpu = torch.device("cpu")
+        raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}, each optionally + '{AS_IS}'")
     rows = []
     for method in args.methods.split(","):
         times = {n: [] for n in names}
         for _ in range(args.repeats):
-            for name in names:
-                with tempfile.TemporaryDirectory() as tmp:
-                    cfg = overhead_config(method, args.data, cpu, tmp, args.warmup, args.steps, args.root,
-                                          extra=VARIANTS[name])
-                    times[name].append(loop_step_time(cfg, args.steps, args.warmup))
+            for name in names:   # each loop in a fresh process: the malloc settings are process-wide
+                times[name].append(isolated(step_time, method, args.data, args.root, args.warmup, args.steps,
+                                            variant_overrides(name)))
         base = times[names[0]]
+        batch_size = overhead_config(method, args.data, torch.device("cpu"), tempfile.gettempdir(), args.warmup,
+                                     args.steps, args.root).data.batch_size
         for name in names:
             per_round = [b / t for b, t in zip(base, times[name])]
-            rows.append({"method": method, "variant": name, "batch_size": cfg.data.batch_size,
+            rows.append({"method": method, "variant": name, "batch_size": batch_size,
                          "ms": statistics.median(times[name]) * 1e3,
                          "speedup": statistics.median(base) / statistics.median(times[name]),
                          "speedup_min": min(per_round), "speedup_max": max(per_round)})

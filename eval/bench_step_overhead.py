@@ -13,7 +13,9 @@ cancels. Usage:
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
 import re
 import statistics
 import tempfile
@@ -27,13 +29,21 @@ from ssl_rep.encoders import create_encoder
 from ssl_rep.methods import create_method
 from ssl_rep.train import load_config, train
 from ssl_rep.train.data import build_train_dataset
-from ssl_rep.train.setup import fast_formats, method_options, to_device
+from ssl_rep.train.setup import fast_formats, keep_freed_memory, method_options, to_device
 from ssl_rep.train.metrics import read_metrics
 from ssl_rep.train.optim import build_optimizer
 
 RECIPES = {"autoencoder": "ae", "cpc": "cpc", "simclr": "simclr", "supervised": "supervised", "byol": "byol",
            "moco": "moco", "mocov3": "mocov3", "simsiam": "simsiam", "barlow_twins": "barlow_twins",
            "vicreg": "vicreg", "dino": "dino"}
+
+
+def isolated(fn, *args):
+    """``fn(*args)`` in a fresh process: what one measurement sets process-wide (ssl_rep's malloc settings, a
+    peer library's state) never reaches the next one."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def sync(device):
@@ -51,6 +61,8 @@ def bare_step(cfg, device):
     else:
         x = torch.stack([it[0] for it in items])
     use_bf16, channels_last = fast_formats(cfg, device)   # the loop's own formats (bf16 / channels_last)
+    if device.type == "cpu" and cfg.trainer.reuse_memory:
+        keep_freed_memory()   # and its malloc settings
     batch = to_device((x, torch.tensor([it[1] for it in items])), device, channels_last)
     method = create_method(cfg.method.name, create_encoder(cfg.encoder.name, **cfg.encoder.options),
                            **method_options(cfg, size, num_classes)).to(device)

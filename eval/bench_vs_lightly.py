@@ -5,7 +5,7 @@ Same model (ssl_rep's ResNet-18 with the CIFAR stem for both), batch, 32-px Fash
 projection head (512 -> 512 -> 128), NT-Xent at temperature 0.2, SGD with momentum, and DataLoader workers.
 lightly runs its own ``SimCLRTransform``, ``SimCLRProjectionHead`` and ``NTXentLoss`` in the plain loop its docs
 show; ssl_rep runs ``ssl_rep.train.train`` on the recipe with the same settings (online probe off). Each round runs
-both loops, alternating which goes first; the time per step is taken between step ``--warmup`` and
+both loops, alternating which goes first, each in a fresh process; the time per step is taken between step ``--warmup`` and
 ``--warmup + --steps`` (start-up excluded in both), and the ratio is median ssl_rep img/s over median lightly
 img/s. Rows: the same settings in fp32; the two bare steps (forward, backward, SGD) on one batch already in memory,
 fp32, which splits a gap between the model's compute and the loop around it; then ssl_rep's defaults, which pick bf16 and channels_last where the
@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from eval.bench_step_overhead import bare_step_time, loop_step_time, sync
+from eval.bench_step_overhead import bare_step_time, isolated, loop_step_time, sync
 from eval.results_md import caps_note, emit, kernel_caps, parse_or_render, table_section
 from ssl_rep.data import build_dataset
 from ssl_rep.data.transforms import DATASET_STATS
@@ -118,20 +118,27 @@ def ssl_rep_config(root, steps: int, warmup: int, workers: int, device: torch.de
 FP32 = ["trainer.precision=fp32", "trainer.channels_last=false"]
 
 
+def ssl_rep_bare_step_time(root, steps: int, warmup: int, device: torch.device, extra=()) -> float:
+    return bare_step_time(ssl_rep_config(root, steps, warmup, 0, device, extra), device, steps, warmup)
+
+
+def ssl_rep_step_time(root, steps: int, warmup: int, workers: int, device: torch.device, extra=()) -> float:
+    return loop_step_time(ssl_rep_config(root, steps, warmup, workers, device, extra), steps, warmup)
+
+
 def compare(label: str, args, device, extra=(), bare: bool = False) -> dict:
-    """Both loops (``bare``: both bare steps on a batch in memory) in alternating rounds; img/s and their ratio."""
+    """Both loops (``bare``: both bare steps on a batch in memory) in alternating rounds, each measurement in a
+    process of its own; img/s and their ratio."""
     times = {"ssl_rep": [], "lightly": []}
     if bare:
-        runs = {"ssl_rep": lambda: bare_step_time(ssl_rep_config(args.root, args.steps, args.warmup, 0, device, extra),
-                                                  device, args.steps, args.warmup),
-                "lightly": lambda: lightly_bare_step_time(args.root, args.steps, args.warmup, device)}
+        runs = {"ssl_rep": (ssl_rep_bare_step_time, args.root, args.steps, args.warmup, device, extra),
+                "lightly": (lightly_bare_step_time, args.root, args.steps, args.warmup, device)}
     else:
-        runs = {"ssl_rep": lambda: loop_step_time(ssl_rep_config(args.root, args.steps, args.warmup, args.workers,
-                                                                 device, extra), args.steps, args.warmup),
-                "lightly": lambda: lightly_step_time(args.root, args.steps, args.warmup, args.workers, device)}
+        runs = {"ssl_rep": (ssl_rep_step_time, args.root, args.steps, args.warmup, args.workers, device, extra),
+                "lightly": (lightly_step_time, args.root, args.steps, args.warmup, args.workers, device)}
     for r in range(args.rounds):
         for side in ("ssl_rep", "lightly") if r % 2 == 0 else ("lightly", "ssl_rep"):
-            times[side].append(runs[side]())
+            times[side].append(isolated(*runs[side]))
         print(f"  {label} round {r + 1}: ssl_rep {BATCH / times['ssl_rep'][-1]:.1f} img/s, lightly "
               f"{BATCH / times['lightly'][-1]:.1f} img/s", flush=True)
     ours, theirs = (BATCH / statistics.median(times[s]) for s in ("ssl_rep", "lightly"))
@@ -181,7 +188,7 @@ def render(result: dict, command: str | None = None, machine_name: str | None = 
                   note=f"ResNet-18 (CIFAR stem), batch {result['batch']}, two {result['image_size']}-px views, "
                        f"{result['workers']} DataLoader workers, SGD; steps {result['warmup']}-"
                        f"{result['warmup'] + result['steps']} of each loop timed, median over rounds (the two "
-                       "loops alternate which goes first)." + caps_note(caps))
+                       "loops alternate which goes first, each in a fresh process)." + caps_note(caps))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 import json
 import logging
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -442,6 +443,32 @@ def test_torch_compile_trains_like_eager(tmp_path):
     assert runs["true"] == pytest.approx(runs["false"], rel=1e-2)
 
 
+REFAULTS = """
+import resource, sys, torch
+from ssl_rep.train.setup import keep_freed_memory
+applied = keep_freed_memory() if sys.argv[1] == "keep" else None
+faults = []
+for _ in range(3):   # what a step does with an activation above glibc's mmap threshold: allocate, fill, free
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x = torch.ones(64, 2**20)   # 256 MiB
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    del x
+print(applied, faults[-1])
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_freed_step_memory_is_reused_not_faulted_in_again():
+    """trainer.reuse_memory's mallopt: after the first allocation, a 256 MiB block freed and allocated again comes
+    back without page faults; malloc as it is (the control) faults all of its 65,536 pages in every time."""
+    runs = {mode: subprocess.run([sys.executable, "-c", REFAULTS, mode], capture_output=True, text=True, timeout=120)
+            for mode in ("keep", "as-is")}
+    assert all(r.returncode == 0 for r in runs.values()), [r.stderr[-2000:] for r in runs.values()]
+    (applied, kept), (_, as_is) = (runs[m].stdout.split() for m in ("keep", "as-is"))
+    assert applied == "True"
+    assert int(as_is) > 60_000 and int(kept) < 1_000, (kept, as_is)
+
+
 @pytest.mark.parametrize("recipe", ["supervised_digits", pytest.param("simclr_digits", marks=pytest.mark.slow)])
 def test_bf16_on_the_cpu_runs_in_bf16_and_trains_like_fp32(tmp_path, recipe, monkeypatch, caplog):
     """trainer.precision=bf16 reaches the CPU, and auto picks it exactly where the CPU runs bf16 in hardware (and
@@ -465,6 +492,7 @@ def test_bf16_on_the_cpu_runs_in_bf16_and_trains_like_fp32(tmp_path, recipe, mon
         if precision == "auto":
             picked = "bf16 + channels_last" if native else "fp32 + channels_last"
             assert f"training in {picked} on this CPU ({capability}" in caplog.text
+            assert "keeping freed memory for the next step" in caplog.text
         runs[precision, native] = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
         weights = torch.load(out / "encoder.pt", map_location="cpu", weights_only=False)["state_dict"]
         assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float32}

@@ -112,8 +112,9 @@ class TrainerConfig:
     deterministic: bool = False
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     precision: str = _field("auto", ("auto", "bf16", "fp32"))  # auto: bf16 on GPUs and on CPUs with bf16 in hardware
-    channels_last: Optional[bool] = None   # None (auto): on for CPUs with AVX-512, where it measured faster
+    channels_last: Optional[bool] = None   # None (auto): on for CPUs with AVX2 or AVX-512, where it measured faster
     compile: bool = False
+    reuse_memory: bool = True        # on CPUs (glibc): keep freed memory for the next step, not unmap and fault it in
     online_probe: bool = True        # linear head on detached features when labels exist
     sync_batchnorm: bool = False     # under torchrun on GPUs: BatchNorm statistics over every process
     memory_check: bool = True        # estimate a step's peak memory first; refuse a run that cannot fit

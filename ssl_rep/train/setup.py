@@ -2,9 +2,11 @@
 ``checkpoints/last.pt`` on resume), and how that state is saved."""
 from __future__ import annotations
 
+import ctypes
 import inspect
 import logging
 import os
+import platform
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -50,6 +52,26 @@ def native_bf16() -> bool:
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
+        return False
+
+
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4   # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep the memory a step frees for the next step instead of giving it back to the kernel.
+
+    glibc serves blocks above its mmap threshold (at most 32 MiB) with ``mmap`` and unmaps them on ``free``, so a CPU
+    training step whose activations are that large has the kernel fault in and zero every page of them again,
+    each step. ``M_MMAP_MAX=0`` serves them from the heap and a high ``M_TRIM_THRESHOLD`` keeps the freed heap for
+    reuse, as jemalloc and tcmalloc do: the peak stays what the step uses. Process-wide (DataLoader workers forked
+    afterwards inherit it). Returns whether it applied: only under glibc."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):
         return False
 
 
@@ -234,6 +256,9 @@ def setup_run(cfg: Config, resume: bool = False) -> Run:
     use_bf16, channels_last = fast_formats(cfg, device)
     if channels_last:
         method = method.to(memory_format=torch.channels_last)
+    if device.type == "cpu" and cfg.trainer.reuse_memory and keep_freed_memory() and main:
+        log.info("keeping freed memory for the next step (glibc malloc: no mmap for large blocks, no trim); "
+                 "trainer.reuse_memory=false to leave malloc as it is")
     if cfg.trainer.sync_batchnorm and (world > 1 or device.type == "cuda"):   # one process: the same as BatchNorm
         method = sync_batchnorm(method, world, device)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
