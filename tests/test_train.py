@@ -445,22 +445,23 @@ def test_torch_compile_trains_like_eager(tmp_path):
 
 REFAULTS = """
 import resource, sys, torch
-from ssl_rep.train.setup import keep_freed_memory
+from ssl_rep.malloc import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 faults = []
-for _ in range(3):   # what a step does with an activation above glibc's mmap threshold: allocate, fill, free
+for _ in range(6):   # what a step does with an activation above glibc's mmap threshold: allocate, fill, free
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     x = torch.ones(64, 2**20)   # 256 MiB
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     del x
-print(applied, faults[-1])
+print(applied, max(faults[-3:]))   # the steady state: the heap settles within the first steps
 """
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_freed_step_memory_is_reused_not_faulted_in_again():
     """trainer.reuse_memory's mallopt: after the first allocation, a 256 MiB block freed and allocated again comes
-    back without page faults; malloc as it is (the control) faults all of its 65,536 pages in every time."""
+    back without page faults once the heap has settled; malloc as it is (the control) faults all of its 65,536 pages
+    in every time."""
     runs = {mode: subprocess.run([sys.executable, "-c", REFAULTS, mode], capture_output=True, text=True, timeout=120)
             for mode in ("keep", "as-is")}
     assert all(r.returncode == 0 for r in runs.values()), [r.stderr[-2000:] for r in runs.values()]

@@ -12,6 +12,8 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2 as T
 from tqdm.auto import tqdm
 
+from ..malloc import keep_freed_memory
+
 RESIDENT_BYTES = 1 << 30       # in-memory sets up to this size are copied to the GPU once for extraction
 PENDING_BYTES = 64 << 20       # features wait on the device up to this size, then come back in one copy
 # Experimental, off by default until measured on a GPU (eval/bench_extract.py has a row for it): a resident set
@@ -127,7 +129,8 @@ def extract_features(encoder: torch.nn.Module, dataset, batch_size: int = 256, d
                      num_workers: int = 0, cache_dir: str | os.PathLike | None = None, progress: bool = True):
     """Run a frozen encoder over a dataset: ``(features float32 (N, D), labels int64 (N,) or None)``.
 
-    Eval mode, no gradients, bf16 autocast on GPU, a progress bar. ``labels`` is None when the
+    Eval mode, no gradients, bf16 autocast on GPU, a progress bar; on the CPU, freed memory kept for the next batch
+    (:func:`ssl_rep.malloc.keep_freed_memory`, process-wide). ``labels`` is None when the
     dataset has none (all -1). ``ten_crop``: each sample's features are the mean over 10 crops (the
     dataset may yield ``(10, C, H, W)`` from the ``ten_crop`` transform, or ``(C, H, W)`` images
     that are cut here). ``cache_dir``: features are written batch by batch into a memory-mapped
@@ -145,6 +148,8 @@ def extract_features(encoder: torch.nn.Module, dataset, batch_size: int = 256, d
             feats = np.load(cache / "features.npy", mmap_mode="r")
             labels = np.load(cache / "labels.npy")
             return feats, (labels if (labels >= 0).any() else None)
+    if device.type == "cpu":
+        keep_freed_memory()   # large activations reused batch to batch, not faulted in again each time
     was_training = encoder.training
     encoder = encoder.eval().to(device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,

@@ -2,11 +2,9 @@
 ``checkpoints/last.pt`` on resume), and how that state is saved."""
 from __future__ import annotations
 
-import ctypes
 import inspect
 import logging
 import os
-import platform
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ from torch import nn
 
 from ..data.transforms import preprocessing
 from ..encoders import create_encoder
+from ..malloc import keep_freed_memory
 from ..methods import Method, create_method, method_class
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, ConfigError, config_from_dict, config_to_dict, save_config
@@ -52,26 +51,6 @@ def native_bf16() -> bool:
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
-        return False
-
-
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4   # glibc's mallopt parameters (malloc.h)
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep the memory a step frees for the next step instead of giving it back to the kernel.
-
-    glibc serves blocks above its mmap threshold (at most 32 MiB) with ``mmap`` and unmaps them on ``free``, so a CPU
-    training step whose activations are that large has the kernel fault in and zero every page of them again,
-    each step. ``M_MMAP_MAX=0`` serves them from the heap and a high ``M_TRIM_THRESHOLD`` keeps the freed heap for
-    reuse, as jemalloc and tcmalloc do: the peak stays what the step uses. Process-wide (DataLoader workers forked
-    afterwards inherit it). Returns whether it applied: only under glibc."""
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
-    except (OSError, AttributeError):
         return False
 
 
