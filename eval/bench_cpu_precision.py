@@ -94,7 +94,10 @@ def render(result: dict, command: str | None, machine_name: str | None = None) -
     capability = result["cpu_capability"].lower()
     key = f"cpu-precision-{result['data']}" + ("" if capability.startswith("avx512") else f"-{capability}")
     title = f"({result['data']})" if capability.startswith("avx512") else f"({result['data']}, {capability.upper()} kernels)"
-    table_section(key, f"Training on the CPU: fp32, channels_last, bf16 {title}",
+    subject = "fp32, channels_last, bf16"
+    if any(r["variant"].endswith(AS_IS) for r in result["rows"]):   # the malloc comparison: a section of its own
+        key, subject = key + "-malloc", "malloc as-is against freed memory kept (trainer.reuse_memory)"
+    table_section(key, f"Training on the CPU: {subject} {title}",
                   "python -m eval.bench_cpu_precision", ["method", "batch", "variant", "ms/step", "speed-up",
                                                          "per-round"], lines, command, machine_name, note)
 
