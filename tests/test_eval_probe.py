@@ -192,11 +192,15 @@ def small_digits():
     return torch.utils.data.Subset(ds, range(40)), ds
 
 
-def test_extract_features_matches_a_manual_forward(small_digits):
+def test_extract_features_matches_a_manual_forward(small_digits, monkeypatch):
+    import ssl_rep.eval.features as features
+    kept = []
+    monkeypatch.setattr(features, "keep_freed_memory", lambda: kept.append(True))
     subset, _ = small_digits
     torch.manual_seed(0)
     enc = ssl_rep.create_encoder("resnet20").train()
     X, y = extract_features(enc, subset, batch_size=16, device="cpu", progress=False)
+    assert kept   # on the CPU, freed batch memory is kept for the next batch
     assert X.dtype == np.float32 and X.shape == (40, 64) and y.dtype == np.int64 and y.shape == (40,)
     assert enc.training  # mode restored
     with torch.no_grad():
