@@ -97,10 +97,10 @@ def lightly_step_time(root, steps: int, warmup: int, workers: int, device: torch
     for step, ((x0, x1), _) in enumerate(loader, 1):
         loss = train_step(x0.to(device), x1.to(device))
         if step == warmup:
-            float(loss)   # wait for the device, as ssl_rep's logged step does
+            float(loss.detach())   # wait for the device, as ssl_rep's logged step does
             start = time.perf_counter()
         if step == warmup + steps:
-            float(loss)
+            float(loss.detach())
             return (time.perf_counter() - start) / steps
     raise ValueError(f"one epoch has fewer than {warmup + steps} steps")
 
