@@ -29,7 +29,7 @@ from ssl_rep.encoders import create_encoder
 from ssl_rep.methods import create_method
 from ssl_rep.train import load_config, train
 from ssl_rep.train.data import build_train_dataset
-from ssl_rep.malloc import keep_freed_memory
+from ssl_rep.data.host_memory import keep_freed_memory
 from ssl_rep.train.setup import fast_formats, method_options, to_device
 from ssl_rep.train.metrics import read_metrics
 from ssl_rep.train.optim import build_optimizer

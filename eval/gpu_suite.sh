@@ -112,13 +112,19 @@ if asked aecpc; then
   # opt-in: CPC v2 and the autoencoder at their recipes on all of Fashion-MNIST, each trained for the epochs that
   # fit AECPC_BUDGET seconds (default 200 each; a 60-step timing run sets them), then eval/reproduce.py's
   # fashion-mnist-ae-cpc table (each beside its own untrained encoder, N2D's UMAP + GMM column). A call of its own.
-  # AE_CODE_DIM=10 adds the autoencoder with a 10-value code layer (N2D's embedding size).
+  # AE_CODE_DIM=10 adds the autoencoder with a 10-value code layer (N2D's embedding size). CPC_WIDTH=64 trains CPC's
+  # patch encoder at that width instead of the recipe's 32 (on the CPU, each doubling added 3-4 pt of probe at
+  # 1,000 steps: RESULTS, "CPC v2: patch-encoder width at equal steps").
+  cpc_width=()
+  [ -n "${CPC_WIDTH:-}" ] && cpc_width=(encoder.width=$CPC_WIDTH)
   for m in autoencoder cpc; do
     recipe=$([ $m = cpc ] && echo cpc_fashion_mnist || echo ae_fashion_mnist)
+    extra=(); [ $m = cpc ] && extra=("${cpc_width[@]}")
     batch=$(python3 -c "from ssl_rep.train import load_config; print(load_config('$recipe').data.batch_size)")
     rm -rf /tmp/timing_$m; stamp "$m timing"
     timeout 150 python3 -m ssl_rep.cli.pretrain $recipe trainer.device=cuda data.root="$FM" data.num_workers=8 \
-      data.eval_split=null out_dir=/tmp/timing_$m trainer.max_steps=60 trainer.log_every=5 > "$OUT/timing_$m.log" 2>&1
+      data.eval_split=null out_dir=/tmp/timing_$m trainer.max_steps=60 trainer.log_every=5 "${extra[@]}" \
+      > "$OUT/timing_$m.log" 2>&1
     declare "EPOCHS_$m=$(python -m eval.epochs_for_budget /tmp/timing_$m/metrics.jsonl --budget ${AECPC_BUDGET:-200} \
       --images 60000 --batch-size $batch 2>>"$OUT/timing_$m.log" || echo 5)"
   done
@@ -126,6 +132,7 @@ if asked aecpc; then
   timeout $(( 2 * ${AECPC_BUDGET:-200} + 240 )) python -m eval.reproduce fashion-mnist-ae-cpc --device cuda \
     --root "$FM" --methods autoencoder,cpc --cluster-methods kmeans,gmm --override data.num_workers=8 \
     --override autoencoder:trainer.epochs=$EPOCHS_autoencoder --override cpc:trainer.epochs=$EPOCHS_cpc \
+    ${CPC_WIDTH:+--override cpc:encoder.width=$CPC_WIDTH} \
     --json "$OUT/fashion_mnist_ae_cpc.json" 2>&1 | grep -v "^step\|Warning\|warn" | tail -8
   for m in autoencoder cpc; do cp runs/fashion-mnist-ae-cpc/$m/metrics.jsonl "$OUT/fm_aecpc_${m}_metrics.jsonl"; done
   if [ -n "${AE_CODE_DIM:-}" ]; then

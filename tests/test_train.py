@@ -445,7 +445,7 @@ def test_torch_compile_trains_like_eager(tmp_path):
 
 REFAULTS = """
 import resource, sys, torch
-from ssl_rep.malloc import keep_freed_memory
+from ssl_rep.data.host_memory import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 faults = []
 for _ in range(6):   # what a step does with an activation above glibc's mmap threshold: allocate, fill, free

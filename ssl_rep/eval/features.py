@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2 as T
 from tqdm.auto import tqdm
 
-from ..malloc import keep_freed_memory
+from ..data.host_memory import keep_freed_memory
 
 RESIDENT_BYTES = 1 << 30       # in-memory sets up to this size are copied to the GPU once for extraction
 PENDING_BYTES = 64 << 20       # features wait on the device up to this size, then come back in one copy
@@ -130,7 +130,7 @@ def extract_features(encoder: torch.nn.Module, dataset, batch_size: int = 256, d
     """Run a frozen encoder over a dataset: ``(features float32 (N, D), labels int64 (N,) or None)``.
 
     Eval mode, no gradients, bf16 autocast on GPU, a progress bar; on the CPU, freed memory kept for the next batch
-    (:func:`ssl_rep.malloc.keep_freed_memory`, process-wide). ``labels`` is None when the
+    (:func:`ssl_rep.data.host_memory.keep_freed_memory`, process-wide). ``labels`` is None when the
     dataset has none (all -1). ``ten_crop``: each sample's features are the mean over 10 crops (the
     dataset may yield ``(10, C, H, W)`` from the ``ten_crop`` transform, or ``(C, H, W)`` images
     that are cut here). ``cache_dir``: features are written batch by batch into a memory-mapped

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..data.transforms import preprocessing
 from ..encoders import create_encoder
-from ..malloc import keep_freed_memory
+from ..data.host_memory import keep_freed_memory
 from ..methods import Method, create_method, method_class
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, ConfigError, config_from_dict, config_to_dict, save_config

@@ -1,4 +1,4 @@
-"""Host memory: how the CPU paths allocate."""
+"""Host memory: how the CPU paths (training steps, feature extraction) allocate."""
 from __future__ import annotations
 
 import ctypes
