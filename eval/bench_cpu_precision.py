@@ -55,7 +55,7 @@ def main() -> None:
     args = parse_or_render(parser, render)
     if args is None:
         return
-    names = [n.strip() for n in re.split(r",(?! malloc)", args.variants)]
+    names = [n.strip() for n in re.split(rf",(?!{re.escape(AS_IS[1:])})", args.variants)]   # AS_IS holds a comma
     unknown = [n for n in names if variant_overrides(n) is None]
     if unknown:
         raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}, each optionally + '{AS_IS}'")

@@ -29,8 +29,7 @@ from ssl_rep.encoders import create_encoder
 from ssl_rep.methods import create_method
 from ssl_rep.train import load_config, train
 from ssl_rep.train.data import build_train_dataset
-from ssl_rep.data.host_memory import keep_freed_memory
-from ssl_rep.train.setup import fast_formats, method_options, to_device
+from ssl_rep.train.setup import fast_formats, method_options, reuse_host_memory, to_device
 from ssl_rep.train.metrics import read_metrics
 from ssl_rep.train.optim import build_optimizer
 
@@ -62,8 +61,7 @@ def bare_step(cfg, device):
     else:
         x = torch.stack([it[0] for it in items])
     use_bf16, channels_last = fast_formats(cfg, device)   # the loop's own formats (bf16 / channels_last)
-    if device.type == "cpu" and cfg.trainer.reuse_memory:
-        keep_freed_memory()   # and its malloc settings
+    reuse_host_memory(cfg, device)   # and its malloc settings
     batch = to_device((x, torch.tensor([it[1] for it in items])), device, channels_last)
     method = create_method(cfg.method.name, create_encoder(cfg.encoder.name, **cfg.encoder.options),
                            **method_options(cfg, size, num_classes)).to(device)

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import platform
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4   # glibc's mallopt parameters (malloc.h)
 
 
+@functools.cache   # process-wide: applied once
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to keep the memory a step frees for the next step instead of giving it back to the kernel.
 

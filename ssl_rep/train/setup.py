@@ -54,6 +54,11 @@ def native_bf16() -> bool:
         return False
 
 
+def reuse_host_memory(cfg: Config, device: torch.device) -> bool:
+    """Apply ``trainer.reuse_memory`` on the CPU (glibc's malloc keeps freed memory); whether it applied."""
+    return device.type == "cpu" and cfg.trainer.reuse_memory and keep_freed_memory()
+
+
 def fast_formats(cfg: Config, device: torch.device) -> tuple[bool, bool]:
     """``(bf16, channels_last)`` for the run: what the recipe says, and for ``auto`` what eval/bench_cpu_precision
     and eval/bench_vs_lightly measured fastest. bf16 on GPUs, and on CPUs that run it in hardware (AVX512-BF16 or
@@ -235,7 +240,7 @@ def setup_run(cfg: Config, resume: bool = False) -> Run:
     use_bf16, channels_last = fast_formats(cfg, device)
     if channels_last:
         method = method.to(memory_format=torch.channels_last)
-    if device.type == "cpu" and cfg.trainer.reuse_memory and keep_freed_memory() and main:
+    if reuse_host_memory(cfg, device) and main:
         log.info("keeping freed memory for the next step (glibc malloc: no mmap for large blocks, no trim); "
                  "trainer.reuse_memory=false to leave malloc as it is")
     if cfg.trainer.sync_batchnorm and (world > 1 or device.type == "cuda"):   # one process: the same as BatchNorm
