@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.results_md import command_line, machine, update_section
+from eval.results_md import command_line, git_rev, machine, update_section
 from ssl_rep.data import build_dataset
 from ssl_rep.encoders import CheckpointError
 from ssl_rep.eval import KNNClassifier, LinearProbe, cluster, cluster_features, clustering_scores, eval_dataset, \
@@ -224,7 +224,7 @@ def run(name: str, device: str, root, overrides: list[str], methods: list[str], 
     dev = device if device != "auto" else None
     rows = {}
     result = {"experiment": name, "data": data, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
-              "overrides": overrides,
+              "commit": git_rev(), "overrides": overrides,
               "command": command_line(), "anchors": spec["anchors"], "rows": rows}
     save = lambda: json_path.write_text(json.dumps(result, indent=2))  # noqa: E731  (partial results survive a timeout)
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -284,7 +284,7 @@ def render(result: dict) -> None:
     body = "\n".join(lines) + f"\n\nOverrides: `{' '.join(result['overrides']) or 'none'}`.  \n" \
                               f"Published anchors: {result['anchors']}." + (f"  \n{result['notes']}" if result.get("notes") else "")
     update_section(f"suite-{result['experiment']}", f"{result['experiment']}", result["command"], body,
-                   machine_name=result["machine"], date=result.get("date"))
+                   machine_name=result["machine"], date=result.get("date"), commit=result.get("commit"))
 
 
 def main() -> None:
@@ -306,6 +306,9 @@ def main() -> None:
                              "name already in the table keeps its first run)")
     parser.add_argument("--trained", action="append", default=[], metavar="METHOD=CKPT",
                         help="evaluate this finished run's checkpoint instead of training the method (repeatable)")
+    parser.add_argument("--commit", default=None,
+                        help="with --render: the commit that measured the saved run, for runs saved before their "
+                             "JSON recorded it (default: the JSON's, else the checkout's)")
     parser.add_argument("--add-raw-pixels", action="store_true",
                         help="with --render: compute the raw-pixel row here if the saved run lacks it")
     args = parser.parse_args()
@@ -315,6 +318,8 @@ def main() -> None:
         return
     if args.render:
         result = json.loads(Path(args.render).read_text())
+        if args.commit:
+            result["commit"] = args.commit
         for other in args.merge:   # the saved run's rows first, then each merged run's new rows, in order
             rows = json.loads(Path(other).read_text())["rows"]
             result["rows"].update({name: row for name, row in rows.items() if name not in result["rows"]})

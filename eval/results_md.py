@@ -104,12 +104,18 @@ def organise(text: str) -> str:
     return "\n\n".join(out) + "\n"
 
 
+# the commit a saved run was measured at, while ``parse_or_render`` re-renders it (``--commit``)
+MEASURED_AT: str | None = None
+
+
 def update_section(key: str, title: str, command: str, body: str, path: Path = RESULTS,
-                   machine_name: str | None = None, date: str | None = None) -> None:
+                   machine_name: str | None = None, date: str | None = None, commit: str | None = None) -> None:
     """Replace (or add, under its topic) the section ``key`` of RESULTS.md with a header, the command and
-    ``body``. ``machine_name``/``date`` describe where the numbers were measured when that was elsewhere."""
+    ``body``. ``machine_name``/``date``/``commit`` describe where and at which commit the numbers were measured
+    when that was not here and now."""
     text = path.read_text() if path.exists() else HEADER
-    stamp = f"{date or datetime.date.today().isoformat()}, {machine_name or machine()}, commit {git_rev()}"
+    stamp = (f"{date or datetime.date.today().isoformat()}, {machine_name or machine()}, "
+             f"commit {commit or MEASURED_AT or git_rev()}")
     section = (f"<!-- {key}:start -->\n## {title}\n\n`{command}`  \n{stamp}\n\n{body.strip()}\n<!-- {key}:end -->")
     pattern = re.compile(rf"<!-- {re.escape(key)}:start -->.*?<!-- {re.escape(key)}:end -->", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
@@ -149,6 +155,8 @@ def parse_or_render(parser, render, required: tuple[str, ...] = ()):
     add_output_args(parser)
     args = parser.parse_args()
     if args.render:
+        global MEASURED_AT
+        MEASURED_AT = args.commit
         render(json.loads(Path(args.render).read_text()), args.command, args.machine)
         return None
     missing = [f"--{name.replace('_', '-')}" for name in required if getattr(args, name) is None]
@@ -173,3 +181,5 @@ def add_output_args(parser) -> None:
     parser.add_argument("--render", default=None, help="write RESULTS.md from a saved --json file and exit")
     parser.add_argument("--machine", default=None, help="with --render: where the saved numbers were measured")
     parser.add_argument("--command", default=None, help="with --render: the command that measured them")
+    parser.add_argument("--commit", default=None, help="with --render: the commit that measured them "
+                                                       "(default: the checkout's)")

@@ -137,3 +137,27 @@ def test_render_merges_runs_in_order_and_keeps_a_rows_first_run(tmp_path, monkey
     table = [line.split(" | ")[0][2:] for line in sections["suite-x"].splitlines()[2:] if line.startswith("| ")]
     assert table == ["cpc", "raw pixels", "autoencoder", "simclr"]
     assert "| raw pixels | – | 0.8500 |" in sections["suite-x"]   # the first run that has the row wins
+
+
+def test_a_re_render_stamps_the_commit_that_measured_the_run_not_the_checkouts(tmp_path, monkeypatch):
+    from eval import results_md
+    out = tmp_path / "RESULTS.md"
+    monkeypatch.setattr(reproduce, "update_section", lambda *a, **kw: results_md.update_section(*a, path=out, **kw))
+    monkeypatch.setattr(results_md, "git_rev", lambda: "c0ffee1")   # the checkout's commit
+    row = {"top1": 0.9, "top5": 1.0, "knn20": 0.8, "clusters": {"kmeans": {"acc": 0.5, "nmi": 0.4}}}
+    saved = {"experiment": "x", "rows": {"cpc": row}, "overrides": [], "anchors": "a", "command": "c",
+             "machine": "m", "date": "2026-01-02"}
+    path = tmp_path / "run.json"
+    for recorded, flag, stamp in [({"commit": "abc1234"}, [], "abc1234"), ({}, [], "c0ffee1"),
+                                  ({}, ["--commit", "0a51428"], "0a51428")]:
+        path.write_text(json.dumps({**saved, **recorded}))
+        monkeypatch.setattr("sys.argv", ["reproduce", "--render", str(path), *flag])
+        reproduce.main()
+        assert f"2026-01-02, m, commit {stamp}\n" in out.read_text(), (recorded, flag)
+    # the other benchmarks' --render takes --commit too
+    import argparse
+    monkeypatch.setattr(results_md, "MEASURED_AT", None)   # restored to None after the test
+    monkeypatch.setattr("sys.argv", ["bench", "--render", str(path), "--commit", "1234abc"])
+    assert results_md.parse_or_render(argparse.ArgumentParser(), lambda result, command, machine_name: (
+        results_md.update_section("y", "y", "c", "b", path=out, machine_name="m", date="d"))) is None
+    assert "d, m, commit 1234abc\n" in out.read_text()
