@@ -115,11 +115,9 @@ if asked aecpc; then
   # AE_CODE_DIM=10 adds the autoencoder with a 10-value code layer (N2D's embedding size). CPC_WIDTH=64 trains CPC's
   # patch encoder at that width instead of the recipe's 32 (on the CPU, each doubling added 3-4 pt of probe at
   # 1,000 steps: RESULTS, "CPC v2: patch-encoder width at equal steps").
-  cpc_width=()
-  [ -n "${CPC_WIDTH:-}" ] && cpc_width=(encoder.width=$CPC_WIDTH)
   for m in autoencoder cpc; do
     recipe=$([ $m = cpc ] && echo cpc_fashion_mnist || echo ae_fashion_mnist)
-    extra=(); [ $m = cpc ] && extra=("${cpc_width[@]}")
+    extra=(); [ $m = cpc ] && [ -n "${CPC_WIDTH:-}" ] && extra=(encoder.width=$CPC_WIDTH)
     batch=$(python3 -c "from ssl_rep.train import load_config; print(load_config('$recipe').data.batch_size)")
     rm -rf /tmp/timing_$m; stamp "$m timing"
     timeout 150 python3 -m ssl_rep.cli.pretrain $recipe trainer.device=cuda data.root="$FM" data.num_workers=8 \
