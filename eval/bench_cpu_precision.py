@@ -5,7 +5,8 @@ host's speed hits all of them alike. The speed-up of a variant is the fp32 media
 the range is over the per-round ratios. This is what ``trainer.precision=auto`` and ``trainer.channels_last`` (unset)
 choose from (``ssl_rep.train.setup.fast_formats``). Run under ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``
 it times the kernels an AVX2-only CPU runs, in a section of its own (the caps are recorded). A variant named with
-", malloc as-is" runs with ``trainer.reuse_memory=false``; every loop runs in a fresh process. Usage:
+", malloc as-is" runs with ``trainer.reuse_memory=false``, one named with ", compiled" with ``trainer.compile=true``
+(compiling falls in the warmup steps); every loop runs in a fresh process. Usage:
     python -m eval.bench_cpu_precision [--data fashion-mnist] [--methods simclr,supervised] [--steps 20] [--repeats 3]
 """
 from __future__ import annotations
@@ -26,14 +27,18 @@ VARIANTS = {"fp32": ["trainer.precision=fp32", "trainer.channels_last=false"],
             "bf16": ["trainer.precision=bf16", "trainer.channels_last=false"],
             "bf16 + channels_last": ["trainer.precision=bf16", "trainer.channels_last=true"]}
 AS_IS = ", malloc as-is"   # a variant's suffix: trainer.reuse_memory=false
+COMPILED = ", compiled"     # a variant's suffix: trainer.compile=true
+SUFFIXES = {AS_IS: ["trainer.reuse_memory=false"], COMPILED: ["trainer.compile=true"]}
 
 
 def variant_overrides(name: str) -> list[str] | None:
-    """The overrides of a variant name (``VARIANTS``' names, each optionally with ``AS_IS``); None if unknown."""
-    base = name.removesuffix(AS_IS)
+    """The overrides of a variant name (``VARIANTS``' names, each optionally with one of ``SUFFIXES``); None if
+    unknown."""
+    suffix = next((s for s in SUFFIXES if name.endswith(s)), None)
+    base = name.removesuffix(suffix) if suffix else name
     if base not in VARIANTS:
         return None
-    return VARIANTS[base] + (["trainer.reuse_memory=false"] if name.endswith(AS_IS) else [])
+    return VARIANTS[base] + SUFFIXES.get(suffix, [])
 
 
 def step_time(method, data, root, warmup: int, steps: int, overrides: list[str]) -> float:
@@ -48,17 +53,20 @@ def main() -> None:
     parser.add_argument("--root", default=None, help="dataset root (e.g. the Fashion-MNIST folder)")
     parser.add_argument("--methods", default="simclr,supervised")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, the first is the baseline: "
-                        f"{', '.join(VARIANTS)}, each optionally followed by '{AS_IS}' (trainer.reuse_memory=false)")
+                        f"{', '.join(VARIANTS)}, each optionally followed by '{AS_IS}' (trainer.reuse_memory=false) or "
+                        f"'{COMPILED}' (trainer.compile=true)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     args = parse_or_render(parser, render)
     if args is None:
         return
-    names = [n.strip() for n in re.split(rf",(?!{re.escape(AS_IS[1:])})", args.variants)]   # AS_IS holds a comma
+    suffixes = "|".join(re.escape(s[1:]) for s in SUFFIXES)
+    names = [n.strip() for n in re.split(rf",(?!{suffixes})", args.variants)]   # the suffixes hold a comma
     unknown = [n for n in names if variant_overrides(n) is None]
     if unknown:
-        raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}, each optionally + '{AS_IS}'")
+        raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}, each optionally + one of "
+                         f"{list(SUFFIXES)}")
     rows = []
     for method in args.methods.split(","):
         times = {n: [] for n in names}
@@ -97,6 +105,8 @@ def render(result: dict, command: str | None, machine_name: str | None = None) -
     subject = "fp32, channels_last, bf16"
     if any(r["variant"].endswith(AS_IS) for r in result["rows"]):   # the malloc comparison: a section of its own
         key, subject = key + "-malloc", "malloc as-is against freed memory kept (trainer.reuse_memory)"
+    elif any(r["variant"].endswith(COMPILED) for r in result["rows"]):   # eager against compiled: its own section
+        key, subject = key + "-compile", "eager against torch.compile (trainer.compile)"
     table_section(key, f"Training on the CPU: {subject} {title}",
                   "python -m eval.bench_cpu_precision", ["method", "batch", "variant", "ms/step", "speed-up",
                                                          "per-round"], lines, command, machine_name, note)
