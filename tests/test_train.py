@@ -313,6 +313,19 @@ def test_resume_with_a_different_config_is_refused(tmp_path):
               resume=True, progress=False)
 
 
+def test_resuming_into_a_longer_run_warns_of_the_learning_rates_restart(tmp_path, caplog):
+    out, opts = tmp_path / "run", [f"out_dir={tmp_path / 'run'}", *FAST, "schedule.warmup_steps=0"]
+    train(load_config("ae_digits", [*opts, "trainer.max_steps=4"]), progress=False)   # the cosine ends at 0
+    with caplog.at_level(logging.WARNING, logger="ssl_rep.train"):
+        train(load_config("ae_digits", [*opts, "trainer.max_steps=4"]), resume=True, progress=False)
+    assert "warm restart" not in caplog.text   # the same length: nothing to say
+    with caplog.at_level(logging.WARNING, logger="ssl_rep.train"):
+        train(load_config("ae_digits", [*opts, "trainer.max_steps=8"]), resume=True, progress=False)
+    # step 4 of 8 on a cosine without warmup: half the peak, where the saved run had reached 0
+    assert "resuming at step 4 of 8 (the saved run was set to 4 steps): the learning rate goes from 0 to 0.001 " \
+           "(0.50 of optim.lr), a warm restart" in caplog.text
+
+
 def test_a_run_saved_before_a_config_key_existed_still_resumes(tmp_path):
     """A checkpoint whose config lacks a key added since (here data.min_scale) resumes: the key reads as its
     default, which is the behaviour that run had."""

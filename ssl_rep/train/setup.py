@@ -28,6 +28,7 @@ from .memory import check_step_fits, px_text
 from .online_probe import OnlineProbe
 from .optim import build_optimizer
 from .sampling import mix_seed
+from .schedule import lr_at
 
 log = logging.getLogger("ssl_rep.train")
 
@@ -210,6 +211,23 @@ class Run:
         return path
 
 
+def note_length_change(cfg: Config, saved: dict, step: int, total: int, batches_per_epoch: int) -> None:
+    """On a resume that changes the run's length, say where the learning rate goes: the schedule is a function
+    of the step and the total, so a longer run restarts the cosine higher than the saved run had reached."""
+    try:
+        old = config_from_dict(saved).trainer
+    except ConfigError:
+        return
+    old_total = old.max_steps or old.epochs * batches_per_epoch
+    if old_total == total or step >= total:
+        return
+    before, after = (lr_at(step, cfg.optim.lr, t, cfg.schedule) for t in (old_total, total))
+    if abs(after - before) > 0.01 * cfg.optim.lr:
+        log.warning("resuming at step %d of %d (the saved run was set to %d steps): the learning rate goes from "
+                    "%.3g to %.3g (%.2f of optim.lr), a warm restart; losses rise for a while before they fall "
+                    "again", step, total, old_total, before, after, after / cfg.optim.lr)
+
+
 def load_resume_state(cfg: Config, out: Path, main: bool) -> dict:
     last = out / "checkpoints" / "last.pt"
     if not last.is_file():
@@ -264,6 +282,8 @@ def setup_run(cfg: Config, resume: bool = False) -> Run:
               build_optimizer(method, cfg.optim), probe, loader, sampler, size, total, autocast, channels_last)
     if state is not None:
         run.restore(state)
+        if main:
+            note_length_change(cfg, state["config"], run.step, total, sampler.batches_per_epoch)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
