@@ -314,7 +314,7 @@ def test_resume_with_a_different_config_is_refused(tmp_path):
 
 
 def test_resuming_into_a_longer_run_warns_of_the_learning_rates_restart(tmp_path, caplog):
-    out, opts = tmp_path / "run", [f"out_dir={tmp_path / 'run'}", *FAST, "schedule.warmup_steps=0"]
+    opts = [f"out_dir={tmp_path / 'run'}", *FAST, "schedule.warmup_steps=0"]
     train(load_config("ae_digits", [*opts, "trainer.max_steps=4"]), progress=False)   # the cosine ends at 0
     with caplog.at_level(logging.WARNING, logger="ssl_rep.train"):
         train(load_config("ae_digits", [*opts, "trainer.max_steps=4"]), resume=True, progress=False)
