@@ -29,6 +29,9 @@ VARIANTS = {"fp32": ["trainer.precision=fp32", "trainer.channels_last=false"],
 AS_IS = ", malloc as-is"   # a variant's suffix: trainer.reuse_memory=false
 COMPILED = ", compiled"     # a variant's suffix: trainer.compile=true
 SUFFIXES = {AS_IS: ["trainer.reuse_memory=false"], COMPILED: ["trainer.compile=true"]}
+# a comparison with suffixed variants is a RESULTS.md section of its own: its key's ending and its subject
+SECTIONS = {AS_IS: ("-malloc", "malloc as-is against freed memory kept (trainer.reuse_memory)"),
+            COMPILED: ("-compile", "eager against torch.compile (trainer.compile)")}
 
 
 def variant_overrides(name: str) -> list[str] | None:
@@ -102,11 +105,9 @@ def render(result: dict, command: str | None, machine_name: str | None = None) -
     capability = result["cpu_capability"].lower()
     key = f"cpu-precision-{result['data']}" + ("" if capability.startswith("avx512") else f"-{capability}")
     title = f"({result['data']})" if capability.startswith("avx512") else f"({result['data']}, {capability.upper()} kernels)"
-    subject = "fp32, channels_last, bf16"
-    if any(r["variant"].endswith(AS_IS) for r in result["rows"]):   # the malloc comparison: a section of its own
-        key, subject = key + "-malloc", "malloc as-is against freed memory kept (trainer.reuse_memory)"
-    elif any(r["variant"].endswith(COMPILED) for r in result["rows"]):   # eager against compiled: its own section
-        key, subject = key + "-compile", "eager against torch.compile (trainer.compile)"
+    suffix = next((s for s in SECTIONS if any(r["variant"].endswith(s) for r in result["rows"])), None)
+    ending, subject = SECTIONS.get(suffix, ("", "fp32, channels_last, bf16"))
+    key += ending
     table_section(key, f"Training on the CPU: {subject} {title}",
                   "python -m eval.bench_cpu_precision", ["method", "batch", "variant", "ms/step", "speed-up",
                                                          "per-round"], lines, command, machine_name, note)

@@ -211,6 +211,11 @@ class Run:
         return path
 
 
+def total_steps(trainer, batches_per_epoch: int) -> int:
+    """Optimiser steps a run takes: ``trainer.max_steps`` if set, else its epochs' worth."""
+    return trainer.max_steps or trainer.epochs * batches_per_epoch
+
+
 def note_length_change(cfg: Config, saved: dict, step: int, total: int, batches_per_epoch: int) -> None:
     """On a resume that changes the run's length, say where the learning rate goes: the schedule is a function
     of the step and the total, so a longer run restarts the cosine higher than the saved run had reached."""
@@ -218,7 +223,7 @@ def note_length_change(cfg: Config, saved: dict, step: int, total: int, batches_
         old = config_from_dict(saved).trainer
     except ConfigError:
         return
-    old_total = old.max_steps or old.epochs * batches_per_epoch
+    old_total = total_steps(old, batches_per_epoch)
     if old_total == total or step >= total:
         return
     before, after = (lr_at(step, cfg.optim.lr, t, cfg.schedule) for t in (old_total, total))
@@ -277,7 +282,7 @@ def setup_run(cfg: Config, resume: bool = False) -> Run:
         probe = OnlineProbe(method.encoder.num_features, num_classes, device, bool((labels >= 0).all()),
                             build_eval_dataset(cfg, size) if main else None, cfg.data.num_workers)
     loader, sampler = build_loader(dataset, cfg, device, cfg.seed, rank, world, transform_name, size)
-    total = cfg.trainer.max_steps or cfg.trainer.epochs * sampler.batches_per_epoch
+    total = total_steps(cfg.trainer, sampler.batches_per_epoch)
     run = Run(cfg, out, dist_info, device, method, wrap_model(cfg, method, dist_info, device),
               build_optimizer(method, cfg.optim), probe, loader, sampler, size, total, autocast, channels_last)
     if state is not None:
