@@ -138,11 +138,12 @@ def kmeans_l2_columns(X, y) -> dict:
     return out
 
 
-def n2d_scores(X, y, k: int) -> dict:
+def n2d_scores(X, y, k: int, seed: int = 0) -> dict:
     """N2D's pipeline (McConville et al. 2019): the features as they are -> UMAP to ``k`` dimensions with N2D's
-    neighbours and min_dist 0 -> a Gaussian mixture of ``k`` components, scored against ``y``."""
-    mapped = preprocess(X, umap=k, umap_neighbors=N2D_NEIGHBORS)
-    return {**clustering_scores(y, cluster(mapped, "gmm", n_clusters=k)), "umap_neighbors": N2D_NEIGHBORS}
+    neighbours and min_dist 0 -> a Gaussian mixture of ``k`` components, scored against ``y``; ``seed`` is UMAP's
+    and the mixture's."""
+    mapped = preprocess(X, umap=k, umap_neighbors=N2D_NEIGHBORS, seed=seed)
+    return {**clustering_scores(y, cluster(mapped, "gmm", n_clusters=k, seed=seed)), "umap_neighbors": N2D_NEIGHBORS}
 
 
 def n2d_all_column(X, y, Xt, yt) -> dict:

@@ -1,0 +1,143 @@
+"""N2D's own autoencoder, read by the same UMAP + GMM as the fashion-mnist-ae-cpc table's N2D column.
+
+N2D (McConville et al. 2019, arXiv 1908.05968; its autoencoder is DEC's, Xie et al. 2016) trains a fully connected
+autoencoder d-500-500-2000-10 (ReLU between layers, a linear 10-value code, a mirrored decoder, MSE on pixels in
+[0, 1], Adam, batch 256, no augmentation), then clusters the code: UMAP to as many dimensions as clusters (20
+neighbours, min_dist 0) -> a full-covariance Gaussian mixture. This script trains that autoencoder on the gray
+pixels of an in-memory dataset and scores the pipeline over several UMAP / GMM seeds, so the library's convolutional
+autoencoders can be compared with the paper's own model under one protocol: what the model contributes, and what one
+seed moves.
+
+    python -m eval.n2d_reference --data fashion-mnist --root $FM --epochs 100 --json eval/results/n2d-reference.json
+
+``--fit train`` (default) trains on the training split and clusters the test split; ``--fit all`` trains on both and
+clusters all of them (N2D's protocol).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ssl_rep import build_dataset
+
+from .reproduce import n2d_scores
+
+HIDDEN = (500, 500, 2000)
+CODE = 10
+
+
+def mlp(widths) -> nn.Sequential:
+    """Linear layers through ``widths``, ReLU between them, none after the last."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def gray_pixels(dataset) -> np.ndarray:
+    """``(N, H * W)`` float32 in [0, 1] from an in-memory dataset's uint8 ``(N, H, W, 3)`` images (channel 0: the
+    datasets this reads are gray, stored as three equal channels)."""
+    images = np.asarray(dataset.images)
+    if images.ndim != 4 or not (images[..., :1] == images).all():
+        raise ValueError(f"{dataset.name}: n2d_reference reads gray images stored as three equal channels")
+    return images[..., 0].reshape(len(images), -1).astype(np.float32) / 255.0
+
+
+def train(X: torch.Tensor, epochs: int, seed: int, precision: str, batch_size: int = 256, lr: float = 1e-3,
+          at=(), on_epoch=None):
+    """The autoencoder trained on ``X`` ``(N, d)``; returns (encoder, per-epoch mean losses, seconds of training).
+    ``on_epoch(epoch, encoder)`` runs after each epoch in ``at`` (its time is not counted)."""
+    torch.manual_seed(seed)
+    encoder, decoder = mlp((X.shape[1], *HIDDEN, CODE)), mlp((CODE, *HIDDEN[::-1], X.shape[1]))
+    model = nn.Sequential(encoder, decoder)
+    opt = torch.optim.Adam(model.parameters(), lr)
+    losses, seconds = [], 0.0
+    bar = tqdm(range(1, epochs + 1), desc="autoencoder", unit="epoch", disable=not sys.stderr.isatty())
+    for epoch in bar:
+        start = time.time()
+        order, total = torch.randperm(len(X)), 0.0
+        for i in range(0, len(X), batch_size):
+            x = X[order[i:i + batch_size]]
+            with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+                out = model(x)
+            loss = ((out.float() - x) ** 2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(x)
+        losses.append(total / len(X))
+        seconds += time.time() - start
+        bar.set_postfix(loss=f"{losses[-1]:.5f}")
+        if epoch in at and on_epoch is not None:
+            on_epoch(epoch, encoder.eval())
+            encoder.train()
+    return encoder.eval(), losses, seconds
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default="fashion-mnist")
+    ap.add_argument("--root", default=None)
+    ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--fit", choices=("train", "all"), default="train")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    ap.add_argument("--seed", type=int, default=0, help="the autoencoder's seed")
+    ap.add_argument("--cluster-seeds", default="0,1,2", help="UMAP / GMM seeds, comma-separated")
+    ap.add_argument("--score-at", default="", help="also score after these epochs, comma-separated (a curve)")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    train_ds = build_dataset(args.data, split="train", root=args.root)
+    test_ds = build_dataset(args.data, split="test", root=args.root)
+    X, Xt = gray_pixels(train_ds), gray_pixels(test_ds)
+    y, yt = np.asarray(train_ds.labels), np.asarray(test_ds.labels)
+    fit_X = np.concatenate([X, Xt]) if args.fit == "all" else X
+    score_X, score_y = (fit_X, np.concatenate([y, yt])) if args.fit == "all" else (Xt, yt)
+    k, seeds = len(np.unique(score_y)), [int(s) for s in args.cluster_seeds.split(",")]
+    curve = {}
+
+    def score(epoch, encoder) -> list[dict]:
+        with torch.no_grad():
+            code = encoder(torch.from_numpy(score_X)).numpy()
+        runs = []
+        for s in seeds:
+            scores = n2d_scores(code, score_y, k, seed=s)
+            runs.append({"seed": s, "acc": scores["acc"], "nmi": scores["nmi"]})
+            print(f"epoch {epoch}, UMAP + GMM seed {s}: ACC {scores['acc']:.4f} NMI {scores['nmi']:.4f}", flush=True)
+        curve[str(epoch)] = {"mean_acc": float(np.mean([r["acc"] for r in runs])),
+                             "mean_nmi": float(np.mean([r["nmi"] for r in runs])), "runs": runs}
+        return runs
+
+    at = {int(e) for e in args.score_at.split(",") if e.strip()} - {args.epochs}
+    encoder, losses, seconds = train(torch.from_numpy(fit_X), args.epochs, args.seed, args.precision, at=at,
+                                     on_epoch=score)
+    runs = score(args.epochs, encoder)
+    result = {"data": args.data, "fit": args.fit, "epochs": args.epochs, "precision": args.precision,
+              "seed": args.seed, "points": len(score_X), "train_minutes": round(seconds / 60, 1),
+              "loss": {str(e + 1): round(v, 5) for e, v in enumerate(losses) if (e + 1) % 10 == 0 or e in (0, len(losses) - 1)},
+              "runs": runs, "mean_acc": curve[str(args.epochs)]["mean_acc"],
+              "mean_nmi": curve[str(args.epochs)]["mean_nmi"], "curve": curve,
+              "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                       text=True).stdout.strip()}
+    print(f"mean over seeds {seeds}: ACC {result['mean_acc']:.4f} NMI {result['mean_nmi']:.4f} "
+          f"({args.epochs} epochs, {result['train_minutes']} min)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
