@@ -37,10 +37,13 @@ CODE = 10
 
 
 def mlp(widths) -> nn.Sequential:
-    """Linear layers through ``widths``, ReLU between them, none after the last."""
+    """Linear layers through ``widths``, ReLU between them, none after the last; Glorot-uniform weights and zero
+    biases, as Keras' ``Dense`` (N2D's) starts them."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
         layers.append(nn.Linear(a, b))
+        nn.init.xavier_uniform_(layers[-1].weight)
+        nn.init.zeros_(layers[-1].bias)
         if i < len(widths) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
@@ -97,6 +100,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--cluster-seeds", default="0,1,2", help="UMAP / GMM seeds, comma-separated")
     ap.add_argument("--score-at", default="", help="also score after these epochs, comma-separated (a curve)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--save", type=Path, default=None, help="write the trained encoder's state_dict here")
     args = ap.parse_args(argv)
     train_ds = build_dataset(args.data, split="train", root=args.root)
     test_ds = build_dataset(args.data, split="test", root=args.root)
@@ -122,10 +126,14 @@ def main(argv=None) -> dict:
     at = {int(e) for e in args.score_at.split(",") if e.strip()} - {args.epochs}
     encoder, losses, seconds = train(torch.from_numpy(fit_X), args.epochs, args.seed, args.precision, at=at,
                                      on_epoch=score)
+    if args.save:
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(encoder.state_dict(), args.save)
     runs = score(args.epochs, encoder)
     result = {"data": args.data, "fit": args.fit, "epochs": args.epochs, "precision": args.precision,
               "seed": args.seed, "points": len(score_X), "train_minutes": round(seconds / 60, 1),
-              "loss": {str(e + 1): round(v, 5) for e, v in enumerate(losses) if (e + 1) % 10 == 0 or e in (0, len(losses) - 1)},
+              "loss": {str(e + 1): round(v, 5) for e, v in enumerate(losses)
+                       if (e + 1) % 10 == 0 or e in (0, len(losses) - 1)},
               "runs": runs, "mean_acc": curve[str(args.epochs)]["mean_acc"],
               "mean_nmi": curve[str(args.epochs)]["mean_nmi"], "curve": curve,
               "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
