@@ -8,6 +8,8 @@
 # PARTS picks stages (default all): tests overhead data extract decode kmeans suite probe; "profile" (eval/profile_step.py)
 # "aecpc" (CPC v2 and the autoencoder on all of Fashion-MNIST, epochs to fit AECPC_BUDGET=200 s each, their table)
 # "methods" (BYOL, MoCo v2/v3, SimSiam, Barlow Twins, VICReg, DINO beside SimCLR, the autoencoder and CPC: one table)
+# "n2d" (N2D's own MLP autoencoder, eval/n2d_reference.py, 1,000 epochs on all 70,000 images; its encoder comes back
+# for scoring on the CPU machine, which has umap-learn)
 # "lightly" (SimCLR's full loop against lightly's on the GPU, eval/bench_vs_lightly.py)
 # and "wide" (SimCLR ResNet-18 on Fashion-MNIST, epochs to fit WIDE_BUDGET=280 s, or WIDE_EPOCHS) are opt-in; each takes
 # a device call of its own (on an H200, 2026-11-27, e02061d: timing 34 s, 84 epochs in 301 s; the SimCLR and
@@ -142,6 +144,18 @@ if asked aecpc; then
       --override autoencoder:trainer.epochs=$EPOCHS_autoencoder --override autoencoder:method.code_dim=$AE_CODE_DIM \
       --json "$OUT/fashion_mnist_ae_code${AE_CODE_DIM}.json" 2>&1 | grep -v "^step\|Warning\|warn" | tail -4
   fi
+fi
+if asked n2d; then
+  # opt-in: N2D's autoencoder as the paper trains it (1,000 epochs, batch 256, Adam, all 70,000 Fashion-MNIST
+  # images: --fit all), then the same on the training split alone (the fashion-mnist-ae-cpc table's protocol). No
+  # scoring here (the device image may lack umap-learn): each encoder (7 MB) comes back in $OUT, scored on the CPU
+  # machine with `python -m eval.n2d_reference --root $FM --fit all --load OUT/n2d_encoder_all.pt --json ...`.
+  for fit in all train; do
+    stamp "n2d reference, fit $fit, ${N2D_EPOCHS:-1000} epochs"
+    timeout ${N2D_TIMEOUT:-270} python -m eval.n2d_reference --root "$FM" --device cuda --fit $fit \
+      --epochs ${N2D_EPOCHS:-1000} --cluster-seeds "" --save "$OUT/n2d_encoder_$fit.pt" \
+      --json "$OUT/n2d_reference_$fit.json" 2>&1 | grep -v -i warn | tail -3
+  done
 fi
 if asked methods; then
   # opt-in: every method at one budget (eval/reproduce.py's fashion-mnist-methods table, the CPU subset's

@@ -11,14 +11,13 @@ seed moves.
     python -m eval.n2d_reference --data fashion-mnist --root $FM --epochs 100 --json eval/results/n2d-reference.json
 
 ``--fit train`` (default) trains on the training split and clusters the test split; ``--fit all`` trains on both and
-clusters all of them (N2D's protocol).
+clusters all of them (N2D's protocol). ``--save`` keeps the encoder; ``--load`` scores a saved one without training
+(``--epochs`` then only labels the result).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from tqdm import tqdm
 from ssl_rep import build_dataset
 
 from .reproduce import n2d_scores
+from .results_md import command_line, git_rev, machine
 
 HIDDEN = (500, 500, 2000)
 CODE = 10
@@ -60,27 +60,27 @@ def gray_pixels(dataset) -> np.ndarray:
 
 def train(X: torch.Tensor, epochs: int, seed: int, precision: str, batch_size: int = 256, lr: float = 1e-3,
           at=(), on_epoch=None):
-    """The autoencoder trained on ``X`` ``(N, d)``; returns (encoder, per-epoch mean losses, seconds of training).
-    ``on_epoch(epoch, encoder)`` runs after each epoch in ``at`` (its time is not counted)."""
+    """The autoencoder trained on ``X`` ``(N, d)`` (on ``X``'s device); returns (encoder, per-epoch mean losses,
+    seconds of training). ``on_epoch(epoch, encoder)`` runs after each epoch in ``at`` (its time is not counted)."""
     torch.manual_seed(seed)
     encoder, decoder = mlp((X.shape[1], *HIDDEN, CODE)), mlp((CODE, *HIDDEN[::-1], X.shape[1]))
-    model = nn.Sequential(encoder, decoder)
+    model = nn.Sequential(encoder, decoder).to(X.device)
     opt = torch.optim.Adam(model.parameters(), lr)
     losses, seconds = [], 0.0
     bar = tqdm(range(1, epochs + 1), desc="autoencoder", unit="epoch", disable=not sys.stderr.isatty())
     for epoch in bar:
         start = time.time()
-        order, total = torch.randperm(len(X)), 0.0
+        order, total = torch.randperm(len(X), device=X.device), torch.zeros((), device=X.device)
         for i in range(0, len(X), batch_size):
             x = X[order[i:i + batch_size]]
-            with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+            with torch.autocast(X.device.type, torch.bfloat16, enabled=precision == "bf16"):
                 out = model(x)
             loss = ((out.float() - x) ** 2).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item() * len(x)
-        losses.append(total / len(X))
+            total += loss.detach() * len(x)
+        losses.append(float(total) / len(X))
         seconds += time.time() - start
         bar.set_postfix(loss=f"{losses[-1]:.5f}")
         if epoch in at and on_epoch is not None:
@@ -96,11 +96,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--fit", choices=("train", "all"), default="train")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0, help="the autoencoder's seed")
-    ap.add_argument("--cluster-seeds", default="0,1,2", help="UMAP / GMM seeds, comma-separated")
+    ap.add_argument("--cluster-seeds", default="0,1,2",
+                    help="UMAP / GMM seeds, comma-separated; '' trains (and --save) without scoring")
     ap.add_argument("--score-at", default="", help="also score after these epochs, comma-separated (a curve)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--save", type=Path, default=None, help="write the trained encoder's state_dict here")
+    ap.add_argument("--load", type=Path, default=None, help="score this saved encoder (--save's file), no training")
     args = ap.parse_args(argv)
     train_ds = build_dataset(args.data, split="train", root=args.root)
     test_ds = build_dataset(args.data, split="test", root=args.root)
@@ -108,12 +111,16 @@ def main(argv=None) -> dict:
     y, yt = np.asarray(train_ds.labels), np.asarray(test_ds.labels)
     fit_X = np.concatenate([X, Xt]) if args.fit == "all" else X
     score_X, score_y = (fit_X, np.concatenate([y, yt])) if args.fit == "all" else (Xt, yt)
-    k, seeds = len(np.unique(score_y)), [int(s) for s in args.cluster_seeds.split(",")]
+    device = torch.device(args.device)
+    k, seeds = len(np.unique(score_y)), [int(s) for s in args.cluster_seeds.split(",") if s.strip()]
     curve = {}
 
     def score(epoch, encoder) -> list[dict]:
+        if not seeds:
+            return []
         with torch.no_grad():
-            code = encoder(torch.from_numpy(score_X)).numpy()
+            code = torch.cat([encoder(torch.from_numpy(part).to(device)).cpu()
+                              for part in np.array_split(score_X, max(1, len(score_X) // 10_000))]).numpy()
         runs = []
         for s in seeds:
             scores = n2d_scores(code, score_y, k, seed=s)
@@ -124,23 +131,26 @@ def main(argv=None) -> dict:
         return runs
 
     at = {int(e) for e in args.score_at.split(",") if e.strip()} - {args.epochs}
-    encoder, losses, seconds = train(torch.from_numpy(fit_X), args.epochs, args.seed, args.precision, at=at,
-                                     on_epoch=score)
+    if args.load:
+        encoder, losses, seconds = mlp((X.shape[1], *HIDDEN, CODE)).to(device).eval(), [], 0.0
+        encoder.load_state_dict(torch.load(args.load, map_location=device, weights_only=True))
+    else:
+        encoder, losses, seconds = train(torch.from_numpy(fit_X).to(device), args.epochs, args.seed, args.precision,
+                                         at=at, on_epoch=score)
     if args.save:
         args.save.parent.mkdir(parents=True, exist_ok=True)
         torch.save(encoder.state_dict(), args.save)
     runs = score(args.epochs, encoder)
-    result = {"data": args.data, "fit": args.fit, "epochs": args.epochs, "precision": args.precision,
+    result = {"command": command_line(), "machine": machine(), "commit": git_rev(),
+              "data": args.data, "fit": args.fit, "epochs": args.epochs, "precision": args.precision,
               "seed": args.seed, "points": len(score_X), "train_minutes": round(seconds / 60, 1),
               "loss": {str(e + 1): round(v, 5) for e, v in enumerate(losses)
                        if (e + 1) % 10 == 0 or e in (0, len(losses) - 1)},
-              "runs": runs, "mean_acc": curve[str(args.epochs)]["mean_acc"],
-              "mean_nmi": curve[str(args.epochs)]["mean_nmi"], "curve": curve,
-              "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                       text=True).stdout.strip()}
-    print(f"mean over seeds {seeds}: ACC {result['mean_acc']:.4f} NMI {result['mean_nmi']:.4f} "
-          f"({args.epochs} epochs, {result['train_minutes']} min)")
+              "runs": runs, **{k: v for k, v in curve.get(str(args.epochs), {}).items() if k != "runs"},
+              "curve": curve}
+    if runs:
+        print(f"mean over seeds {seeds}: ACC {result['mean_acc']:.4f} NMI {result['mean_nmi']:.4f} "
+              f"({args.epochs} epochs, {result['train_minutes']} min)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1) + "\n")
