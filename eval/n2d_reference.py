@@ -28,25 +28,13 @@ from torch import nn
 from tqdm import tqdm
 
 from ssl_rep import build_dataset
+from ssl_rep.encoders import fully_connected
+from ssl_rep.encoders.mlp import N2D_HIDDEN as HIDDEN
 
 from .reproduce import n2d_scores
 from .results_md import command_line, git_rev, machine
 
-HIDDEN = (500, 500, 2000)
 CODE = 10
-
-
-def mlp(widths) -> nn.Sequential:
-    """Linear layers through ``widths``, ReLU between them, none after the last; Glorot-uniform weights and zero
-    biases, as Keras' ``Dense`` (N2D's) starts them."""
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        layers.append(nn.Linear(a, b))
-        nn.init.xavier_uniform_(layers[-1].weight)
-        nn.init.zeros_(layers[-1].bias)
-        if i < len(widths) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
 
 
 def gray_pixels(dataset) -> np.ndarray:
@@ -63,7 +51,7 @@ def train(X: torch.Tensor, epochs: int, seed: int, precision: str, batch_size: i
     """The autoencoder trained on ``X`` ``(N, d)`` (on ``X``'s device); returns (encoder, per-epoch mean losses,
     seconds of training). ``on_epoch(epoch, encoder)`` runs after each epoch in ``at`` (its time is not counted)."""
     torch.manual_seed(seed)
-    encoder, decoder = mlp((X.shape[1], *HIDDEN, CODE)), mlp((CODE, *HIDDEN[::-1], X.shape[1]))
+    encoder, decoder = fully_connected((X.shape[1], *HIDDEN, CODE)), fully_connected((CODE, *HIDDEN[::-1], X.shape[1]))
     model = nn.Sequential(encoder, decoder).to(X.device)
     opt = torch.optim.Adam(model.parameters(), lr)
     losses, seconds = [], 0.0
@@ -132,7 +120,7 @@ def main(argv=None) -> dict:
 
     at = {int(e) for e in args.score_at.split(",") if e.strip()} - {args.epochs}
     if args.load:
-        encoder, losses, seconds = mlp((X.shape[1], *HIDDEN, CODE)).to(device).eval(), [], 0.0
+        encoder, losses, seconds = fully_connected((X.shape[1], *HIDDEN, CODE)).to(device).eval(), [], 0.0
         encoder.load_state_dict(torch.load(args.load, map_location=device, weights_only=True))
     else:
         encoder, losses, seconds = train(torch.from_numpy(fit_X).to(device), args.epochs, args.seed, args.precision,

@@ -58,6 +58,7 @@ def test_option_a_shortcut_is_subsampled_identity_with_zero_channels():
     ("resnet50", {}, 64, 2048, 2),
     ("timm:resnet10t", {}, 64, 512, 2),
     ("timm:vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8}, 32, 192, 4),
+    ("mlp", {"image_size": 28, "hidden": [64, 32]}, 28, 32, 1),
 ])
 def test_every_encoder_has_the_same_interface(name, kwargs, size, channels, spatial):
     enc = ssl_rep.create_encoder(name, **kwargs).eval()
@@ -102,7 +103,25 @@ def test_unknown_names_list_valid_ones():
 def test_list_encoders_names():
     names = ssl_rep.list_encoders()
     assert names[:5] == ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
-    assert {"resnet18", "resnet34", "resnet50"} <= set(names) and names[-1] == "timm:<name>"
+    assert {"resnet18", "resnet34", "resnet50", "mlp"} <= set(names) and names[-1] == "timm:<name>"
+
+
+def test_mlp_encoder_is_n2ds_reads_gray_as_one_channel_and_names_a_wrong_size():
+    enc = ssl_rep.create_encoder("mlp", image_size=28).eval()
+    linears = [m for m in enc.net if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(3 * 784, 500), (500, 500), (500, 2000)]
+    assert isinstance(enc.net[-1], nn.ReLU) and not any(m.bias.any() for m in linears)   # Keras' zero biases
+    gray = ssl_rep.create_encoder("mlp", image_size=28, gray=True).eval()
+    assert gray.net[0].in_features == 784
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():   # three equal channels read as the one gray image; colour as its channel mean
+        torch.testing.assert_close(gray(x.expand(-1, 3, -1, -1)), gray.net(x.flatten(1)))
+        colour = torch.rand(2, 3, 28, 28)
+        torch.testing.assert_close(gray(colour), gray.net(colour.mean(1).flatten(1)))
+    with pytest.raises(ValueError, match="reads 3x28x28 images.*got 3x32x32"):
+        enc(torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="hidden"):
+        ssl_rep.create_encoder("mlp", image_size=28, hidden=[500, 0])
 
 
 @pytest.mark.parametrize("norm", ["group", "layer", "none"])

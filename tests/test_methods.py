@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -251,15 +253,16 @@ def test_autoencoder_bce_needs_unit_range_and_reconstructions_helper(digits_batc
     assert method.training
 
 
-@pytest.mark.parametrize("bottleneck,code_dim", [("pooled", None), ("grid", None), ("map", None), ("pooled", 10),
-                                                 ("grid", 10)])
-def test_reconstruction_depends_only_on_the_code_the_probe_reads(bottleneck, code_dim):
+@pytest.mark.parametrize("bottleneck,code_dim,decoder", [
+    ("pooled", None, "conv"), ("grid", None, "conv"), ("map", None, "conv"), ("pooled", 10, "conv"),
+    ("grid", 10, "conv"), ("pooled", 10, "mlp"), ("map", None, "mlp")])
+def test_reconstruction_depends_only_on_the_code_the_probe_reads(bottleneck, code_dim, decoder):
     """Move the feature map in every way that keeps the code (each channel's mean over the map, or over
-    each cell of the grid): the pooled and grid decoders' output does not move, with a code layer on top too;
-    the map decoder's does."""
+    each cell of the grid): the pooled and grid decoders' output does not move, with a code layer on top too,
+    convolutional or fully connected; the map decoder's does."""
     torch.manual_seed(0)
     method = create_method("autoencoder", ssl_rep.create_encoder("resnet20"), image_size=32, bottleneck=bottleneck,
-                           code_grid=2, code_dim=code_dim).eval()
+                           code_grid=2, code_dim=code_dim, decoder=decoder).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         fmap = method.encoder.feature_map(x)
@@ -277,6 +280,32 @@ def test_reconstruction_depends_only_on_the_code_the_probe_reads(bottleneck, cod
         assert (after - before).abs().max() > 1e-3   # negative control: the whole map reaches the decoder
     else:
         assert torch.allclose(after, before, atol=1e-5)
+
+
+def test_n2d_autoencoder_mirrors_its_mlp_encoder_and_learns(tmp_path):
+    """``encoder: mlp`` + ``code_dim: 10`` + ``decoder: mlp`` is DEC's and N2D's autoencoder: the decoder mirrors the
+    encoder's widths; trained briefly on digits its reconstruction error falls, and load_encoder gives back the
+    10-value code the decoder read."""
+    from ssl_rep.train import load_config, train
+    cfg = load_config("ae_digits", [f"out_dir={tmp_path}", "encoder.name=mlp", "encoder.image_size=32",
+                                    "encoder.hidden=[128, 64]", "encoder.gray=true", "method.bottleneck=pooled",
+                                    "method.code_dim=10",
+                                    "method.decoder=mlp", "method.mode=plain", "data.transform=none",
+                                    "optim.lr=0.001", "trainer.max_steps=60", "trainer.log_every=10",
+                                    "data.batch_size=64", "data.num_workers=0", "trainer.device=cpu",
+                                    "trainer.online_probe=false", "trainer.memory_check=false"])
+    result = train(cfg, progress=False)
+    method = create_method("autoencoder", ssl_rep.create_encoder("mlp", image_size=32, hidden=[128, 64], gray=True),
+                           image_size=32, code_dim=10, decoder="mlp")
+    widths = [(m.in_features, m.out_features) for m in method.decoder.net if isinstance(m, torch.nn.Linear)]
+    assert widths == [(10, 64), (64, 128), (128, 3 * 32 * 32)]
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert losses[-1] < 0.7 * losses[0]
+    enc = ssl_rep.load_encoder(result.encoder_path)
+    assert enc.encoder_name == "code_layer" and enc.encoder.encoder_name == "mlp" and enc.num_features == 10
+    state = ssl_rep.train.load_checkpoint(result.checkpoint)["model"]
+    assert torch.equal(state["encoder.code.weight"], enc.code.weight)
 
 
 def test_autoencoder_code_layer_is_what_load_encoder_returns(tmp_path):

@@ -10,7 +10,7 @@ from eval import n2d_reference as n2d
 
 
 def test_layers_are_the_papers_and_start_as_keras_dense():
-    enc = n2d.mlp((784, *n2d.HIDDEN, n2d.CODE))
+    enc = n2d.fully_connected((784, *n2d.HIDDEN, n2d.CODE))
     linears = [m for m in enc if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(784, 500), (500, 500), (500, 2000), (2000, 10)]
     assert sum(isinstance(m, torch.nn.ReLU) for m in enc) == 3 and isinstance(enc[-1], torch.nn.Linear)   # linear code

@@ -6,6 +6,7 @@ from typing import Callable
 
 from .base import NORMS, CodeEncoder, Encoder, GridPooledEncoder, make_norm
 from .cifar_resnet import CifarResNet
+from .mlp import MLPEncoder, fully_connected
 from .patch_grid import PatchGridEncoder
 from .timm_encoder import TimmEncoder
 from .torchvision_resnet import TorchvisionResNet
@@ -13,19 +14,22 @@ from .torchvision_resnet import TorchvisionResNet
 _REGISTRY: dict[str, Callable[..., Encoder]] = {
     **{f"resnet{d}": partial(CifarResNet, d) for d in (20, 32, 44, 56, 110)},
     **{a: partial(TorchvisionResNet, a) for a in ("resnet18", "resnet34", "resnet50")},
+    "mlp": MLPEncoder,
 }
 
 WRAPPERS = {"patch_grid": PatchGridEncoder, "grid_pooled": GridPooledEncoder, "code_layer": CodeEncoder}
 
 
 def list_encoders() -> list[str]:
-    """Registered names, CIFAR ResNets first, then torchvision's, then the timm pattern."""
+    """Registered names, CIFAR ResNets first, then torchvision's, the fully connected ``mlp``, then the timm
+    pattern."""
     return list(_REGISTRY) + ["timm:<name>"]
 
 
 def create_encoder(name: str, **kwargs) -> Encoder:
     """Build an encoder by name. CIFAR ResNets take ``shortcut`` ("A"/"B"), ``norm``, ``in_chans``;
     torchvision ResNets take ``stem`` ("imagenet"/"cifar"), ``norm``, ``in_chans``;
+    ``mlp`` (DEC's and N2D's fully connected encoder) takes ``image_size`` (required), ``hidden``, ``gray``;
     ``timm:<model>`` passes keyword arguments to ``timm.create_model``.
     Two wrappers (not listed) take ``encoder`` and ``encoder_kwargs`` for the encoder they wrap:
     ``patch_grid`` (CPC's evaluation encoder; ``patch_size``, ``stride``) applies it to each patch of a grid,
@@ -50,4 +54,5 @@ def create_encoder(name: str, **kwargs) -> Encoder:
 
 from .io import CheckpointError, load_encoder  # noqa: E402  (io needs create_encoder defined)
 
-__all__ = ["NORMS", "CheckpointError", "CodeEncoder", "Encoder", "GridPooledEncoder", "PatchGridEncoder", "load_encoder", "create_encoder", "list_encoders", "make_norm"]
+__all__ = ["NORMS", "CheckpointError", "CodeEncoder", "Encoder", "GridPooledEncoder", "MLPEncoder", "PatchGridEncoder",
+           "load_encoder", "create_encoder", "fully_connected", "list_encoders", "make_norm"]

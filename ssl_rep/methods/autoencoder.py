@@ -8,12 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..encoders import CodeEncoder, GridPooledEncoder
+from ..encoders import CodeEncoder, GridPooledEncoder, fully_connected
+from ..encoders.mlp import N2D_HIDDEN
 from .base import Method, MethodOutput
 
 MODES = ("plain", "denoising", "masked")
 NOISES = ("gaussian", "masking")
 BOTTLENECKS = ("pooled", "grid", "map")
+DECODERS = ("conv", "mlp")
 
 
 class Decoder(nn.Module):
@@ -59,6 +61,27 @@ class CodeDecoder(nn.Module):
         return self.body(hidden.view(len(code), *self.map_shape))
 
 
+class MLPDecoder(nn.Module):
+    """``(B, ...)`` code, flattened -> fully connected layers through ``hidden`` (ReLU between) -> a linear layer to
+    ``out_chans * H * W`` values -> ``(B, out_chans, H, W)``: DEC's and N2D's decoder, the mirror of their encoder."""
+
+    def __init__(self, code_dim: int, out_size: tuple[int, int], out_chans: int = 3,
+                 hidden: tuple[int, ...] = N2D_HIDDEN[::-1]):
+        super().__init__()
+        self.out_shape = (out_chans, *out_size)
+        self.net = fully_connected((code_dim, *hidden, out_chans * out_size[0] * out_size[1]))
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        return self.net(code.flatten(1)).view(len(code), *self.out_shape)
+
+
+def innermost(encoder: nn.Module) -> nn.Module:
+    """The encoder inside the code and grid wrappers."""
+    while isinstance(encoder, (CodeEncoder, GridPooledEncoder)):
+        encoder = encoder.encoder
+    return encoder
+
+
 class Autoencoder(Method):
     """Reconstruct the image from a bottleneck code of the encoder's last feature map.
 
@@ -83,23 +106,27 @@ class Autoencoder(Method):
     ``mask_ratio`` fraction of ``patch_size`` patches hidden; the loss counts hidden pixels only;
     ``patch_size=None`` matches the image: ``image_size // 14``, at least 4 px).
     ``loss``: ``mse`` on the (normalised) pixels, or ``bce`` for images in [0, 1] (decoder logits).
+    ``decoder``: ``conv`` (a linear layer to a small map, then upsampling convolutions) or ``mlp`` (fully connected,
+    mirroring an ``mlp`` encoder's ``hidden`` widths, else N2D's 2000-500-500): with ``encoder: mlp`` and
+    ``code_dim: 10``, DEC's and N2D's autoencoder.
     logs: ``loss``, ``recon_mse`` (on the pixels the loss covers).
     """
 
     name = "autoencoder"
-    option_choices = {"mode": MODES, "noise": NOISES, "bottleneck": BOTTLENECKS, "loss": ("mse", "bce")}
+    option_choices = {"mode": MODES, "noise": NOISES, "bottleneck": BOTTLENECKS, "loss": ("mse", "bce"),
+                      "decoder": DECODERS}
 
     def __init__(self, encoder, image_size: int = 32, mode: str = "plain", noise: str = "gaussian",
                  noise_std: float = 0.5, noise_ratio: float = 0.3, mask_ratio: float = 0.75,
                  patch_size: int | None = None, loss: str = "mse", decoder_width: int = 128, in_chans: int = 3,
-                 bottleneck: str = "pooled", code_grid: int = 2, code_dim: int | None = None):
+                 bottleneck: str = "pooled", code_grid: int = 2, code_dim: int | None = None, decoder: str = "conv"):
         if code_dim is not None and bottleneck == "map":
             raise ValueError("autoencoder code_dim needs bottleneck 'pooled' or 'grid' (a code layer on the map's "
                              "pooled code), not 'map'")
         coded = GridPooledEncoder(encoder, code_grid) if bottleneck == "grid" and code_grid >= 1 else encoder
         super().__init__(CodeEncoder(coded, code_dim) if code_dim is not None else coded)
         for option, value, valid in (("mode", mode, MODES), ("noise", noise, NOISES), ("loss", loss, ("mse", "bce")),
-                                     ("bottleneck", bottleneck, BOTTLENECKS)):
+                                     ("bottleneck", bottleneck, BOTTLENECKS), ("decoder", decoder, DECODERS)):
             if value not in valid:
                 raise ValueError(f"autoencoder {option} must be one of {', '.join(valid)}, got {value!r}")
         if code_grid < 1:
@@ -115,10 +142,13 @@ class Autoencoder(Method):
             fmap = encoder.feature_map(torch.zeros(1, in_chans, image_size, image_size))
         encoder.train(was_training)
         out_size, map_size, channels = (image_size, image_size), tuple(fmap.shape[-2:]), fmap.shape[1]
-        if bottleneck == "map":
+        cells = {"pooled": 1, "grid": code_grid * code_grid, "map": map_size[0] * map_size[1]}[bottleneck]
+        if decoder == "mlp":
+            hidden = getattr(innermost(encoder), "hidden", N2D_HIDDEN)[::-1]
+            self.decoder = MLPDecoder(code_dim or channels * cells, out_size, in_chans, hidden)
+        elif bottleneck == "map":
             self.decoder = Decoder(channels, out_size, map_size, out_chans=in_chans, width=decoder_width)
         else:
-            cells = 1 if bottleneck == "pooled" else code_grid * code_grid
             self.decoder = CodeDecoder(code_dim or channels * cells, out_size, map_size, in_chans, decoder_width)
 
     def code(self, fmap: torch.Tensor) -> torch.Tensor:

@@ -274,7 +274,7 @@ def _signature_keys(section: str, name: str) -> dict[str, Any] | None:
             return None
         if name not in _REGISTRY:
             raise ConfigError(f"encoder.name: unknown encoder {name!r}; valid: {', '.join(list_encoders())}")
-        fn = _REGISTRY[name].func.__init__
+        fn = getattr(_REGISTRY[name], "func", _REGISTRY[name]).__init__   # a partial (the ResNets) or a class
         skip = {"self", "depth", "arch"}
     return {n: p.default for n, p in inspect.signature(fn).parameters.items() if n not in skip}
 
@@ -305,7 +305,7 @@ def _option_choices(section: str, name: str, key: str) -> tuple:
         cls = METHODS.get(name)
     else:
         from ..encoders import _REGISTRY
-        cls = getattr(_REGISTRY.get(name), "func", None)
+        cls = getattr(_REGISTRY.get(name), "func", _REGISTRY.get(name))
     return tuple(getattr(cls, "option_choices", {}).get(key, ()))
 
 
