@@ -1,5 +1,7 @@
 """Writers of tiny datasets in the real on-disk formats, shared by the tests."""
+import gzip
 import pickle
+import struct
 
 import numpy as np
 from PIL import Image
@@ -44,3 +46,25 @@ def make_imagenet_folders(root, classes=("n01440764", "n01443537"), per_class=3,
             for i in range(per_class):
                 Image.new("RGB", size, (40 * c + 10 * i, 100, 200 - 40 * c)).save(d / f"{wnid}_{i}.JPEG")
     return root
+
+
+def write_idx(path, array, compress):
+    dtype_code = {np.uint8: 0x08}[array.dtype.type]
+    header = bytes([0, 0, dtype_code, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    data = header + array.tobytes()
+    if compress:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def make_fmnist(folder, n, compress, seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+    for prefix in ("train", "t10k"):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", images, compress)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels, compress)
+    return images, labels

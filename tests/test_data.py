@@ -1,8 +1,6 @@
-import gzip
 import logging
 import os
 import pickle
-import struct
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ import ssl_rep
 from ssl_rep.data import ImageFolderDataset, build_dataset, load_rgb
 from ssl_rep.data.decode import ImageDecodeError
 
-from formats import make_cifar10_pickles
+from formats import make_cifar10_pickles, make_fmnist
 
 
 # ---------------------------------------------------------------- digits (embedded default)
@@ -53,28 +51,6 @@ def test_unknown_split_and_dataset_errors():
 
 
 # ---------------------------------------------------------------- fashion-mnist (IDX)
-def write_idx(path, array, compress):
-    dtype_code = {np.uint8: 0x08}[array.dtype.type]
-    header = bytes([0, 0, dtype_code, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
-    data = header + array.tobytes()
-    if compress:
-        with gzip.open(str(path) + ".gz", "wb") as f:
-            f.write(data)
-    else:
-        path.write_bytes(data)
-
-
-def make_fmnist(folder, n, compress, seed=0):
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-    labels = rng.integers(0, 10, size=n, dtype=np.uint8)
-    for prefix in ("train", "t10k"):
-        write_idx(folder / f"{prefix}-images-idx3-ubyte", images, compress)
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels, compress)
-    return images, labels
-
-
 @pytest.mark.parametrize("compress", [True, False])
 def test_fashion_mnist_reads_idx_files(tmp_path, compress):
     images, labels = make_fmnist(tmp_path, 7, compress)

@@ -6,7 +6,7 @@ import ssl_rep
 from ssl_rep.train import load_config, train
 from ssl_rep.train.metrics import read_metrics
 
-from formats import make_cifar10_pickles, make_imagenet_folders, make_stl10_binary
+from formats import make_cifar10_pickles, make_fmnist, make_imagenet_folders, make_stl10_binary
 
 FEW = ["trainer.max_steps=2", "data.num_workers=0", "trainer.log_every=1", "trainer.device=cpu"]
 
@@ -43,6 +43,17 @@ def test_imagenet_recipes_run_on_written_folders(tmp_path, recipe):
                                         "data.batch_size=2", "trainer.channels_last=false", *options, *FEW]),
                    progress=False)
     assert result.steps == 2
+
+
+def test_n2d_recipe_runs_on_written_idx_files_and_saves_the_10_value_code(tmp_path):
+    make_fmnist(tmp_path / "data", 8, compress=True)
+    out = tmp_path / "run"
+    result = train(load_config("ae_n2d_fashion_mnist", [f"out_dir={out}", f"data.root={tmp_path / 'data'}",
+                                                        "data.batch_size=4", *FEW]), progress=False)
+    assert result.steps == 2
+    enc = ssl_rep.load_encoder(out / "encoder.pt")
+    assert enc.encoder_name == "code_layer" and enc.encoder.encoder_name == "mlp"
+    assert enc(torch.zeros(5, 3, 28, 28)).shape == (5, 10)
 
 
 @pytest.mark.parametrize("method", NEW_METHODS)
