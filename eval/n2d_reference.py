@@ -93,6 +93,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--save", type=Path, default=None, help="write the trained encoder's state_dict here")
     ap.add_argument("--load", type=Path, default=None, help="score this saved encoder (--save's file), no training")
     args = ap.parse_args(argv)
+    commit = git_rev()   # now: the code that runs, whatever the checkout holds when a long run ends
     train_ds = build_dataset(args.data, split="train", root=args.root)
     test_ds = build_dataset(args.data, split="test", root=args.root)
     X, Xt = gray_pixels(train_ds), gray_pixels(test_ds)
@@ -129,7 +130,7 @@ def main(argv=None) -> dict:
         args.save.parent.mkdir(parents=True, exist_ok=True)
         torch.save(encoder.state_dict(), args.save)
     runs = score(args.epochs, encoder)
-    result = {"command": command_line(), "machine": machine(), "commit": git_rev(),
+    result = {"command": command_line(), "machine": machine(), "commit": commit,
               "data": args.data, "fit": args.fit, "epochs": args.epochs, "precision": args.precision,
               "seed": args.seed, "points": len(score_X), "train_minutes": round(seconds / 60, 1),
               "loss": {str(e + 1): round(v, 5) for e, v in enumerate(losses)
