@@ -284,8 +284,8 @@ def test_reconstruction_depends_only_on_the_code_the_probe_reads(bottleneck, cod
 
 def test_n2d_autoencoder_mirrors_its_mlp_encoder_and_learns(tmp_path):
     """``encoder: mlp`` + ``code_dim: 10`` + ``decoder: mlp`` is DEC's and N2D's autoencoder: the decoder mirrors the
-    encoder's widths; trained briefly on digits its reconstruction error falls, and load_encoder gives back the
-    10-value code the decoder read."""
+    encoder's widths and, the encoder reading gray, rebuilds the gray image; trained briefly on digits its
+    reconstruction error falls, and load_encoder gives back the 10-value code the decoder read."""
     from ssl_rep.train import load_config, train
     cfg = load_config("ae_digits", [f"out_dir={tmp_path}", "encoder.name=mlp", "encoder.image_size=32",
                                     "encoder.hidden=[128, 64]", "encoder.gray=true", "method.bottleneck=pooled",
@@ -298,12 +298,19 @@ def test_n2d_autoencoder_mirrors_its_mlp_encoder_and_learns(tmp_path):
     method = create_method("autoencoder", ssl_rep.create_encoder("mlp", image_size=32, hidden=[128, 64], gray=True),
                            image_size=32, code_dim=10, decoder="mlp")
     widths = [(m.in_features, m.out_features) for m in method.decoder.net if isinstance(m, torch.nn.Linear)]
-    assert widths == [(10, 64), (64, 128), (128, 3 * 32 * 32)]
+    assert widths == [(10, 64), (64, 128), (128, 32 * 32)]   # a gray encoder is asked for the gray image back
+    x = torch.rand(2, 3, 32, 32)
+    loss, _ = method((x, torch.zeros(2)))
+    torch.testing.assert_close(loss, ((method.reconstruct(x) - x.mean(1, keepdim=True)) ** 2).mean())
     losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
               if "loss" in json.loads(line)]
     assert losses[-1] < 0.7 * losses[0]
     enc = ssl_rep.load_encoder(result.encoder_path)
     assert enc.encoder_name == "code_layer" and enc.encoder.encoder_name == "mlp" and enc.num_features == 10
+    from types import SimpleNamespace
+
+    from ssl_rep.cli.common import describe_features   # ssl-probe and ssl-cluster say what they read
+    assert "the autoencoder's code" in describe_features(enc, SimpleNamespace(features="backbone", grid=2))
     state = ssl_rep.train.load_checkpoint(result.checkpoint)["model"]
     assert torch.equal(state["encoder.code.weight"], enc.code.weight)
 

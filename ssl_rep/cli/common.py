@@ -76,6 +76,9 @@ def describe_features(encoder, args) -> str:
     if getattr(encoder, "encoder_name", "") == "grid_pooled" and args.features == "backbone":
         return (f"features: the autoencoder's spatial code, the last feature map average-pooled to {encoder.grid}x"
                 f"{encoder.grid} cells (what its decoder read), {encoder.num_features}-d")
+    if getattr(encoder, "encoder_name", "") == "code_layer" and args.features == "backbone":
+        return (f"features: the autoencoder's code, a linear layer on {getattr(inner, 'encoder_name', 'its encoder')}'s "
+                f"output (what its decoder read), {encoder.num_features}-d")
     what = {"backbone": "the encoder's globally pooled last feature map",
             "projection": "the projection head's output",
             "grid": f"the last feature map average-pooled to {args.grid}x{args.grid} cells"}[args.features]

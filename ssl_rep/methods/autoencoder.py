@@ -108,7 +108,8 @@ class Autoencoder(Method):
     ``loss``: ``mse`` on the (normalised) pixels, or ``bce`` for images in [0, 1] (decoder logits).
     ``decoder``: ``conv`` (a linear layer to a small map, then upsampling convolutions) or ``mlp`` (fully connected,
     mirroring an ``mlp`` encoder's ``hidden`` widths, else N2D's 2000-500-500): with ``encoder: mlp`` and
-    ``code_dim: 10``, DEC's and N2D's autoencoder.
+    ``code_dim: 10``, DEC's and N2D's autoencoder. An encoder that reads gray (``mlp`` with ``gray: true``) is asked
+    for the gray image back (the channel mean: one output channel, a third of the decoder's last layer).
     logs: ``loss``, ``recon_mse`` (on the pixels the loss covers).
     """
 
@@ -142,14 +143,16 @@ class Autoencoder(Method):
             fmap = encoder.feature_map(torch.zeros(1, in_chans, image_size, image_size))
         encoder.train(was_training)
         out_size, map_size, channels = (image_size, image_size), tuple(fmap.shape[-2:]), fmap.shape[1]
+        self.gray = bool(getattr(innermost(encoder), "gray", False))
+        out_chans = 1 if self.gray else in_chans
         cells = {"pooled": 1, "grid": code_grid * code_grid, "map": map_size[0] * map_size[1]}[bottleneck]
         if decoder == "mlp":
             hidden = getattr(innermost(encoder), "hidden", N2D_HIDDEN)[::-1]
-            self.decoder = MLPDecoder(code_dim or channels * cells, out_size, in_chans, hidden)
+            self.decoder = MLPDecoder(code_dim or channels * cells, out_size, out_chans, hidden)
         elif bottleneck == "map":
-            self.decoder = Decoder(channels, out_size, map_size, out_chans=in_chans, width=decoder_width)
+            self.decoder = Decoder(channels, out_size, map_size, out_chans=out_chans, width=decoder_width)
         else:
-            self.decoder = CodeDecoder(code_dim or channels * cells, out_size, map_size, in_chans, decoder_width)
+            self.decoder = CodeDecoder(code_dim or channels * cells, out_size, map_size, out_chans, decoder_width)
 
     def code(self, fmap: torch.Tensor) -> torch.Tensor:
         """What the decoder reads of the feature map ``(B, D, h, w)`` (see ``bottleneck``): for ``pooled``
@@ -206,18 +209,19 @@ class Autoencoder(Method):
         fmap = self.encoder.feature_map(inputs)
         code = self.code(fmap)
         out = self.decoder(code)
+        target = x.mean(dim=1, keepdim=True) if self.gray else x
         if self.loss_kind == "bce":
-            per_pixel = F.binary_cross_entropy_with_logits(out, x, reduction="none")
+            per_pixel = F.binary_cross_entropy_with_logits(out, target, reduction="none")
             recon = torch.sigmoid(out)
         else:
-            per_pixel = (out - x) ** 2
+            per_pixel = (out - target) ** 2
             recon = out
         with torch.no_grad():
-            sq = (recon.detach() - x) ** 2
+            sq = (recon.detach() - target) ** 2
         if mask is None:
             loss, mse = per_pixel.mean(), sq.mean()
         else:
-            weight = mask.expand_as(x)
+            weight = mask.expand_as(target)
             denom = weight.sum().clamp_min(1.0)
             loss, mse = (per_pixel * weight).sum() / denom, (sq * weight).sum() / denom
         features = fmap.mean(dim=(2, 3)) if self.bottleneck == "map" else code   # what encoder(x) returns
