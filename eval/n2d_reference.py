@@ -71,6 +71,8 @@ def train(X: torch.Tensor, epochs: int, seed: int, precision: str, batch_size: i
         losses.append(float(total) / len(X))
         seconds += time.time() - start
         bar.set_postfix(loss=f"{losses[-1]:.5f}")
+        if epoch in at:   # printed as it goes: a run stopped early keeps its curve in the log
+            print(f"epoch {epoch}, loss {losses[-1]:.5f}", flush=True)
         if epoch in at and on_epoch is not None:
             on_epoch(epoch, encoder.eval())
             encoder.train()
