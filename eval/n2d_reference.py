@@ -46,12 +46,17 @@ def gray_pixels(dataset) -> np.ndarray:
     return images[..., 0].reshape(len(images), -1).astype(np.float32) / 255.0
 
 
+def n2d_encoder(d: int) -> nn.Sequential:
+    """N2D's encoder for ``d`` input values: d-500-500-2000-10 (its decoder is the mirror, built in ``train``)."""
+    return fully_connected((d, *HIDDEN, CODE))
+
+
 def train(X: torch.Tensor, epochs: int, seed: int, precision: str, batch_size: int = 256, lr: float = 1e-3,
           at=(), on_epoch=None):
     """The autoencoder trained on ``X`` ``(N, d)`` (on ``X``'s device); returns (encoder, per-epoch mean losses,
     seconds of training). ``on_epoch(epoch, encoder)`` runs after each epoch in ``at`` (its time is not counted)."""
     torch.manual_seed(seed)
-    encoder, decoder = fully_connected((X.shape[1], *HIDDEN, CODE)), fully_connected((CODE, *HIDDEN[::-1], X.shape[1]))
+    encoder, decoder = n2d_encoder(X.shape[1]), fully_connected((CODE, *HIDDEN[::-1], X.shape[1]))
     model = nn.Sequential(encoder, decoder).to(X.device)
     opt = torch.optim.Adam(model.parameters(), lr)
     losses, seconds = [], 0.0
@@ -73,9 +78,9 @@ def train(X: torch.Tensor, epochs: int, seed: int, precision: str, batch_size: i
         bar.set_postfix(loss=f"{losses[-1]:.5f}")
         if epoch in at:   # printed as it goes: a run stopped early keeps its curve in the log
             print(f"epoch {epoch}, loss {losses[-1]:.5f}", flush=True)
-        if epoch in at and on_epoch is not None:
-            on_epoch(epoch, encoder.eval())
-            encoder.train()
+            if on_epoch is not None:
+                on_epoch(epoch, encoder.eval())
+                encoder.train()
     return encoder.eval(), losses, seconds
 
 
@@ -123,7 +128,7 @@ def main(argv=None) -> dict:
 
     at = {int(e) for e in args.score_at.split(",") if e.strip()} - {args.epochs}
     if args.load:
-        encoder, losses, seconds = fully_connected((X.shape[1], *HIDDEN, CODE)).to(device).eval(), [], 0.0
+        encoder, losses, seconds = n2d_encoder(X.shape[1]).to(device).eval(), [], 0.0
         encoder.load_state_dict(torch.load(args.load, map_location=device, weights_only=True))
     else:
         encoder, losses, seconds = train(torch.from_numpy(fit_X).to(device), args.epochs, args.seed, args.precision,
