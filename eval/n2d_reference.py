@@ -10,6 +10,9 @@ seed moves.
 
     python -m eval.n2d_reference --data fashion-mnist --root $FM --epochs 100 --json eval/results/n2d-reference.json
 
+``--shift`` / ``--rotate`` train on randomly translated / rotated images (DEC-DA's augmentation, Guo et al. 2018: the
+autoencoder rebuilds the augmented image it reads); clustering always reads the images as they are.
+
 ``--fit train`` (default) trains on the training split and clusters the test split; ``--fit all`` trains on both and
 clusters all of them (N2D's protocol). ``--save`` keeps the encoder; ``--load`` scores a saved one without training
 (``--epochs`` then only labels the result).
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -51,10 +55,26 @@ def n2d_encoder(d: int) -> nn.Sequential:
     return fully_connected((d, *HIDDEN, CODE))
 
 
+def augment(x: torch.Tensor, shift: float, rotate: float) -> torch.Tensor:
+    """Each flattened square image of ``x`` ``(B, d)`` moved by up to ``shift`` pixels along each axis and turned by
+    up to ``rotate`` degrees (uniform, independently per image; zeros fill what comes into view)."""
+    if not shift and not rotate:
+        return x
+    side = int(round(x.shape[1] ** 0.5))
+    b = len(x)
+    angle = (torch.rand(b, device=x.device) * 2 - 1) * np.deg2rad(rotate)
+    move = (torch.rand(b, 2, device=x.device) * 2 - 1) * shift * 2 / side   # pixels -> [-1, 1] grid units
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([torch.stack([cos, -sin, move[:, 0]], 1), torch.stack([sin, cos, move[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, (b, 1, side, side), align_corners=False)
+    return F.grid_sample(x.view(b, 1, side, side), grid, align_corners=False).view(b, -1)
+
+
 def train(X: torch.Tensor, epochs: int, seed: int, precision: str, batch_size: int = 256, lr: float = 1e-3,
-          at=(), on_epoch=None):
-    """The autoencoder trained on ``X`` ``(N, d)`` (on ``X``'s device); returns (encoder, per-epoch mean losses,
-    seconds of training). ``on_epoch(epoch, encoder)`` runs after each epoch in ``at`` (its time is not counted)."""
+          at=(), on_epoch=None, shift: float = 0.0, rotate: float = 0.0):
+    """The autoencoder trained on ``X`` ``(N, d)`` (on ``X``'s device), each batch through :func:`augment`; returns
+    (encoder, per-epoch mean losses, seconds of training). ``on_epoch(epoch, encoder)`` runs after each epoch in
+    ``at`` (its time is not counted)."""
     torch.manual_seed(seed)
     encoder, decoder = n2d_encoder(X.shape[1]), fully_connected((CODE, *HIDDEN[::-1], X.shape[1]))
     model = nn.Sequential(encoder, decoder).to(X.device)
@@ -65,7 +85,7 @@ def train(X: torch.Tensor, epochs: int, seed: int, precision: str, batch_size: i
         start = time.time()
         order, total = torch.randperm(len(X), device=X.device), torch.zeros((), device=X.device)
         for i in range(0, len(X), batch_size):
-            x = X[order[i:i + batch_size]]
+            x = augment(X[order[i:i + batch_size]], shift, rotate)
             with torch.autocast(X.device.type, torch.bfloat16, enabled=precision == "bf16"):
                 out = model(x)
             loss = ((out.float() - x) ** 2).mean()
@@ -93,6 +113,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0, help="the autoencoder's seed")
+    ap.add_argument("--shift", type=float, default=0.0, help="train on images moved by up to this many pixels")
+    ap.add_argument("--rotate", type=float, default=0.0, help="train on images turned by up to this many degrees")
     ap.add_argument("--cluster-seeds", default="0,1,2",
                     help="UMAP / GMM seeds, comma-separated; '' trains (and --save) without scoring")
     ap.add_argument("--score-at", default="", help="also score after these epochs, comma-separated (a curve)")
@@ -132,14 +154,15 @@ def main(argv=None) -> dict:
         encoder.load_state_dict(torch.load(args.load, map_location=device, weights_only=True))
     else:
         encoder, losses, seconds = train(torch.from_numpy(fit_X).to(device), args.epochs, args.seed, args.precision,
-                                         at=at, on_epoch=score)
+                                         at=at, on_epoch=score, shift=args.shift, rotate=args.rotate)
     if args.save:
         args.save.parent.mkdir(parents=True, exist_ok=True)
         torch.save(encoder.state_dict(), args.save)
     runs = score(args.epochs, encoder)
     result = {"command": command_line(), "machine": machine(), "commit": commit,
               "data": args.data, "fit": args.fit, "epochs": args.epochs, "precision": args.precision,
-              "seed": args.seed, "points": len(score_X), "train_minutes": round(seconds / 60, 1),
+              "seed": args.seed, "shift": args.shift, "rotate": args.rotate, "points": len(score_X),
+              "train_minutes": round(seconds / 60, 1),
               "loss": {str(e + 1): round(v, 5) for e, v in enumerate(losses)
                        if (e + 1) % 10 == 0 or e in (0, len(losses) - 1)},
               "runs": runs, **{k: v for k, v in curve.get(str(args.epochs), {}).items() if k != "runs"},

@@ -47,3 +47,19 @@ def test_no_cluster_seeds_trains_and_saves_without_scoring(tmp_path, monkeypatch
     monkeypatch.setattr(n2d, "n2d_scores", lambda *a, **kw: pytest.fail("scored with no seeds"))
     out = n2d.main(["--data", "digits", "--epochs", "1", "--cluster-seeds", "", "--save", str(tmp_path / "e.pt")])
     assert out["runs"] == [] and "mean_acc" not in out and (tmp_path / "e.pt").exists()
+
+
+def test_augment_moves_and_turns_images_as_asked():
+    torch.manual_seed(0)
+    x = torch.zeros(64, 28 * 28)
+    x.view(64, 28, 28)[:, 11:17, 11:17] = 1.0                   # a centred square, clear of the border
+    assert n2d.augment(x, 0, 0) is x                             # off: the batch as it is
+    moved = n2d.augment(x, 3, 0).view(64, 28, 28)
+    torch.testing.assert_close(moved.sum((1, 2)), torch.full((64,), 36.0), atol=1e-3, rtol=0)   # nothing lost
+    rows = torch.arange(28.0)
+    centre = (moved.sum(2) * rows).sum(1) / moved.sum((1, 2))    # the square's centre row, 13.5 before
+    assert (centre - 13.5).abs().max() <= 3 + 1e-4 and (centre - 13.5).abs().max() > 2
+    assert len({round(c, 1) for c in centre.tolist()}) > 20      # each image its own move
+    turned = n2d.augment(x, 0, 45).view(64, 28, 28)
+    assert not torch.allclose(turned, x.view(64, 28, 28))
+    torch.testing.assert_close(turned.sum((1, 2)), torch.full((64,), 36.0), atol=0, rtol=0.05)   # resampled edges
