@@ -82,6 +82,8 @@ def test_random_spec_reads_yaml_values_and_names_a_plain_folder():
     encoder = resolve_encoder("random:resnet20?width=8&shortcut=B")
     assert encoder.num_features == 32 and encoder.encoder_kwargs == {"width": 8, "shortcut": "B"}
     assert default_out(Namespace(out=None, checkpoint="random:resnet20?width=8")) == Path("runs/random_resnet20_width_8")
+    twin = default_out(Namespace(out=None, checkpoint="untrained:runs/r/checkpoints/last.pt"))
+    assert twin == Path("runs/r/untrained").resolve()   # beside the run, not a folder named "untrained:runs"
     with pytest.raises(ValueError, match=r"random:resnet20\?width: write the encoder's arguments as .*key=value"):
         resolve_encoder("random:resnet20?width")
 

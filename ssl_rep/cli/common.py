@@ -119,6 +119,8 @@ def default_out(args) -> Path:
         return Path("runs") / "pixels"
     if args.checkpoint.startswith("random:"):
         return Path("runs") / ("random_" + re.sub(r"[^\w.-]", "_", args.checkpoint[len("random:"):]))
+    if args.checkpoint.startswith("untrained:"):   # the twin's results beside the trained encoder's, apart from them
+        return run_folder(args.checkpoint[len("untrained:"):]) / "untrained"
     return run_folder(args.checkpoint)
 
 
