@@ -84,6 +84,33 @@ def test_cluster_umap_prepares_once_and_feeds_every_method(tmp_path, caplog):
     assert clusters["kmeans"]["preprocess_seconds"] == clusters["dbscan"]["preprocess_seconds"] > 0
 
 
+def test_cluster_repeats_reports_each_seed_and_their_mean(tmp_path, capsys):
+    """--repeats 3: seed 0's clusters in the report and scores, plus every score's spread over seeds 0-2, each seed's
+    run equal to clustering the same features with that seed alone."""
+    from ssl_rep.cli.common import encoder_for, features_for
+    from ssl_rep.eval import cluster_features
+
+    argv = ["--checkpoint", "random:resnet20", "--data", "digits", "--methods", "kmeans,gmm", "--repeats", "3",
+            "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache"), "--workers", "0"]
+    cluster_cli.main(argv)
+    methods = json.loads((tmp_path / "clusters.json").read_text())["methods"]
+    args = cluster_cli.parse_args(argv)
+    X, y, _ = features_for(encoder_for(args, "test"), "digits", "test", args)
+    alone = [cluster_features(X, y, ["kmeans", "gmm"], seed=s)[0] for s in range(3)]
+    for method in ("kmeans", "gmm"):
+        spread = methods[method]["over_seeds"]
+        assert spread["seeds"] == [0, 1, 2]
+        assert spread["acc"]["runs"] == pytest.approx([run[method]["scores"]["acc"] for run in alone])
+        assert spread["nmi"]["mean"] == pytest.approx(np.mean([run[method]["scores"]["nmi"] for run in alone]))
+        assert methods[method]["scores"]["acc"] == spread["acc"]["runs"][0]    # the report's clusters: seed 0's
+    assert len(set(methods["gmm"]["over_seeds"]["acc"]["runs"])) > 1           # the seeds really differ
+    assert "mean of seeds 0, 1, 2: acc" in capsys.readouterr().out
+    assert "seeds</b>: 0-2" in (tmp_path / "report.html").read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        cluster_cli.parse_args([*argv[:-8], "--repeats", "0"])
+    assert exit_info.value.code == 2 and "--repeats 0: cluster at least once" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args,message", [
     (["--checkpoint", "nowhere.pt", "--data", "digits"], "nowhere.pt: no such checkpoint file"),
     (["--checkpoint", "random:resnet21", "--data", "digits"], "unknown encoder 'resnet21'"),

@@ -61,14 +61,21 @@ def run_cluster(args) -> tuple[dict, dict, np.ndarray, np.ndarray | None, object
     X, y, dataset = features_for(encoder, args.data, args.split, args)
     results, labels = cluster_features(X, y, args.methods, n_clusters=args.n_clusters, pca=args.pca, l2=args.l2,
                                        umap=args.umap, seed=args.seed, max_samples=args.max_samples,
-                                       max_memory_gb=args.max_memory_gb, umap_neighbors=args.umap_neighbors)
+                                       max_memory_gb=args.max_memory_gb, umap_neighbors=args.umap_neighbors,
+                                       repeats=args.repeats)
     for method, r in results.items():
         if "error" in r:
             print(f"  {method:14s} skipped: {r['error']}")
             continue
         scores = r["scores"]
         shown = "  ".join(f"{k} {scores[k]:.4f}" for k in ("acc", "nmi", "ari", "purity") if k in scores)
-        print(f"  {method:14s} {shown}  clusters {scores['n_clusters']}  ({r['seconds']:.1f}s)")
+        print(f"  {method:14s} {shown}  clusters {scores['n_clusters']}  ({r['seconds']:.1f}s)"
+              + (f"  seed {args.seed}" if "over_seeds" in r else ""))
+        if "over_seeds" in r:
+            spread = r["over_seeds"]
+            shown = "  ".join(f"{k} {spread[k]['mean']:.4f} ({spread[k]['min']:.4f}-{spread[k]['max']:.4f})"
+                              for k in ("acc", "nmi") if k in spread)
+            print(f"  {'':14s} mean of seeds {', '.join(map(str, spread['seeds']))}: {shown}")
     return results, labels, X, y, dataset
 
 
@@ -91,6 +98,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-samples", type=int, default=None,
                         help="cluster a random subsample and assign the rest to the nearest (for O(n^2) methods)")
     parser.add_argument("--max-memory-gb", type=float, default=4.0, help="refuse runs estimated above this")
+    parser.add_argument("--repeats", type=int, default=1, metavar="R",
+                        help="cluster R times, seeds --seed .. --seed+R-1 (UMAP too), and report each score's mean "
+                             "and range; the report's clusters are --seed's")
     parser.add_argument("--compare", action="append", default=[], metavar="CHECKPOINT",
                         help="also cluster these encoders' features the same way (a checkpoint, random:<encoder>, "
                              "untrained:<checkpoint> or pixels; repeatable): the report sets them side by side")
@@ -99,6 +109,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [m for m in args.methods if m not in CLUSTER_METHODS]
     if unknown:
         parser.error(f"unknown method(s) {', '.join(unknown)}; valid: {', '.join(CLUSTER_METHODS)}")
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: cluster at least once")
     return args
 
 
@@ -125,7 +137,10 @@ def main(argv=None) -> None:
                               meta={"checkpoint": args.checkpoint, "data": f"{args.data}/{args.split}",
                                     "features": features_name(args), "points": len(X), "feature dim": X.shape[1],
                                     **({"UMAP": f"{args.umap} dims, {args.umap_neighbors} neighbours"}
-                                       if args.umap else {})},
+                                       if args.umap else {}),
+                                    **({"seeds": f"{args.seed}-{args.seed + args.repeats - 1} (clusters shown: seed "
+                                                 f"{args.seed}; each score's mean and range: clusters.json)"}
+                                       if args.repeats > 1 else {})},
                               class_names=getattr(dataset, "classes", None), seed=args.seed,
                               umap_map=bool(args.umap), metrics_path=run_metrics(args.checkpoint),
                               comparison=comparison if args.compare else None,

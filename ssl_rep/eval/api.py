@@ -40,14 +40,46 @@ def probe_features(X, y, Xt, yt, C: float | None = None, knn_k: Iterable[int] = 
 def cluster_features(X, y=None, methods: Iterable[str] = CLUSTER_METHODS, n_clusters: int | None = None,
                      pca: int | None = None, l2: bool = False, umap: int | None = None, seed: int = 0,
                      max_samples: int | None = None, max_memory_gb: float = 4.0,
-                     umap_neighbors: int = UMAP_NEIGHBORS) -> tuple[dict, dict]:
+                     umap_neighbors: int = UMAP_NEIGHBORS, repeats: int = 1) -> tuple[dict, dict]:
     """Cluster ``X`` with each method and score it against ``y`` when given.
 
     ``n_clusters`` defaults to the number of classes (else 10); ``pca`` / ``l2`` / ``umap`` prepare the
     features first (each distinct input once: UMAP, keeping ``umap_neighbors`` neighbours per point, takes a
     minute on 70,000 points); meanshift and DBSCAN run on a 10-d PCA unless ``pca`` or ``umap`` is given. A
     method that cannot run (memory, too few points) is reported with its error, not raised. Returns
-    ``(results, labels)`` keyed by method."""
+    ``(results, labels)`` keyed by method.
+
+    ``repeats`` > 1 runs everything again (UMAP included) with seeds ``seed + 1``, ... : UMAP's and the methods'
+    starts can move ACC by several points. The results and labels stay ``seed``'s; each scored method gains
+    ``over_seeds``, every score's mean, std, min, max and per-seed values (:func:`over_seeds`)."""
+    if repeats < 1:
+        raise ValueError(f"repeats={repeats}: cluster at least once")
+    options = dict(methods=list(methods), n_clusters=n_clusters, pca=pca, l2=l2, umap=umap, max_samples=max_samples,
+                   max_memory_gb=max_memory_gb, umap_neighbors=umap_neighbors)
+    results, labels = _cluster_once(X, y, seed=seed, **options)
+    if repeats > 1 and y is not None:
+        runs = [results] + [_cluster_once(X, y, seed=seed + i, **options)[0] for i in range(1, repeats)]
+        for method, r in results.items():
+            if "scores" in r:
+                r["over_seeds"] = over_seeds([run[method] for run in runs], list(range(seed, seed + repeats)))
+    return results, labels
+
+
+def over_seeds(runs: list[dict], seeds: list[int]) -> dict:
+    """One method's results under several seeds -> ``{"seeds": [...], score: {mean, std, min, max, runs}}`` for
+    each score the runs share (a seed whose run failed is left out, and ``seeds`` says which ran)."""
+    ok = [(s, r["scores"]) for s, r in zip(seeds, runs) if "scores" in r]
+    out = {"seeds": [s for s, _ in ok]}
+    for key in ("acc", "nmi", "ari", "purity"):
+        values = np.array([scores[key] for _, scores in ok if key in scores], dtype=float)
+        if len(values) == len(ok) and len(ok):
+            out[key] = {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
+                        "max": float(values.max()), "runs": values.tolist()}
+    return out
+
+
+def _cluster_once(X, y, methods, n_clusters, pca, l2, umap, seed, max_samples, max_memory_gb,
+                  umap_neighbors) -> tuple[dict, dict]:
     n_clusters = n_clusters or (len(np.unique(y)) if y is not None else 10)
     results, labels, prepared = {}, {}, {}   # prepared: pca -> (input, seconds it took)
     for method in methods:
