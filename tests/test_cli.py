@@ -84,7 +84,7 @@ def test_cluster_umap_prepares_once_and_feeds_every_method(tmp_path, caplog):
     assert clusters["kmeans"]["preprocess_seconds"] == clusters["dbscan"]["preprocess_seconds"] > 0
 
 
-def test_cluster_repeats_reports_each_seed_and_their_mean(tmp_path, capsys):
+def test_cluster_repeats_reports_each_seed_and_their_mean(tmp_path, capsys, caplog):
     """--repeats 3: seed 0's clusters in the report and scores, plus every score's spread over seeds 0-2, each seed's
     run equal to clustering the same features with that seed alone."""
     from ssl_rep.cli.common import encoder_for, features_for
@@ -106,6 +106,9 @@ def test_cluster_repeats_reports_each_seed_and_their_mean(tmp_path, capsys):
     assert len(set(methods["gmm"]["over_seeds"]["acc"]["runs"])) > 1           # the seeds really differ
     assert "mean of seeds 0, 1, 2: acc" in capsys.readouterr().out
     assert "seeds</b>: 0-2" in (tmp_path / "report.html").read_text()
+    with caplog.at_level("WARNING", logger="ssl_rep.eval"):                   # unlabelled: once, and it says so
+        unlabelled, _ = cluster_features(X, None, ["kmeans"], repeats=3)
+    assert "over_seeds" not in unlabelled["kmeans"] and "clustered once" in caplog.text
     with pytest.raises(SystemExit) as exit_info:
         cluster_cli.parse_args([*argv[:-8], "--repeats", "0"])
     assert exit_info.value.code == 2 and "--repeats 0: cluster at least once" in capsys.readouterr().err

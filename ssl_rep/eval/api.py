@@ -57,7 +57,9 @@ def cluster_features(X, y=None, methods: Iterable[str] = CLUSTER_METHODS, n_clus
     options = dict(methods=list(methods), n_clusters=n_clusters, pca=pca, l2=l2, umap=umap, max_samples=max_samples,
                    max_memory_gb=max_memory_gb, umap_neighbors=umap_neighbors)
     results, labels = _cluster_once(X, y, seed=seed, **options)
-    if repeats > 1 and y is not None:
+    if repeats > 1 and y is None:
+        log.warning("repeats=%d: no labels to score the seeds against, so the features were clustered once", repeats)
+    elif repeats > 1:
         runs = [results] + [_cluster_once(X, y, seed=seed + i, **options)[0] for i in range(1, repeats)]
         for method, r in results.items():
             if "scores" in r:
