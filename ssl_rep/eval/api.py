@@ -73,8 +73,8 @@ def over_seeds(runs: list[dict], seeds: list[int]) -> dict:
     ok = [(s, r["scores"]) for s, r in zip(seeds, runs) if "scores" in r]
     out = {"seeds": [s for s, _ in ok]}
     for key in ("acc", "nmi", "ari", "purity"):
-        values = np.array([scores[key] for _, scores in ok if key in scores], dtype=float)
-        if len(values) == len(ok) and len(ok):
+        if ok and all(key in scores for _, scores in ok):
+            values = np.array([scores[key] for _, scores in ok], dtype=float)
             out[key] = {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
                         "max": float(values.max()), "runs": values.tolist()}
     return out
