@@ -154,3 +154,24 @@ def test_encoder_learns_a_tiny_supervised_task():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_out_features_widens_the_representation_with_a_1x1_conv_and_rebuilds_from_encoder_pt(tmp_path):
+    """``out_features``: stage 3's map -> 1x1 conv (no bias) + norm + ReLU to that many channels; what a
+    CPC patch encoder gets and what ``load_encoder`` rebuilds, norm swap included."""
+    from ssl_rep.encoders.io import encoder_payload
+    from ssl_rep.methods import create_method
+    plain = ssl_rep.create_encoder("resnet20", width=32)
+    wide = ssl_rep.create_encoder("resnet20", width=32, out_features=512)
+    assert wide.num_features == 512 and wide(torch.randn(2, 3, 8, 8)).shape == (2, 512)
+    assert n_params(wide) - n_params(plain) == 128 * 512 + 2 * 512   # the 1x1 conv and its BatchNorm
+    assert (wide(torch.randn(2, 3, 8, 8)) >= 0).all()                 # after the ReLU, as every block ends
+    method = create_method("cpc", wide)
+    assert method.encoder.num_features == 512 and not any(isinstance(m, nn.BatchNorm2d) for m in wide.modules())
+    torch.save(encoder_payload(method.encoder), tmp_path / "encoder.pt")
+    rebuilt = ssl_rep.load_encoder(tmp_path / "encoder.pt").eval()
+    x = torch.randn(1, 3, 28, 28)
+    torch.testing.assert_close(rebuilt(x), method.encoder.eval()(x))
+    for bad in (0, -4, 2.5, True):
+        with pytest.raises(ValueError, match="out_features"):
+            ssl_rep.create_encoder("resnet20", out_features=bad)

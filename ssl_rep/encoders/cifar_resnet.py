@@ -5,6 +5,9 @@ first block of stages 2 and 3 halves the map with stride 2), global average pool
 Convolutions carry no bias (BatchNorm supplies the shift). Shortcuts on downsampling:
 option A, identity on every second pixel with zero-padded extra channels (no parameters, the
 paper's CIFAR choice); option B, a 1x1 strided projection + norm.
+``out_features`` adds a 1x1 conv + norm + ReLU after stage 3 that widens the map to that many channels, as
+the bottleneck ResNets' last layer is four times its stage's width: a wide representation for little compute
+(CPC v2 reads 4,096-d patch vectors; ``encoder.out_features`` on a CPC recipe).
 With a 10-way linear classifier: ResNet-20 0.27M, 32 0.46M, 44 0.66M, 56 0.85M, 110 1.7M parameters.
 """
 from __future__ import annotations
@@ -53,7 +56,7 @@ class CifarResNet(Encoder):
     option_choices = {"norm": NORMS, "shortcut": ("A", "B")}
 
     def __init__(self, depth: int = 20, shortcut: str = "A", in_chans: int = 3, norm: str = "batch",
-                 width: int = 16):
+                 width: int = 16, out_features: int | None = None):
         super().__init__()
         if depth not in DEPTHS and (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (e.g. {DEPTHS}), got {depth}")
@@ -71,11 +74,18 @@ class CifarResNet(Encoder):
                 in_planes = planes
             layers.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = layers
-        self.num_features = in_planes
+        if out_features is not None and (isinstance(out_features, bool) or not isinstance(out_features, int)
+                                         or out_features < 1):
+            raise ValueError(f"out_features must be a positive integer or None, got {out_features!r}")
+        self.expand = (None if out_features is None else
+                       nn.Sequential(nn.Conv2d(in_planes, out_features, 1, bias=False), make_norm(norm, out_features),
+                                     nn.ReLU(inplace=True)))
+        self.num_features = in_planes if out_features is None else out_features
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
-        return self.layer3(self.layer2(self.layer1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return x if self.expand is None else self.expand(x)
