@@ -116,10 +116,13 @@ if asked aecpc; then
   # fashion-mnist-ae-cpc table (each beside its own untrained encoder, N2D's UMAP + GMM column). A call of its own.
   # AE_CODE_DIM=10 adds the autoencoder with a 10-value code layer (N2D's embedding size). CPC_WIDTH=64 trains CPC's
   # patch encoder at that width instead of the recipe's 32 (on the CPU, each doubling added 3-4 pt of probe at
-  # 1,000 steps: RESULTS, "CPC v2: patch-encoder width at equal steps").
+  # 1,000 steps: RESULTS, "CPC v2: patch-encoder width at equal steps"). CPC_OUT=2048 widens its patch vectors with
+  # encoder.out_features (a 1x1 conv after the last stage; CPC v2 reads 4,096-d vectors).
   for m in autoencoder cpc; do
     recipe=$([ $m = cpc ] && echo cpc_fashion_mnist || echo ae_fashion_mnist)
-    extra=(); [ $m = cpc ] && [ -n "${CPC_WIDTH:-}" ] && extra=(encoder.width=$CPC_WIDTH)
+    extra=()
+    [ $m = cpc ] && [ -n "${CPC_WIDTH:-}" ] && extra+=(encoder.width=$CPC_WIDTH)
+    [ $m = cpc ] && [ -n "${CPC_OUT:-}" ] && extra+=(encoder.out_features=$CPC_OUT)
     batch=$(python3 -c "from ssl_rep.train import load_config; print(load_config('$recipe').data.batch_size)")
     rm -rf /tmp/timing_$m; stamp "$m timing"
     timeout 150 python3 -m ssl_rep.cli.pretrain $recipe trainer.device=cuda data.root="$FM" data.num_workers=8 \
@@ -132,7 +135,7 @@ if asked aecpc; then
   timeout $(( 2 * ${AECPC_BUDGET:-200} + 240 )) python -m eval.reproduce fashion-mnist-ae-cpc --device cuda \
     --root "$FM" --methods autoencoder,cpc --cluster-methods kmeans,gmm --override data.num_workers=8 \
     --override autoencoder:trainer.epochs=$EPOCHS_autoencoder --override cpc:trainer.epochs=$EPOCHS_cpc \
-    ${CPC_WIDTH:+--override cpc:encoder.width=$CPC_WIDTH} \
+    ${CPC_WIDTH:+--override cpc:encoder.width=$CPC_WIDTH} ${CPC_OUT:+--override cpc:encoder.out_features=$CPC_OUT} \
     --json "$OUT/fashion_mnist_ae_cpc.json" 2>&1 | grep -v "^step\|Warning\|warn" | tail -8
   for m in autoencoder cpc; do cp runs/fashion-mnist-ae-cpc/$m/metrics.jsonl "$OUT/fm_aecpc_${m}_metrics.jsonl"; done
   if [ -n "${AE_CODE_DIM:-}" ]; then
