@@ -27,7 +27,8 @@ def list_encoders() -> list[str]:
 
 
 def create_encoder(name: str, **kwargs) -> Encoder:
-    """Build an encoder by name. CIFAR ResNets take ``shortcut`` ("A"/"B"), ``norm``, ``in_chans``;
+    """Build an encoder by name. CIFAR ResNets take ``shortcut`` ("A"/"B"), ``norm``, ``in_chans``, ``width``
+    (stage 1's channels) and ``out_features`` (a 1x1 conv + norm + ReLU widening the last map);
     torchvision ResNets take ``stem`` ("imagenet"/"cifar"), ``norm``, ``in_chans``;
     ``mlp`` (DEC's and N2D's fully connected encoder) takes ``image_size`` (required), ``hidden``, ``gray``;
     ``timm:<model>`` passes keyword arguments to ``timm.create_model``.
