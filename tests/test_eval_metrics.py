@@ -149,6 +149,31 @@ def test_umap_before_kmeans_separates_digits_better_and_is_reproducible():
         preprocess(X[:10], umap=2)
 
 
+UMAP_THREADS_SCRIPT = """
+import numpy as np, torch
+from ssl_rep.eval.cluster import umap_embed
+torch.set_num_threads(1)
+torch.get_num_threads()
+umap_embed(np.random.default_rng(0).normal(size=(500, 20)).astype(np.float32), 2)
+print(torch.get_num_threads())
+"""
+
+
+def test_umap_leaves_torch_at_its_thread_count():
+    """numba's OpenMP layer shares torch's libgomp, and its first parallel launch in a process left torch on
+    numba's count (every core): a pytest-xdist worker held to one thread then ran every later torch op
+    oversubscribed, 5-60x slower. A fresh process, since only the first launch shows it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_NUM_THREADS": "2", "OMP_NUM_THREADS": "1"}   # more numba threads than torch's
+    out = subprocess.run([sys.executable, "-c", UMAP_THREADS_SCRIPT], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1"], out.stdout
+
+
 def test_constant_features_do_not_crash():
     labels = cluster(np.ones((50, 4), np.float32), "kmeans", n_clusters=2)
     assert labels.shape == (50,)

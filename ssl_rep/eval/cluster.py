@@ -10,6 +10,7 @@ import logging
 import warnings
 
 import numpy as np
+import torch
 
 from .checks import check_features
 from .kmeans import kmeans
@@ -24,14 +25,24 @@ class ClusteringTooLargeError(MemoryError):
 
 
 def umap_embed(X, n_components: int, seed: int = 0, **options) -> np.ndarray:
-    """UMAP (umap-learn) seeded with ``random_state=seed``: reproducible, hence single-threaded."""
+    """UMAP (umap-learn) seeded with ``random_state=seed``: reproducible, hence single-threaded.
+
+    Its numba kernels run on at most torch's threads, and torch keeps its thread count afterwards: numba's OpenMP
+    layer shares torch's libgomp and would otherwise leave it at numba's count (every core), so a process held to
+    fewer threads (pytest-xdist workers, ``torch.set_num_threads``) would run every later torch op oversubscribed."""
     try:
+        import numba
         import umap as umap_lib
     except ImportError as exc:
         raise ImportError("UMAP needs the umap-learn package: pip install umap-learn") from exc
-    with warnings.catch_warnings():   # "n_jobs value 1 overridden to 1 by setting random_state": intended
-        warnings.filterwarnings("ignore", message=".*n_jobs value.*", category=UserWarning)
-        return umap_lib.UMAP(n_components=n_components, random_state=seed, **options).fit_transform(X)
+    threads = torch.get_num_threads()
+    try:
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        with warnings.catch_warnings():   # "n_jobs value 1 overridden to 1 by setting random_state": intended
+            warnings.filterwarnings("ignore", message=".*n_jobs value.*", category=UserWarning)
+            return umap_lib.UMAP(n_components=n_components, random_state=seed, **options).fit_transform(X)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def preprocess(X, l2_normalize: bool = False, pca: int | None = None, umap: int | None = None, seed: int = 0,
