@@ -24,3 +24,28 @@ def test_a_comparison_of_compiled_or_malloc_variants_gets_a_section_of_its_own(m
                   "cpu_capability": "AVX2", "caps": {},
                   "rows": [dict(row, variant="fp32"), dict(row, variant=variant)]}, None)
     assert list(caught) == [key]
+
+
+def test_suite_timeline_records_a_tests_time_and_cpu_and_summarises_them(tmp_path, monkeypatch, capsys):
+    """eval/suite_timeline.py: one JSON line per test with its wall and CPU time; the summary sets the heaviest
+    first, beside the same test's time from another run."""
+    import time
+
+    from eval import suite_timeline
+
+    path = tmp_path / "timeline.jsonl"
+    monkeypatch.setenv("SUITE_TIMELINE", str(path))
+    for test, work in (("t.py::light", 0.0), ("t.py::heavy", 0.3)):
+        suite_timeline.pytest_runtest_logstart(test, None)
+        end = time.process_time() + work
+        while time.process_time() < end:   # CPU work, so the CPU column has something to read
+            pass
+        suite_timeline.pytest_runtest_logfinish(test, None)
+    runs = suite_timeline.load(str(path))
+    assert set(runs) == {"t.py::light", "t.py::heavy"}
+    heavy = runs["t.py::heavy"]
+    assert heavy["end"] - heavy["start"] >= 0.3 and heavy["cpu_s"] >= 0.25 and heavy["threads"] >= 1
+    assert runs["t.py::light"]["cpu_s"] < 0.1
+    suite_timeline.main([str(path), "--against", str(path), "--top", "1"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("2 tests") and out[2].endswith("t.py::heavy") and len(out) == 3
