@@ -53,8 +53,13 @@ def pytest_runtest_logfinish(nodeid, location):
 
 
 def load(path: str) -> dict[str, dict]:
+    """One record per test: under xdist the controller logs each test too (worker "-"), the worker's is kept."""
+    runs: dict[str, dict] = {}
     with open(path) as f:
-        return {r["test"]: r for r in map(json.loads, f) if r}
+        for r in map(json.loads, f):
+            if r["test"] not in runs or runs[r["test"]]["worker"] == "-":
+                runs[r["test"]] = r
+    return runs
 
 
 def main(argv=None):
