@@ -1,4 +1,7 @@
 import itertools
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -163,10 +166,6 @@ def test_umap_leaves_torch_at_its_thread_count():
     """numba's OpenMP layer shares torch's libgomp, and its first parallel launch in a process left torch on
     numba's count (every core): a pytest-xdist worker held to one thread then ran every later torch op
     oversubscribed, 5-60x slower. A fresh process, since only the first launch shows it."""
-    import os
-    import subprocess
-    import sys
-
     env = {**os.environ, "NUMBA_NUM_THREADS": "2", "OMP_NUM_THREADS": "1"}   # more numba threads than torch's
     out = subprocess.run([sys.executable, "-c", UMAP_THREADS_SCRIPT], capture_output=True, text=True, env=env,
                          timeout=300)
