@@ -259,3 +259,23 @@ def test_untrained_baseline_has_the_checkpoints_shape_and_the_output_names_the_f
         probe_main(["--checkpoint", f"untrained:{run.encoder_path}", "--data", "digits", "--out", str(tmp_path / "p"),
                     "--cache-dir", "none", "--device", "cpu", "--knn-k", "5", "--C", "0.1", "--train-subset", "300"])
     assert "mean of the patch vectors over the grid (CPC v2's linear protocol)" in caplog.text
+
+
+def test_patch_reading_flags_set_how_a_cpc_encoder_reads_and_refuse_other_encoders():
+    """--patch-stride / --patch-crop override what a CPC checkpoint records (0: the whole patch), the log line
+    says how the grid was read, and any other encoder gets an error naming the flags."""
+    import argparse
+    from ssl_rep import create_encoder
+    from ssl_rep.cli.common import describe_features, set_patch_reading
+    from ssl_rep.methods import create_method
+    enc = create_method("cpc", create_encoder("resnet20"), patch_jitter=2, prediction_steps=2).encoder
+    args = argparse.Namespace(features="backbone", grid=2)
+    assert "at stride 2, each read as its central 6 px resized to 8" in describe_features(enc, args)
+    set_patch_reading(enc, 4, 0)
+    assert (enc.read_stride, enc.read_crop) == (4, None)
+    assert describe_features(enc, args).endswith("patches of 8 px at stride 4")
+    assert enc(torch.zeros(1, 3, 28, 28)).shape == (1, enc.num_features)
+    with pytest.raises(ValueError, match="--patch-crop must be in \\[0, 8\\]"):
+        set_patch_reading(enc, None, 9)
+    with pytest.raises(ValueError, match="--patch-stride and --patch-crop apply to CPC.*not to resnet20"):
+        set_patch_reading(create_encoder("resnet20"), 2, None)

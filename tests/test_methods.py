@@ -185,6 +185,38 @@ def test_cpc_grid_and_norm_replacement():
     assert any(isinstance(m, nn.BatchNorm2d) for m in kept.encoder.modules())
 
 
+def test_cpc_encoder_reads_a_denser_grid_of_patches_at_the_training_crops_scale():
+    """The saved encoder reads the grid at half the training stride, each patch as its central
+    patch_size - patch_jitter px resized back (checked against torchvision's resized_crop, patch by patch);
+    training still cuts the training grid; 0 turns either off; the settings survive a rebuild."""
+    import torchvision.transforms.functional as TF
+    torch.manual_seed(0)
+    method = create_method("cpc", ssl_rep.create_encoder("resnet20"), patch_jitter=2, prediction_steps=2)
+    enc = method.encoder.eval()
+    assert (enc.stride, enc.read_stride, enc.read_crop) == (4, 2, 6)
+    x = torch.randn(2, 3, 28, 28)
+    assert method.patchify(x).shape == (2, 6, 6, 3, 8, 8)            # training: the 6x6 grid at stride 4
+    patches = enc.patchify(x, 2)
+    assert patches.shape == (2, 11, 11, 3, 8, 8)
+    naive = torch.stack([TF.resized_crop(patches[n, i, j], 1, 1, 6, 6, [8, 8], antialias=False)
+                         for n in range(2) for i in range(11) for j in range(11)]).view(patches.shape)
+    torch.testing.assert_close(enc.read_view(patches), naive)
+    with torch.no_grad():
+        fmap = enc.feature_map(x)
+        assert fmap.shape == (2, enc.num_features, 11, 11)
+        torch.testing.assert_close(fmap, enc.encode_patches(naive))
+        torch.testing.assert_close(enc(x), fmap.mean(dim=(2, 3)))
+        rebuilt = ssl_rep.create_encoder(enc.encoder_name, **enc.encoder_kwargs)
+        rebuilt.load_state_dict(enc.state_dict())
+        torch.testing.assert_close(rebuilt.eval()(x), enc(x))
+        plain = create_method("cpc", ssl_rep.create_encoder("resnet20"), read_stride=0, read_crop=0).encoder.eval()
+        plain.load_state_dict(enc.state_dict())
+        torch.testing.assert_close(plain.feature_map(x), enc.encode_patches(enc.patchify(x)))
+        assert not torch.allclose(plain(x), enc(x))
+    with pytest.raises(ValueError, match="read_crop must be in"):
+        create_method("cpc", ssl_rep.create_encoder("resnet20"), read_crop=9)
+
+
 @pytest.mark.parametrize("directions", ["down", "both"])
 def test_cpc_loss_is_equal_weight_mean_over_all_predictions(directions):
     torch.manual_seed(0)

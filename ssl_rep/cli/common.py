@@ -62,6 +62,13 @@ def add_encoder_and_data_args(parser) -> None:
                              "better when L2-normalised (--l2); grid: the encoder's last feature map average-pooled "
                              "to a G x G grid (--grid) and flattened, G*G times the backbone's width")
     parser.add_argument("--grid", type=int, default=2, help="cells per side for --features grid (default 2)")
+    parser.add_argument("--patch-stride", type=int, default=None,
+                        help="CPC encoders: read the patch grid at this stride (default: what the checkpoint records, "
+                             "else the training stride)")
+    parser.add_argument("--patch-crop", type=int, default=None,
+                        help="CPC encoders: read each patch as its central N px resized back to the patch size, the "
+                             "scale its jittered training crops had (default: what the checkpoint records; 0 for the "
+                             "whole patch)")
 
 
 def describe_features(encoder, args) -> str:
@@ -72,7 +79,10 @@ def describe_features(encoder, args) -> str:
     if getattr(inner, "encoder_name", "") == "patch_grid":
         grid = (f"the patch grid average-pooled to {args.grid}x{args.grid} cells" if args.features == "grid"
                 else "the mean of the patch vectors over the grid (CPC v2's linear protocol)")
-        return f"features: {grid}, {encoder.num_features}-d; patches of {inner.patch_size} px at stride {inner.stride}"
+        read = f"patches of {inner.patch_size} px at stride {inner.read_stride or inner.stride}"
+        if inner.read_crop and inner.read_crop != inner.patch_size:
+            read += f", each read as its central {inner.read_crop} px resized to {inner.patch_size}"
+        return f"features: {grid}, {encoder.num_features}-d; {read}"
     if getattr(encoder, "encoder_name", "") == "grid_pooled" and args.features == "backbone":
         return (f"features: the autoencoder's spatial code, the last feature map average-pooled to {encoder.grid}x"
                 f"{encoder.grid} cells (what its decoder read), {encoder.num_features}-d")
@@ -95,6 +105,7 @@ def encoder_for(args, calibration_split: str) -> torch.nn.Module:
     if features == "grid" and args.grid < 1:
         raise ValueError(f"--grid must be at least 1 (cells per side), got {args.grid}")
     encoder = resolve_encoder(args.checkpoint, args.seed, projection)
+    set_patch_reading(encoder, getattr(args, "patch_stride", None), getattr(args, "patch_crop", None))
     if features == "grid":
         encoder = GridPooledEncoder(encoder, args.grid)
     if getattr(args, "quantize", "none") == "int8":
@@ -105,6 +116,23 @@ def encoder_for(args, calibration_split: str) -> torch.nn.Module:
         args.device = "cpu"
     logging.getLogger("ssl_rep.eval").info("%s", describe_features(encoder, args))
     return encoder
+
+
+def set_patch_reading(encoder, stride: int | None, crop: int | None) -> None:
+    """``--patch-stride`` / ``--patch-crop``: how a patch-grid (CPC) encoder reads an image; None keeps its own."""
+    if stride is None and crop is None:
+        return
+    if getattr(encoder, "encoder_name", "") != "patch_grid":
+        raise ValueError(f"--patch-stride and --patch-crop apply to CPC's patch-grid encoders, not to "
+                         f"{getattr(encoder, 'encoder_name', type(encoder).__name__)}")
+    if stride is not None:
+        if stride < 1:
+            raise ValueError(f"--patch-stride must be at least 1, got {stride}")
+        encoder.read_stride = stride
+    if crop is not None:
+        if not 0 <= crop <= encoder.patch_size:
+            raise ValueError(f"--patch-crop must be in [0, {encoder.patch_size}] (0: the whole patch), got {crop}")
+        encoder.read_crop = crop or None
 
 
 def features_name(args) -> str:

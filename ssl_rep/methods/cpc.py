@@ -57,7 +57,10 @@ class CPC(Method):
 
     ``method.encoder`` is a :class:`~ssl_rep.encoders.PatchGridEncoder` around the encoder given:
     its features are the mean of the patch vectors over the grid, which CPC v2's linear evaluation
-    reads (the grid, spatially mean-pooled). Batch statistics would leak information between the
+    reads (the grid, spatially mean-pooled). It reads that grid at ``read_stride`` (default: half the
+    training stride, so the mean covers every patch position twice as densely) with each patch seen as
+    its central ``read_crop`` px resized back (default ``patch_size - patch_jitter``: the scale of the
+    jittered crops training saw); 0 for either reads the training grid or the whole patch. Batch statistics would leak information between the
     patches of one image, so the encoder's BatchNorm layers are replaced with ``patch_norm``
     (``layer`` by default, as CPC v2; also ``group`` or ``none``); ``patch_norm="batch"`` keeps them.
     logs: ``loss``, ``acc`` (fraction of predictions ranking their target first).
@@ -71,17 +74,21 @@ class CPC(Method):
                  context_dim: int = 256, prediction_steps: int = 5, first_step: int | None = None,
                  directions: str = "both", patch_norm: str = "layer", patch_jitter: int | None = None,
                  patch_flip: float = 0.5, patch_aug: float = 0.0, temperature: float = 1.0,
-                 global_negatives: bool = True):
+                 global_negatives: bool = True, read_stride: int | None = None, read_crop: int | None = None):
         if directions not in DIRECTIONS:
             raise ValueError(f"CPC directions must be one of {', '.join(DIRECTIONS)}, got {directions!r}")
         if patch_norm != "batch":
             replace_batchnorm(encoder, patch_norm)
-        super().__init__(PatchGridEncoder(encoder, patch_size, stride))
+        patch_jitter = patch_size // 4 if patch_jitter is None else patch_jitter
+        if not 0 <= patch_jitter < patch_size:
+            raise ValueError(f"CPC patch_jitter must be in [0, patch_size={patch_size}), got {patch_jitter}")
+        # how the saved encoder reads an image: a grid at half the training stride, each patch at the scale of
+        # the jittered crops it was trained on (0 for either: the training grid, the whole patch)
+        read_stride = max(1, stride // 2) if read_stride is None else read_stride or stride
+        read_crop = patch_size - patch_jitter if read_crop is None else read_crop or patch_size
+        super().__init__(PatchGridEncoder(encoder, patch_size, stride, read_stride, read_crop))
         self.first_step = first_step or first_unseen_step(patch_size, stride)
-        self.prediction_steps = prediction_steps
-        self.patch_jitter = patch_size // 4 if patch_jitter is None else patch_jitter
-        if not 0 <= self.patch_jitter < patch_size:
-            raise ValueError(f"CPC patch_jitter must be in [0, patch_size={patch_size}), got {self.patch_jitter}")
+        self.prediction_steps, self.patch_jitter = prediction_steps, patch_jitter
         self.patch_flip, self.patch_aug, self.temperature = patch_flip, patch_aug, temperature
         self.global_negatives = global_negatives   # under torch.distributed: targets of every process
         n = ORIENTATIONS[directions]
