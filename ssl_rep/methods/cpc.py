@@ -60,9 +60,10 @@ class CPC(Method):
     reads (the grid, spatially mean-pooled). It reads that grid at ``read_stride`` (default: half the
     training stride, so the mean covers every patch position twice as densely) with each patch seen as
     its central ``read_crop`` px resized back (default ``patch_size - patch_jitter``: the scale of the
-    jittered crops training saw); 0 for either reads the training grid or the whole patch. Batch statistics would leak information between the
-    patches of one image, so the encoder's BatchNorm layers are replaced with ``patch_norm``
-    (``layer`` by default, as CPC v2; also ``group`` or ``none``); ``patch_norm="batch"`` keeps them.
+    jittered crops training saw); 0 for either reads the training grid or the whole patch. Batch
+    statistics would leak information between the patches of one image, so the encoder's BatchNorm
+    layers are replaced with ``patch_norm`` (``layer`` by default, as CPC v2; also ``group`` or
+    ``none``); ``patch_norm="batch"`` keeps them.
     logs: ``loss``, ``acc`` (fraction of predictions ranking their target first).
     """
 
