@@ -85,8 +85,9 @@ class CPC(Method):
             raise ValueError(f"CPC patch_jitter must be in [0, patch_size={patch_size}), got {patch_jitter}")
         # how the saved encoder reads an image: a grid at half the training stride, each patch at the scale of
         # the jittered crops it was trained on (0 for either: the training grid, the whole patch)
-        read_stride = max(1, stride // 2) if read_stride is None else read_stride or stride
-        read_crop = patch_size - patch_jitter if read_crop is None else read_crop or patch_size
+        # (None on the encoder, as for a checkpoint saved before these settings: the training grid, whole patches)
+        read_stride = max(1, stride // 2) if read_stride is None else read_stride or None
+        read_crop = (patch_size - patch_jitter if patch_jitter else None) if read_crop is None else read_crop or None
         super().__init__(PatchGridEncoder(encoder, patch_size, stride, read_stride, read_crop))
         self.first_step = first_step or first_unseen_step(patch_size, stride)
         self.prediction_steps, self.patch_jitter = prediction_steps, patch_jitter
