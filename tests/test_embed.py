@@ -46,6 +46,17 @@ def test_cli_writes_the_folders_features_in_order_with_paths_labels_and_classes(
     assert all(f'"n": "{c}{i}.png"' in page for c in ("cat", "dog") for i in range(5))
 
 
+def test_pixels_are_embedded_as_the_flattened_evaluation_images(tmp_path, capsys):
+    folder = class_folders(tmp_path / "images", size=12)
+    embed_main(["--checkpoint", "pixels", "--data", str(folder), "--out", str(tmp_path / "emb"), "--workers", "0",
+                "--device", "cpu"])
+    dataset = eval_dataset(str(folder), "train", None, None)
+    expected = torch.stack([dataset[i][0] for i in range(len(dataset))]).flatten(1).numpy()
+    assert expected.shape[1] == 3 * dataset[0][0].shape[-1] ** 2
+    assert f"10 embeddings of {expected.shape[1]} dims (float32)" in capsys.readouterr().out
+    np.testing.assert_array_equal(np.load(tmp_path / "emb" / "embeddings.npy"), expected)
+
+
 def test_a_stopped_run_continues_from_its_last_piece_and_refuses_another_encoder(tmp_path, monkeypatch):
     dataset = ssl_rep.build_dataset("digits", split="test", transform=ssl_rep.data.build_transform(
         "eval", stats="digits", resize=None))

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import numpy as np
+
 from ..eval.embeddings import DTYPES, embed
 from .common import EXPECTED_ERRORS, add_encoder_and_data_args, encoder_for, eval_dataset, friendly_errors, \
     setup_logging
@@ -31,7 +33,8 @@ def main(argv=None) -> None:
         dataset = eval_dataset(args.data, args.split, args.root, args.image_size)
         path = embed(encoder, dataset, args.out, dtype=args.dtype, batch_size=args.batch_size, device=args.device,
                      num_workers=args.workers, progress=sys.stderr.isatty())
-    print(f"{len(dataset)} embeddings of {encoder.num_features} dims ({args.dtype}) -> {path}\n"
+    dim = np.load(path, mmap_mode="r").shape[1]
+    print(f"{len(dataset)} embeddings of {dim} dims ({args.dtype}) -> {path}\n"
           f"index: {path.parent / 'index.csv'}")
 
 

@@ -52,8 +52,12 @@ def embed(encoder: torch.nn.Module, dataset, out, dtype: str = "float32", batch_
     if n == 0:
         raise ValueError(f"{getattr(dataset, 'name', 'the dataset')}: no images to embed")
     state_path, array_path = out / "embed.json", out / "embeddings.npy"
+    dim = encoder.num_features
+    if dim is None:   # pixels: as wide as the images the dataset gives
+        with torch.no_grad():
+            dim = encoder(dataset[0][0][None]).shape[1]
     identity = {"encoder": encoder_fingerprint(encoder), "encoder_name": getattr(encoder, "encoder_name", None),
-                "dataset": _dataset_key(dataset), "n": n, "dim": int(encoder.num_features), "dtype": dtype}
+                "dataset": _dataset_key(dataset), "n": n, "dim": int(dim), "dtype": dtype}
     done = 0
     if state_path.is_file() and array_path.is_file():
         state = json.loads(state_path.read_text())
