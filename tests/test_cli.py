@@ -114,6 +114,33 @@ def test_cluster_repeats_reports_each_seed_and_their_mean(tmp_path, capsys, capl
     assert exit_info.value.code == 2 and "--repeats 0: cluster at least once" in capsys.readouterr().err
 
 
+def test_cluster_whiten_feeds_every_method_the_whitened_features(tmp_path, capsys):
+    """--whiten 8: k-means and DBSCAN (no default PCA then) read the standardised, whitened, L2-normalised features;
+    the scores equal clustering ``whiten_features`` of the same features; the report says so."""
+    from ssl_rep.cli.common import encoder_for, features_for
+    from ssl_rep.eval import cluster, clustering_scores
+    from ssl_rep.eval.cluster import whiten_features
+
+    argv = ["--checkpoint", "random:resnet20", "--data", "digits", "--methods", "kmeans,dbscan", "--whiten", "8",
+            "--out", str(tmp_path), "--cache-dir", "none", "--workers", "0"]
+    cluster_cli.main(argv)
+    clusters = json.loads((tmp_path / "clusters.json").read_text())["methods"]
+    for method in ("kmeans", "dbscan"):
+        assert clusters[method]["params"] | {"n_clusters": 10} == {"l2_normalize": False, "pca": None, "umap": None,
+                                                                  "whiten": 8, "n_clusters": 10}
+    args = cluster_cli.parse_args(argv)
+    X, y, _ = features_for(encoder_for(args, "test"), "digits", "test", args)
+    expected = clustering_scores(y, cluster(whiten_features(X, 8), "kmeans", n_clusters=10))
+    assert clusters["kmeans"]["scores"]["acc"] == pytest.approx(expected["acc"])
+    assert "<b>whitened</b>: 8 dims, L2-normalised" in (tmp_path / "report.html").read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        cluster_cli.parse_args([*argv[:7], "0"])
+    assert exit_info.value.code == 2 and "--whiten 0: whiten to at least 1 dimension" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cluster_cli.parse_args([*argv, "--pca", "5"])
+    assert exit_info.value.code == 2 and "--pca 5 and --whiten 8 both project the features" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args,message", [
     (["--checkpoint", "nowhere.pt", "--data", "digits"], "nowhere.pt: no such checkpoint file"),
     (["--checkpoint", "random:resnet21", "--data", "digits"], "unknown encoder 'resnet21'"),

@@ -9,7 +9,7 @@ from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from ssl_rep.eval import ClusteringTooLargeError, KNNClassifier, cluster, clustering_scores, preprocess
-from ssl_rep.eval.cluster import kmeans, knee_eps
+from ssl_rep.eval.cluster import kmeans, knee_eps, whiten_features
 
 
 def brute_force_acc(y_true, y_pred):
@@ -132,6 +132,34 @@ def test_more_clusters_than_points_and_unknown_method():
         cluster(np.random.rand(3, 2), "kmeans", n_clusters=5)
     with pytest.raises(ValueError, match="kmeans, meanshift, dbscan, gmm, agglomerative"):
         cluster(np.random.rand(3, 2), "spectral")
+
+
+def test_whitening_equals_a_naive_eigendecomposition_and_finds_clusters_a_loud_feature_hides():
+    """Four clusters at the corners of a square, each axis spread over ten correlated features, beside one
+    independent feature 50x louder: k-means on the raw features splits along the loud one; standardised and
+    whitened to two dimensions, the correlated groups' directions lead and k-means finds the clusters."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 150)
+    corners = np.array([[-3, -3], [-3, 3], [3, -3], [3, 3]], dtype=float)[y]
+    signal = np.repeat(corners, 10, axis=1) + rng.normal(0, 0.5, (600, 20))   # each axis shared by ten features
+    X = np.hstack([signal, rng.uniform(-50, 50, (600, 1)), rng.normal(0, 0.3, (600, 20))]).astype(np.float32)
+    Z = whiten_features(X, 2)
+    assert Z.shape == (600, 2) and Z.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(Z, axis=1), 1, rtol=1e-5)
+    S = (X - X.mean(0)) / X.std(0)   # the naive reference: top eigenvectors of the correlation matrix, unit variance
+    values, vectors = np.linalg.eigh(np.cov(S, rowvar=False))
+    top = np.argsort(values)[::-1][:2]
+    W = S @ vectors[:, top] / np.sqrt(values[top])
+    W /= np.linalg.norm(W, axis=1, keepdims=True)
+    np.testing.assert_allclose(Z @ Z.T, W @ W.T, atol=2e-3)   # equal up to each component's sign (float32)
+    raw = clustering_scores(y, cluster(X, "kmeans", n_clusters=4))["acc"]
+    whitened = clustering_scores(y, cluster(Z, "kmeans", n_clusters=4))["acc"]
+    assert raw < 0.7 and whitened > 0.97, (raw, whitened)
+    assert np.array_equal(preprocess(X, whiten=2), Z)
+    with pytest.raises(ValueError, match="whiten=42 must be between 1 and min\\(points, features\\) = 41"):
+        whiten_features(X, 42)
+    with pytest.raises(ValueError, match="pca=5 and whiten=2 both project the features; give one of them"):
+        preprocess(X, pca=5, whiten=2)
 
 
 @pytest.mark.xdist_group("umap")   # under pytest-xdist: numba compiles UMAP once, on one worker

@@ -60,9 +60,9 @@ def run_cluster(args) -> tuple[dict, dict, np.ndarray, np.ndarray | None, object
     encoder = encoder_for(args, args.split)
     X, y, dataset = features_for(encoder, args.data, args.split, args)
     results, labels = cluster_features(X, y, args.methods, n_clusters=args.n_clusters, pca=args.pca, l2=args.l2,
-                                       umap=args.umap, seed=args.seed, max_samples=args.max_samples,
-                                       max_memory_gb=args.max_memory_gb, umap_neighbors=args.umap_neighbors,
-                                       repeats=args.repeats)
+                                       whiten=args.whiten, umap=args.umap, seed=args.seed,
+                                       max_samples=args.max_samples, max_memory_gb=args.max_memory_gb,
+                                       umap_neighbors=args.umap_neighbors, repeats=args.repeats)
     for method, r in results.items():
         if "error" in r:
             print(f"  {method:14s} skipped: {r['error']}")
@@ -89,6 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pca", type=int, default=None,
                         help=f"PCA dimensions before clustering (default: none; {DENSITY_PCA} for meanshift/dbscan)")
     parser.add_argument("--l2", action="store_true", help="L2-normalise features before clustering")
+    parser.add_argument("--whiten", type=int, default=None, metavar="DIM",
+                        help="standardise each feature, PCA-whiten to DIM dimensions, L2-normalise (as retrieval "
+                             "treats pooled descriptors); e.g. --whiten 20 for CPC's mean readout")
     parser.add_argument("--umap", type=int, default=None, metavar="DIM",
                         help="UMAP to DIM dimensions (min_dist 0) after --l2/--pca, before every method; "
                              "e.g. --l2 --umap 10 lifts k-means on SimCLR features by 4-7 points of ACC")
@@ -111,6 +114,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"unknown method(s) {', '.join(unknown)}; valid: {', '.join(CLUSTER_METHODS)}")
     if args.repeats < 1:
         parser.error(f"--repeats {args.repeats}: cluster at least once")
+    if args.whiten is not None and args.whiten < 1:
+        parser.error(f"--whiten {args.whiten}: whiten to at least 1 dimension")
+    if args.whiten and args.pca:   # before the features are extracted
+        parser.error(f"--pca {args.pca} and --whiten {args.whiten} both project the features; give one of them")
     return args
 
 
@@ -136,6 +143,7 @@ def main(argv=None) -> None:
                               reconstructions=recon, title=f"Clusters of {args.checkpoint} on {args.data}/{args.split}",
                               meta={"checkpoint": args.checkpoint, "data": f"{args.data}/{args.split}",
                                     "features": features_name(args), "points": len(X), "feature dim": X.shape[1],
+                                    **({"whitened": f"{args.whiten} dims, L2-normalised"} if args.whiten else {}),
                                     **({"UMAP": f"{args.umap} dims, {args.umap_neighbors} neighbours"}
                                        if args.umap else {}),
                                     **({"seeds": f"{args.seed}-{args.seed + args.repeats - 1} (clusters shown: seed "

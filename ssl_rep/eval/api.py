@@ -40,12 +40,14 @@ def probe_features(X, y, Xt, yt, C: float | None = None, knn_k: Iterable[int] = 
 def cluster_features(X, y=None, methods: Iterable[str] = CLUSTER_METHODS, n_clusters: int | None = None,
                      pca: int | None = None, l2: bool = False, umap: int | None = None, seed: int = 0,
                      max_samples: int | None = None, max_memory_gb: float = 4.0,
-                     umap_neighbors: int = UMAP_NEIGHBORS, repeats: int = 1) -> tuple[dict, dict]:
+                     umap_neighbors: int = UMAP_NEIGHBORS, repeats: int = 1,
+                     whiten: int | None = None) -> tuple[dict, dict]:
     """Cluster ``X`` with each method and score it against ``y`` when given.
 
-    ``n_clusters`` defaults to the number of classes (else 10); ``pca`` / ``l2`` / ``umap`` prepare the
-    features first (each distinct input once: UMAP, keeping ``umap_neighbors`` neighbours per point, takes a
-    minute on 70,000 points); meanshift and DBSCAN run on a 10-d PCA unless ``pca`` or ``umap`` is given. A
+    ``n_clusters`` defaults to the number of classes (else 10); ``pca`` / ``l2`` / ``whiten`` / ``umap`` prepare
+    the features first (:func:`~ssl_rep.eval.cluster.preprocess`) (each distinct input once: UMAP, keeping ``umap_neighbors`` neighbours per point, takes a
+    minute on 70,000 points); meanshift and DBSCAN run on a 10-d PCA unless ``pca``, ``whiten`` or ``umap`` is
+    given. A
     method that cannot run (memory, too few points) is reported with its error, not raised. Returns
     ``(results, labels)`` keyed by method.
 
@@ -54,8 +56,10 @@ def cluster_features(X, y=None, methods: Iterable[str] = CLUSTER_METHODS, n_clus
     ``over_seeds``, every score's mean, std, min, max and per-seed values (:func:`over_seeds`)."""
     if repeats < 1:
         raise ValueError(f"repeats={repeats}: cluster at least once")
+    if pca and whiten:
+        raise ValueError(f"pca={pca} and whiten={whiten} both project the features; give one of them")
     options = dict(methods=list(methods), n_clusters=n_clusters, pca=pca, l2=l2, umap=umap, max_samples=max_samples,
-                   max_memory_gb=max_memory_gb, umap_neighbors=umap_neighbors)
+                   max_memory_gb=max_memory_gb, umap_neighbors=umap_neighbors, whiten=whiten)
     results, labels = _cluster_once(X, y, seed=seed, **options)
     if repeats > 1 and y is None:
         log.warning("repeats=%d: no labels to score the seeds against, so the features were clustered once", repeats)
@@ -81,18 +85,19 @@ def over_seeds(runs: list[dict], seeds: list[int]) -> dict:
 
 
 def _cluster_once(X, y, methods, n_clusters, pca, l2, umap, seed, max_samples, max_memory_gb,
-                  umap_neighbors) -> tuple[dict, dict]:
+                  umap_neighbors, whiten) -> tuple[dict, dict]:
     n_clusters = n_clusters or (len(np.unique(y)) if y is not None else 10)
     results, labels, prepared = {}, {}, {}   # prepared: pca -> (input, seconds it took)
     for method in methods:
-        use_pca = pca if pca is not None else (DENSITY_PCA if method in DENSITY_METHODS and not umap else None)
-        params = {"l2_normalize": l2, "pca": use_pca, "umap": umap,
+        use_pca = pca if pca is not None else (DENSITY_PCA if method in DENSITY_METHODS and not (umap or whiten)
+                                                    else None)
+        params = {"l2_normalize": l2, "pca": use_pca, "umap": umap, **({"whiten": whiten} if whiten else {}),
                   **({"umap_neighbors": umap_neighbors} if umap else {})}
         try:
             if use_pca not in prepared:
                 start = time.time()
                 prepared[use_pca] = preprocess(X, l2_normalize=l2, pca=use_pca, umap=umap, seed=seed,
-                                               umap_neighbors=umap_neighbors), time.time() - start
+                                               umap_neighbors=umap_neighbors, whiten=whiten), time.time() - start
                 if umap:
                     log.info("UMAP to %d dimensions%s (%.1fs)", umap, f" after PCA {use_pca}" if use_pca else "",
                              prepared[use_pca][1])

@@ -46,18 +46,23 @@ def umap_embed(X, n_components: int, seed: int = 0, **options) -> np.ndarray:
 
 
 def preprocess(X, l2_normalize: bool = False, pca: int | None = None, umap: int | None = None, seed: int = 0,
-               umap_neighbors: int = UMAP_NEIGHBORS):
-    """Optional L2 normalisation, PCA to ``pca`` dimensions, then UMAP to ``umap`` dimensions.
+               umap_neighbors: int = UMAP_NEIGHBORS, whiten: int | None = None):
+    """Optional L2 normalisation, PCA to ``pca`` dimensions or whitening to ``whiten`` (:func:`whiten_features`),
+    then UMAP to ``umap`` dimensions.
 
     UMAP runs with ``min_dist=0`` (packed clusters: the setting UMAP's docs and N2D use for clustering
     rather than for plotting); what it does for k-means on SSL features is measured in eval/RESULTS.md
     ("k-means with UMAP")."""
     X = np.asarray(X, dtype=np.float32)
+    if pca and whiten:
+        raise ValueError(f"pca={pca} and whiten={whiten} both project the features; give one of them")
     if l2_normalize:
-        X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        X = _unit_rows(X)
     if pca and pca < X.shape[1]:
         from sklearn.decomposition import PCA
         X = PCA(n_components=pca, random_state=seed).fit_transform(X).astype(np.float32)
+    if whiten:
+        X = whiten_features(X, whiten, seed=seed)
     if umap:
         if umap > X.shape[1]:   # as many is fine: N2D maps a 10-value code to 10 dimensions
             raise ValueError(f"umap={umap} must be at most the features' {X.shape[1]} dimensions")
@@ -65,6 +70,28 @@ def preprocess(X, l2_normalize: bool = False, pca: int | None = None, umap: int 
             raise ValueError(f"umap needs more points than umap_neighbors={umap_neighbors}, got {len(X)}")
         X = umap_embed(X, umap, seed, n_neighbors=umap_neighbors, min_dist=0.0).astype(np.float32)
     return X
+
+
+def _unit_rows(X: np.ndarray) -> np.ndarray:
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+def whiten_features(X, dims: int, seed: int = 0) -> np.ndarray:
+    """Each feature standardised, PCA of the result to ``dims`` components scaled to unit variance (whitened), each
+    row then L2-normalised: ``(N, dims)`` float32.
+
+    The PCA-whitening that image retrieval applies to pooled descriptors (Jegou & Chum, ECCV 2012) before cosine
+    distances. A pooled feature whose variance sits in a few directions (CPC's mean of patch vectors) clusters
+    on those directions alone; whitened, every kept direction counts alike (eval/RESULTS.md, "k-means on
+    whitened features")."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    X = np.asarray(X, dtype=np.float32)
+    if not 1 <= dims <= min(X.shape):
+        raise ValueError(f"whiten={dims} must be between 1 and min(points, features) = {min(X.shape)}")
+    Z = PCA(n_components=dims, whiten=True, random_state=seed).fit_transform(StandardScaler().fit_transform(X))
+    return _unit_rows(Z.astype(np.float32))
 
 
 def knee_eps(X, min_samples: int) -> float:
