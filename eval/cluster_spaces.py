@@ -2,7 +2,9 @@
 seeds on the test split in each space: the backbone (raw, L2, standardised, PCA-16 + L2, PCA-whitened
 + L2), the projection head's hidden layer (raw, L2) and its output (raw, L2; ``--features projection``).
 ``--umap DIM`` adds the backbone and hidden layer after L2 + UMAP (``ssl-cluster --l2 --umap DIM``),
-refitted per seed; ``--checkpoint pixels`` adds the raw-pixel baseline (its "backbone" is the pixels).
+refitted per seed; ``--whiten D,D`` adds the backbone standardised, whitened to D dimensions and L2-normalised
+(``ssl-cluster --whiten D``); ``--checkpoint pixels`` adds the raw-pixel baseline (its "backbone" is the pixels),
+``untrained:PATH`` a checkpoint's architecture untrained.
     python -m eval.cluster_spaces --checkpoint NAME=OUT/checkpoints/last.pt [...] --data fashion-mnist
 """
 from __future__ import annotations
@@ -17,19 +19,23 @@ import numpy as np
 import torch
 
 from eval.results_md import emit, parse_or_render, table_section
-from ssl_rep.cli.common import features_for
+from ssl_rep.cli.common import features_for, set_patch_reading
 from ssl_rep.data import build_dataset
 from ssl_rep.encoders.io import ENCODER_FORMAT, encoder_from, projection_head, safe_load
 from ssl_rep.eval import cluster, clustering_scores, preprocess
+from ssl_rep.eval.cluster import whiten_features
+from ssl_rep.eval.inputs import resolve_encoder
 
 
-def spaces(X: np.ndarray, head: torch.nn.Module | None, umap: int | None = None) -> dict[str, tuple]:
+def spaces(X: np.ndarray, head: torch.nn.Module | None, umap: int | None = None,
+           whiten: tuple[int, ...] = ()) -> dict[str, tuple]:
     """space name -> (features, UMAP dimensions to reduce them to per seed, or None)."""
     from sklearn.decomposition import PCA
     l2 = lambda F: preprocess(F, l2_normalize=True)  # noqa: E731
     out = {"backbone": X, "backbone, L2": l2(X), "backbone, standardised": (X - X.mean(0)) / (X.std(0) + 1e-6),
            "backbone, PCA-16 + L2": l2(preprocess(X, pca=16)),
-           "backbone, PCA-whitened + L2": l2(PCA(whiten=True, random_state=0).fit_transform(X))}
+           "backbone, PCA-whitened + L2": l2(PCA(whiten=True, random_state=0).fit_transform(X)),
+           **{f"backbone, standardised + whitened-{d} + L2": whiten_features(X, d) for d in whiten}}
     if head is not None:
         with torch.no_grad():
             hidden_t = head[:3](torch.from_numpy(X))     # Linear -> BatchNorm -> ReLU
@@ -56,17 +62,20 @@ def add_checkpoint_args(parser, what: str) -> None:
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--root", default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cache-dir", default="none", help="feature cache (default none: extract afresh)")
+    parser.add_argument("--patch-stride", type=int, default=None, help="as ssl-probe's, for CPC checkpoints")
+    parser.add_argument("--patch-crop", type=int, default=None, help="as ssl-probe's, for CPC checkpoints")
 
 
 def parse_checkpoint_study(parser, render) -> tuple[Namespace | None, Namespace | None]:
     """``parse_or_render``, then at least one ``--checkpoint``; also the options ``features_for`` extracts with
-    (no feature cache). ``(None, None)`` after ``--render``."""
+    (``--cache-dir``). ``(None, None)`` after ``--render``."""
     args = parse_or_render(parser, render)
     if args is None:
         return None, None
     if not args.checkpoint:
         parser.error("name at least one --checkpoint NAME=PATH")
-    return args, Namespace(root=args.root, image_size=None, seed=0, cache_dir="none", batch_size=512,
+    return args, Namespace(root=args.root, image_size=None, seed=0, cache_dir=args.cache_dir, batch_size=512,
                            device=args.device, workers=2)
 
 
@@ -75,12 +84,25 @@ def checkpoints(args) -> list[tuple[str, str]]:
     return [spec.partition("=")[::2] for spec in args.checkpoint]
 
 
-def encoder_and_head(path: str) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+def study_encoder(path: str, args) -> torch.nn.Module:
+    """The encoder ``path`` names (a checkpoint, ``untrained:``, ``random:``), read as ``--patch-stride`` /
+    ``--patch-crop`` say."""
+    encoder = resolve_encoder(path)
+    set_patch_reading(encoder, args.patch_stride, args.patch_crop)
+    return encoder
+
+
+def encoder_and_head(path: str, args) -> tuple[torch.nn.Module, torch.nn.Module | None]:
     """The backbone and, where ``path`` holds one (a SimCLR training checkpoint), the projection head; an
-    ``encoder.pt`` (a run copied off a GPU machine without its optimiser state, say) gives the backbone spaces only."""
+    ``encoder.pt`` (a run copied off a GPU machine without its optimiser state, say) or an ``untrained:`` /
+    ``random:`` encoder gives the backbone spaces only."""
+    if path.split(":")[0] in ("untrained", "random"):
+        return study_encoder(path, args), None
     obj = safe_load(path)   # read once, for the backbone and the head
     head = None if obj.get("format") == ENCODER_FORMAT else projection_head(obj, Path(path)).cpu().eval()
-    return encoder_from(obj, Path(path)), head
+    encoder = encoder_from(obj, Path(path))
+    set_patch_reading(encoder, args.patch_stride, args.patch_crop)
+    return encoder, head
 
 
 def main() -> None:
@@ -90,20 +112,23 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--umap", type=int, default=None, metavar="DIM",
                         help="also cluster the L2 backbone and hidden layer after UMAP to DIM dimensions")
+    parser.add_argument("--whiten", default="", metavar="D,D",
+                        help="also cluster the backbone whitened to each D dimensions (ssl-cluster --whiten D)")
     parser.add_argument("--study", default=None,
                         help="name of a RESULTS.md section of its own for this study (default: the shared one)")
     args, opts = parse_checkpoint_study(parser, render)
     if args is None:
         return
+    whiten = tuple(int(d) for d in args.whiten.split(",") if d)
     rows = []
     for name, path in checkpoints(args):
         if name == "pixels":
             X, y = pixels(args.data, args.root, args.split)
             head = None
         else:
-            encoder, head = encoder_and_head(path)
+            encoder, head = encoder_and_head(path, args)
             X, y, _ = features_for(encoder, args.data, args.split, opts)
-        for space, (F, umap) in spaces(np.asarray(X, np.float32), head, args.umap).items():
+        for space, (F, umap) in spaces(np.asarray(X, np.float32), head, args.umap, whiten).items():
             scores = [clustering_scores(y, cluster(preprocess(F, umap=umap, seed=s) if umap else F, "kmeans",
                                                    n_clusters=len(np.unique(y)), seed=s))
                       for s in range(args.seeds)]
@@ -141,6 +166,8 @@ def render(result: dict, command: str | None, machine_name: str | None = None) -
                        f"{result['data']} {result['split']} split, k = the number of classes. "
                        + ("'+ UMAP-d': `ssl-cluster --l2 --umap d` (min_dist 0, 15 neighbours), UMAP refitted with "
                           "each seed, so its spread is in the ± . " if umap else "")
+                       + ("'standardised + whitened-d + L2': `ssl-cluster --whiten d`. "
+                          if any("whitened-" in r["space"] for r in result["rows"]) else "")
                        + ("In the pixels column 'backbone' means the raw pixels (/255). "
                           if "pixels" in names else "")
                        + result.get("note", ""))

@@ -16,9 +16,9 @@ import time
 import numpy as np
 import torch
 
-from eval.cluster_spaces import add_checkpoint_args, checkpoints, parse_checkpoint_study, pixels
+from eval.cluster_spaces import add_checkpoint_args, checkpoints, parse_checkpoint_study, pixels, study_encoder
 from eval.results_md import emit, table_section
-from ssl_rep.cli.common import features_for, resolve_encoder
+from ssl_rep.cli.common import features_for
 from ssl_rep.encoders import GridPooledEncoder
 from ssl_rep.eval import KNNClassifier, LinearProbe
 
@@ -65,7 +65,7 @@ def main() -> None:
             rows.append({"checkpoint": name, "path": "", "grid": None, **probe_row(X, y, Xt, yt, args.device)})
             print(json.dumps(rows[-1]), flush=True)
             continue
-        every = EveryGrid(resolve_encoder(path), grids)   # one pass over the images for all the grids
+        every = EveryGrid(study_encoder(path, args), grids)   # one pass over the images for all the grids
         X_all, y, _ = features_for(every, args.data, "train", opts)
         Xt_all, yt, _ = features_for(every, args.data, "test", opts)
         for grid, cols in zip(grids, every.columns()):

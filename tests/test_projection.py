@@ -107,21 +107,27 @@ def test_cluster_spaces_study_agrees_with_the_cli(simclr_run, tmp_path, monkeypa
 
 def test_cluster_spaces_reads_an_encoder_file_and_names_its_own_section(simclr_run, tmp_path, monkeypatch):
     """An ``encoder.pt`` (no projection head: a run copied off a GPU machine) gives the backbone spaces only, the
-    same numbers as its training checkpoint; ``--study`` writes a RESULTS section of its own."""
+    same numbers as its training checkpoint, and so does ``untrained:``; ``--whiten`` adds ``ssl-cluster
+    --whiten``'s space; ``--study`` writes a RESULTS section of its own."""
     from eval import cluster_spaces
     sections = {}
     monkeypatch.setattr(cluster_spaces, "table_section", lambda key, *a, **kw: sections.update({key: (a, kw)}))
     monkeypatch.setattr("sys.argv", ["cluster_spaces.py", "--checkpoint", f"file={simclr_run / 'encoder.pt'}",
                                      "--checkpoint", f"ckpt={simclr_run / 'checkpoints' / 'last.pt'}",
+                                     "--checkpoint", f"twin=untrained:{simclr_run / 'encoder.pt'}", "--whiten", "4",
                                      "--data", "digits", "--seeds", "1", "--study", "Encoder file, tiny",
                                      "--json", str(tmp_path / "spaces.json")])
     cluster_spaces.main()
     rows = json.loads((tmp_path / "spaces.json").read_text())["rows"]
     file_rows = {r["space"]: r for r in rows if r["checkpoint"] == "file"}
     ckpt_rows = {r["space"]: r for r in rows if r["checkpoint"] == "ckpt"}
-    assert sorted(file_rows) == sorted(s for s in ckpt_rows if s.startswith("backbone")) and len(file_rows) == 5
-    assert len(ckpt_rows) == 9
+    twin_rows = {r["space"]: r for r in rows if r["checkpoint"] == "twin"}
+    assert sorted(file_rows) == sorted(s for s in ckpt_rows if s.startswith("backbone")) and len(file_rows) == 6
+    assert len(ckpt_rows) == 10 and sorted(twin_rows) == sorted(file_rows)
     for space, row in file_rows.items():
         assert row["acc"] == ckpt_rows[space]["acc"], space
+        assert row["acc"] != twin_rows[space]["acc"], space   # untrained: other features
+    whitened = file_rows["backbone, standardised + whitened-4 + L2"]
+    assert whitened["dim"] == 4 and whitened["acc"] != file_rows["backbone"]["acc"]
     (key, (args, _)), = sections.items()
     assert key == "cluster-spaces-digits-encoder-file-tiny" and args[0].endswith("(digits, Encoder file, tiny)")

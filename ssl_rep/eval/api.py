@@ -45,11 +45,10 @@ def cluster_features(X, y=None, methods: Iterable[str] = CLUSTER_METHODS, n_clus
     """Cluster ``X`` with each method and score it against ``y`` when given.
 
     ``n_clusters`` defaults to the number of classes (else 10); ``pca`` / ``l2`` / ``whiten`` / ``umap`` prepare
-    the features first (:func:`~ssl_rep.eval.cluster.preprocess`) (each distinct input once: UMAP, keeping ``umap_neighbors`` neighbours per point, takes a
-    minute on 70,000 points); meanshift and DBSCAN run on a 10-d PCA unless ``pca``, ``whiten`` or ``umap`` is
-    given. A
-    method that cannot run (memory, too few points) is reported with its error, not raised. Returns
-    ``(results, labels)`` keyed by method.
+    the features first (:func:`~ssl_rep.eval.cluster.preprocess`; each distinct input once: UMAP, keeping
+    ``umap_neighbors`` neighbours per point, takes a minute on 70,000 points); meanshift and DBSCAN run on a 10-d
+    PCA unless ``pca``, ``whiten`` or ``umap`` is given. A method that cannot run (memory, too few points) is
+    reported with its error, not raised. Returns ``(results, labels)`` keyed by method.
 
     ``repeats`` > 1 runs everything again (UMAP included) with seeds ``seed + 1``, ... : UMAP's and the methods'
     starts can move ACC by several points. The results and labels stay ``seed``'s; each scored method gains
