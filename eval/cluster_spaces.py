@@ -94,12 +94,13 @@ def study_encoder(path: str, args) -> torch.nn.Module:
 
 def encoder_and_head(path: str, args) -> tuple[torch.nn.Module, torch.nn.Module | None]:
     """The backbone and, where ``path`` holds one (a SimCLR training checkpoint), the projection head; an
-    ``encoder.pt`` (a run copied off a GPU machine without its optimiser state, say) or an ``untrained:`` /
-    ``random:`` encoder gives the backbone spaces only."""
+    ``encoder.pt`` (a run copied off a GPU machine without its optimiser state, say), a method without a head or an
+    ``untrained:`` / ``random:`` encoder gives the backbone spaces only."""
     if path.split(":")[0] in ("untrained", "random"):
         return study_encoder(path, args), None
     obj = safe_load(path)   # read once, for the backbone and the head
-    head = None if obj.get("format") == ENCODER_FORMAT else projection_head(obj, Path(path)).cpu().eval()
+    has_head = obj.get("format") != ENCODER_FORMAT and any(k.startswith("head.") for k in obj["model"])
+    head = projection_head(obj, Path(path)).cpu().eval() if has_head else None   # CPC, autoencoders: none
     encoder = encoder_from(obj, Path(path))
     set_patch_reading(encoder, args.patch_stride, args.patch_crop)
     return encoder, head
