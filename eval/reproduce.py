@@ -26,6 +26,7 @@ from ssl_rep.data import build_dataset
 from ssl_rep.encoders import CheckpointError
 from ssl_rep.eval import KNNClassifier, LinearProbe, cluster, cluster_features, clustering_scores, eval_dataset, \
     extract_features, fixed_subset, preprocess, probe_features, resolve_encoder
+from ssl_rep.eval.cluster import whiten_features
 from ssl_rep.eval.inputs import run_folder
 from ssl_rep.train import load_config, train
 
@@ -118,16 +119,20 @@ def evaluate(checkpoint: str, data: str, root, device, cluster_methods, train_su
 
 
 UMAP_DIM = 10
+WHITEN_DIM = 20   # ssl-cluster --whiten 20: CPC's mean readout (eval/RESULTS.md, "k-means: which feature space")
 N2D_NEIGHBORS = 20   # N2D's Fashion-MNIST run (rymc/n2d run.sh): 20 neighbours, min_dist 0, dims = clusters
 
 
 def kmeans_l2_columns(X, y) -> dict:
     """k-means (the suites' default settings) on the L2-normalised features, and after L2 + UMAP to
     ``UMAP_DIM`` dimensions where umap-learn is installed (the GPU image may lack it): the columns
-    ``kmeans_l2`` and ``kmeans_l2_umap``; and N2D's UMAP + GMM, ``umap_gmm`` (it also runs on features that
-    have no more dimensions than clusters, as N2D's 10-value code has)."""
+    ``kmeans_l2`` and ``kmeans_l2_umap``; k-means on the features whitened to ``WHITEN_DIM`` dimensions
+    (``ssl-cluster --whiten``), ``kmeans_whiten``, where they have more; and N2D's UMAP + GMM, ``umap_gmm`` (it also
+    runs on features that have no more dimensions than clusters, as N2D's 10-value code has)."""
     k, unit = len(np.unique(y)), preprocess(X, l2_normalize=True)   # normalised once, for both columns
     out = {"kmeans_l2": clustering_scores(y, cluster(unit, "kmeans", n_clusters=k))}
+    if X.shape[1] > WHITEN_DIM:
+        out["kmeans_whiten"] = clustering_scores(y, cluster(whiten_features(X, WHITEN_DIM), "kmeans", n_clusters=k))
     if importlib.util.find_spec("umap") is None:
         print("k-means after UMAP skipped: umap-learn is not installed", file=sys.stderr)
         return out
@@ -263,9 +268,9 @@ def run(name: str, device: str, root, overrides: list[str], methods: list[str], 
 
 def render(result: dict) -> None:
     lines = ["| encoder | pretraining | linear top-1 | top-5 | kNN@20 | k-means ACC | k-means NMI | k-means ACC, L2 "
-             f"| k-means ACC, L2 + UMAP-{UMAP_DIM} | k-means ACC, projection L2 | UMAP + GMM ACC / NMI (N2D) "
-             "| UMAP + GMM on train + test (N2D's protocol) | best other clustering (ACC) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"| k-means ACC, L2 + UMAP-{UMAP_DIM} | k-means ACC, whitened-{WHITEN_DIM} | k-means ACC, projection L2 "
+             "| UMAP + GMM ACC / NMI (N2D) | UMAP + GMM on train + test (N2D's protocol) | best other clustering (ACC) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["rows"].items():
         km = r["clusters"].get("kmeans", {})
         others = {m: s["acc"] for m, s in r["clusters"].items() if m != "kmeans" and "acc" in s}
@@ -275,11 +280,12 @@ def render(result: dict) -> None:
                if "pretrain_seconds" in r else r.get("note", "–"))
         l2 = f"{r['kmeans_l2']['acc']:.4f}" if "kmeans_l2" in r else "–"   # runs saved before the column
         umap = f"{r['kmeans_l2_umap']['acc']:.4f}" if "kmeans_l2_umap" in r else "–"  # needs umap-learn
+        white = f"{r['kmeans_whiten']['acc']:.4f}" if "kmeans_whiten" in r else "–"   # runs saved before it
         proj = f"{r['kmeans_projection_l2']['acc']:.4f}" if "kmeans_projection_l2" in r else "–"  # SimCLR rows only
         n2d, n2d_all = (f"{r[key]['acc']:.4f} / {r[key]['nmi']:.4f}" if key in r else "–"
                         for key in ("umap_gmm", "umap_gmm_all"))
         lines.append(f"| {name} | {pre} | {r['top1']:.4f} | {r['top5']:.4f} | {r['knn20']:.4f} | "
-                     f"{km.get('acc', float('nan')):.4f} | {km.get('nmi', float('nan')):.4f} | {l2} | {umap} | {proj} | "
+                     f"{km.get('acc', float('nan')):.4f} | {km.get('nmi', float('nan')):.4f} | {l2} | {umap} | {white} | {proj} | "
                      f"{n2d} | {n2d_all} | "
                      f"{f'{best} {others[best]:.4f}' if best else '–'} |")
     body = "\n".join(lines) + f"\n\nOverrides: `{' '.join(result['overrides']) or 'none'}`.  \n" \

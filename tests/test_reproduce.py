@@ -30,6 +30,7 @@ def test_digits_suite_runs_every_row_and_writes_its_table(tmp_path, monkeypatch,
         assert 0.1 < row["top1"] <= row["top5"] <= 1, name
         assert 0 < row["clusters"]["kmeans"]["acc"] <= 1 and 0 < row["kmeans_l2"]["acc"] <= 1, name
         assert 0 < row["kmeans_l2_umap"]["acc"] <= 1 and 0 < row["umap_gmm"]["nmi"] <= 1, name
+        assert 0 < row["kmeans_whiten"]["acc"] <= 1, name   # 64 features: whitened to 20
     assert saved["rows"]["simclr"]["steps"] == 3
     # only SimCLR has a projection head; its k-means on the L2-normalised head output is a column of its own
     assert [n for n, r in saved["rows"].items() if "kmeans_projection_l2" in r] == ["simclr"]
@@ -40,8 +41,9 @@ def test_digits_suite_runs_every_row_and_writes_its_table(tmp_path, monkeypatch,
     table = sections["suite-digits-suite"]
     assert "k-means ACC, L2" in table and "| raw pixels |" in table and "| random init |" in table
     assert "k-means ACC, projection L2" in table and "k-means ACC, L2 + UMAP-10" in table
+    assert "k-means ACC, whitened-20" in table
     assert "UMAP + GMM ACC / NMI (N2D)" in table and "| cpc, untrained | same encoder, untrained |" in table
-    assert all(line.count("|") == 14 for line in table.splitlines() if line.startswith("|"))
+    assert all(line.count("|") == 15 for line in table.splitlines() if line.startswith("|"))
     # N2D's protocol (train + test clustered together) where the whole training split was probed
     assert all(row["umap_gmm_all"]["points"] == 1797 for row in saved["rows"].values())
     # --trained METHOD=CKPT evaluates a finished run instead of training it again
@@ -56,16 +58,18 @@ def test_render_keeps_runs_saved_before_the_l2_umap_and_projection_columns(secti
     row = {"top1": 0.9, "top5": 1.0, "knn20": 0.8, "clusters": {"kmeans": {"acc": 0.5, "nmi": 0.4}}}
     reproduce.render({"experiment": "x", "rows": {"random init": row}, "overrides": [], "anchors": "a",
                       "command": "c", "machine": "m"})
-    expected = "| random init | – | 0.9000 | 1.0000 | 0.8000 | 0.5000 | 0.4000 | – | – | – | – | – | – |"
+    expected = "| random init | – | 0.9000 | 1.0000 | 0.8000 | 0.5000 | 0.4000 | – | – | – | – | – | – | – |"
     assert expected in sections["suite-x"]
 
 
 def test_umap_column_is_skipped_without_umap_learn(monkeypatch):
-    """The GPU image has no umap-learn: the suite still runs, without the UMAP column."""
+    """The GPU image has no umap-learn: the suite still runs, without the UMAP column; the whitened column needs
+    more features than it keeps."""
     import numpy as np
-    X, y = np.random.default_rng(0).normal(size=(60, 16)).astype(np.float32), np.arange(60) % 3
+    X, y = np.random.default_rng(0).normal(size=(60, 24)).astype(np.float32), np.arange(60) % 3
     monkeypatch.setattr(reproduce.importlib.util, "find_spec", lambda name: None)
-    assert list(reproduce.kmeans_l2_columns(X, y)) == ["kmeans_l2"]
+    assert list(reproduce.kmeans_l2_columns(X, y)) == ["kmeans_l2", "kmeans_whiten"]
+    assert list(reproduce.kmeans_l2_columns(X[:, :reproduce.WHITEN_DIM], y)) == ["kmeans_l2"]
 
 
 def test_n2d_column_runs_on_a_code_as_small_as_the_clusters():
