@@ -93,7 +93,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="standardise each feature, PCA-whiten to DIM dimensions, L2-normalise (as retrieval "
                              "treats pooled descriptors); e.g. --whiten 20 for CPC's mean readout")
     parser.add_argument("--umap", type=int, default=None, metavar="DIM",
-                        help="UMAP to DIM dimensions (min_dist 0) after --l2/--pca, before every method; "
+                        help="UMAP to DIM dimensions (min_dist 0) after --l2/--pca/--whiten, before every method; "
                              "e.g. --l2 --umap 10 lifts k-means on SimCLR features by 4-7 points of ACC")
     parser.add_argument("--umap-neighbors", type=int, default=UMAP_NEIGHBORS, metavar="K",
                         help=f"neighbours UMAP keeps per point (default {UMAP_NEIGHBORS}, UMAP's; N2D used 20 on "

@@ -82,8 +82,9 @@ def whiten_features(X, dims: int, seed: int = 0) -> np.ndarray:
 
     The PCA-whitening that image retrieval applies to pooled descriptors (Jegou & Chum, ECCV 2012) before cosine
     distances. A pooled feature whose variance sits in a few directions (CPC's mean of patch vectors) clusters
-    on those directions alone; whitened, every kept direction counts alike (eval/RESULTS.md, "k-means on
-    whitened features")."""
+    on those directions alone; whitened, every kept direction counts alike (eval/RESULTS.md, "k-means: which
+    feature space (fashion-mnist, CPC v2, test split)"). Keep ``dims`` small: whitened, the near-constant
+    directions weigh as much as the rest."""
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
 
