@@ -14,6 +14,7 @@ import torch
 
 from .checks import check_features
 from .kmeans import kmeans
+from .knn import unit_rows
 
 log = logging.getLogger(__name__)
 METHODS = ("kmeans", "meanshift", "dbscan", "gmm", "agglomerative")
@@ -57,7 +58,7 @@ def preprocess(X, l2_normalize: bool = False, pca: int | None = None, umap: int 
     if pca and whiten:
         raise ValueError(f"pca={pca} and whiten={whiten} both project the features; give one of them")
     if l2_normalize:
-        X = _unit_rows(X)
+        X = unit_rows(X)
     if pca and pca < X.shape[1]:
         from sklearn.decomposition import PCA
         X = PCA(n_components=pca, random_state=seed).fit_transform(X).astype(np.float32)
@@ -70,10 +71,6 @@ def preprocess(X, l2_normalize: bool = False, pca: int | None = None, umap: int 
             raise ValueError(f"umap needs more points than umap_neighbors={umap_neighbors}, got {len(X)}")
         X = umap_embed(X, umap, seed, n_neighbors=umap_neighbors, min_dist=0.0).astype(np.float32)
     return X
-
-
-def _unit_rows(X: np.ndarray) -> np.ndarray:
-    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
 
 
 def whiten_features(X, dims: int, seed: int = 0) -> np.ndarray:
@@ -92,7 +89,7 @@ def whiten_features(X, dims: int, seed: int = 0) -> np.ndarray:
     if not 1 <= dims <= min(X.shape):
         raise ValueError(f"whiten={dims} must be between 1 and min(points, features) = {min(X.shape)}")
     Z = PCA(n_components=dims, whiten=True, random_state=seed).fit_transform(StandardScaler().fit_transform(X))
-    return _unit_rows(Z.astype(np.float32))
+    return unit_rows(Z.astype(np.float32))
 
 
 def knee_eps(X, min_samples: int) -> float:

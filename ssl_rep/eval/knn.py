@@ -7,7 +7,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from .checks import check_features, check_labels
 
 
-def _normalize(X) -> np.ndarray:
+def unit_rows(X) -> np.ndarray:
+    """Each row of ``X`` L2-normalised (float32, contiguous; an all-zero row stays zero)."""
     X = np.ascontiguousarray(X, dtype=np.float32)
     norms = np.linalg.norm(X, axis=1, keepdims=True)
     return X / np.maximum(norms, 1e-12)
@@ -107,7 +108,7 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
         nlist = self.nlist or int(np.clip(4 * np.sqrt(len(X)), 1, max(1, min(len(X), 65536) // 39)))
         self.index_ = make_index(X.shape[1], self.use_gpu, self.index, nlist, self.nprobe)
         for start in range(0, len(X), 65536):
-            chunk = _normalize(X[start:start + 65536])
+            chunk = unit_rows(X[start:start + 65536])
             if not self.index_.is_trained:   # sq8: value ranges from the first chunk (up to 65,536 rows)
                 self.index_.train(chunk)
             self.index_.add(chunk)
@@ -118,7 +119,7 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
         """Cosine similarities and indices of the ``k`` nearest training rows, most similar first."""
         X = check_features(X, "features")
         k = min(k or self.k, self.index_.ntotal)
-        sims, idx = zip(*(self.index_.search(_normalize(X[s:s + self.batch_size]), k)
+        sims, idx = zip(*(self.index_.search(unit_rows(X[s:s + self.batch_size]), k)
                           for s in range(0, len(X), self.batch_size)))
         return np.concatenate(sims), np.concatenate(idx)
 
