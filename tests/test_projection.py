@@ -125,9 +125,11 @@ def test_cluster_spaces_reads_an_encoder_file_and_names_its_own_section(simclr_r
     assert sorted(file_rows) == sorted(s for s in ckpt_rows if s.startswith("backbone")) and len(file_rows) == 6
     assert len(ckpt_rows) == 10 and sorted(twin_rows) == sorted(file_rows)
     for space, row in file_rows.items():
-        assert row["acc"] == ckpt_rows[space]["acc"], space
-        assert row["acc"] != twin_rows[space]["acc"], space   # untrained: other features
+        scores = lambda r: (r["acc"], r["nmi"])  # noqa: E731
+        assert scores(row) == scores(ckpt_rows[space]), space
+        # untrained: other features. ACC alone can tie on 360 images (an AVX2 machine read 0.2472 for both)
+        assert scores(row) != scores(twin_rows[space]), space
     whitened = file_rows["backbone, standardised + whitened-4 + L2"]
-    assert whitened["dim"] == 4 and whitened["acc"] != file_rows["backbone"]["acc"]
+    assert whitened["dim"] == 4 and scores(whitened) != scores(file_rows["backbone"])
     (key, (args, _)), = sections.items()
     assert key == "cluster-spaces-digits-encoder-file-tiny" and args[0].endswith("(digits, Encoder file, tiny)")
