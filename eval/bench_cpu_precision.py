@@ -19,7 +19,7 @@ import tempfile
 import torch
 
 from eval.bench_step_overhead import isolated, loop_step_time, overhead_config
-from eval.results_md import caps_note, emit, kernel_caps, parse_or_render, table_section
+from eval.results_md import caps_note, cpu_kind, emit, kernel_caps, parse_or_render, table_section
 from ssl_rep.train.setup import native_bf16
 
 VARIANTS = {"fp32": ["trainer.precision=fp32", "trainer.channels_last=false"],
@@ -102,9 +102,9 @@ def render(result: dict, command: str | None, machine_name: str | None = None) -
             f"Speed-up against {base} in the same round. This CPU: native bf16 "
             f"{'yes' if result['native_bf16'] else 'no'} (torch's CPU capability: {result['cpu_capability']}).")
     note += caps_note(result.get("caps") or {})
-    capability = result["cpu_capability"].lower()
-    key = f"cpu-precision-{result['data']}" + ("" if capability.startswith("avx512") else f"-{capability}")
-    title = f"({result['data']})" if capability.startswith("avx512") else f"({result['data']}, {capability.upper()} kernels)"
+    suffix, words = cpu_kind(result["cpu_capability"], result.get("caps") or {})
+    key = f"cpu-precision-{result['data']}{suffix}"
+    title = f"({result['data']}, {words})" if words else f"({result['data']})"
     suffix = next((s for s in SECTIONS if any(r["variant"].endswith(s) for r in result["rows"])), None)
     ending, subject = SECTIONS.get(suffix, ("", "fp32, channels_last, bf16"))
     key += ending

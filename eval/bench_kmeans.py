@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from eval.results_md import emit, parse_or_render, table_section
+from eval.results_md import cpu_kind, emit, kernel_caps, parse_or_render, table_section
 from ssl_rep.eval.kmeans import kmeans, lloyd_device
 
 
@@ -81,13 +81,17 @@ def main() -> None:
         X = PCA(50, random_state=0).fit_transform(pixels).astype(np.float32)
         for k in (10, 100):
             rows += cases(X, f"Fashion-MNIST pixels, PCA-50, {len(X)} x 50, k={k}", k, args.rounds, gpu)
-    emit({"rows": rows, "threads": torch.get_num_threads()}, args, render)
+    emit({"rows": rows, "threads": torch.get_num_threads(), "caps": kernel_caps(),
+          "cpu_capability": torch.backends.cpu.get_cpu_capability()}, args, render)
 
 
 def render(result: dict, command: str | None = None, machine_name: str | None = None) -> None:
     lines = [f"| {r['case']} | {r['ssl_rep_s']:.2f} s | {r['sklearn_s']:.2f} s | {r['speedup']:.2f}x | "
              f"{r['inertia_ratio']:.4f} |" for r in result["rows"]]
-    table_section("bench-kmeans", "k-means: ssl_rep against scikit-learn", "python -m eval.bench_kmeans",
+    # runs saved before the CPU was recorded ran on an AVX-512 machine
+    suffix, words = cpu_kind(result.get("cpu_capability", "AVX512"), result.get("caps") or {})
+    table_section(f"bench-kmeans{suffix}", "k-means: ssl_rep against scikit-learn" + (f" ({words})" if words else ""),
+                  "python -m eval.bench_kmeans",
                   ["case", "ssl_rep", "scikit-learn", "speed-up", "inertia ssl_rep / sklearn (lower is better)"],
                   lines, command, machine_name,
                   note="Median of the rounds, the two alternating. ssl_rep's default: k-means++ seeding in torch "

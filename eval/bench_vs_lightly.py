@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from eval.bench_step_overhead import bare_step_time, isolated, loop_step_time, sync
-from eval.results_md import caps_note, emit, kernel_caps, parse_or_render, table_section
+from eval.results_md import caps_note, cpu_kind, emit, kernel_caps, parse_or_render, table_section
 from ssl_rep.data import build_dataset
 from ssl_rep.data.transforms import DATASET_STATS
 from ssl_rep.encoders import create_encoder
@@ -179,9 +179,9 @@ def render(result: dict, command: str | None = None, machine_name: str | None = 
              f"{', '.join(f'{v:.1f}' for v in r['rounds_ssl_rep_img_s'])} / "
              f"{', '.join(f'{v:.1f}' for v in r['rounds_lightly_img_s'])} |" for r in result["rows"]]
     caps = result.get("caps") or {}
-    capped = f"-{result['cpu_capability'].lower()}" if caps else ""   # an older CPU's kernels: a section of its own
-    where = f"{result['device']}, {result['cpu_capability']} kernels" if caps else result["device"]
-    table_section(f"bench-vs-lightly-{result['device']}{capped}", f"SimCLR's training loop: ssl_rep against lightly "
+    suffix, words = cpu_kind(result["cpu_capability"], caps) if result["device"] == "cpu" else ("", "")
+    where = f"{result['device']}, {words}" if words else result["device"]
+    table_section(f"bench-vs-lightly-{result['device']}{suffix}", f"SimCLR's training loop: ssl_rep against lightly "
                   f"({where})", "python -m eval.bench_vs_lightly",
                   ["case", "ssl_rep img/s", f"lightly {result['lightly']} img/s", "ratio (goal >= 1.3x)",
                    "rounds ssl_rep / lightly"], lines, command, machine_name,

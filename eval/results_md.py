@@ -28,6 +28,17 @@ def caps_note(caps: dict) -> str:
             "is then emulated).") if caps else ""
 
 
+def cpu_kind(capability: str, caps: dict) -> tuple[str, str]:
+    """A CPU measurement's section-key suffix and the words its title adds: AVX-512 CPUs own the plain section,
+    kernels capped to an older CPU's (``caps``) one of their own, and a CPU that is itself older (AVX2 only, say)
+    another, so that no kind overwrites another's numbers."""
+    if caps:
+        return f"-{capability.lower()}", f"{capability} kernels"
+    if capability.upper().startswith("AVX512"):
+        return "", ""
+    return f"-{capability.lower()}-cpu", f"{capability}-only CPU"
+
+
 def command_line() -> str:
     """How this run was started, as a reader would type it: ``[CAPS] python -m eval.NAME ARGS``."""
     import shlex

@@ -165,3 +165,29 @@ def test_a_re_render_stamps_the_commit_that_measured_the_run_not_the_checkouts(t
     assert results_md.parse_or_render(argparse.ArgumentParser(), lambda result, command, machine_name: (
         results_md.update_section("y", "y", "c", "b", path=out, machine_name="m", date="d"))) is None
     assert "d, m, commit 1234abc\n" in out.read_text()
+
+
+def test_cpu_benchmarks_keep_each_kind_of_cpu_in_a_section_of_its_own(monkeypatch):
+    """An AVX-512 CPU, AVX2 kernels capped on it, and a CPU that is itself AVX2-only: three sections, none
+    overwriting another (a real AVX2 machine once rendered over the AVX-512 machine's lightly comparison)."""
+    from eval import bench_cpu_precision, bench_kmeans, bench_vs_lightly
+    caught = []
+    for module in (bench_cpu_precision, bench_kmeans, bench_vs_lightly):
+        monkeypatch.setattr(module, "table_section", lambda key, title, *a, **kw: caught.append((key, title)))
+    kinds = [("AVX512", {}), ("AVX2", {"ATEN_CPU_CAPABILITY": "avx2"}), ("AVX2", {})]
+    for capability, caps in kinds:
+        precision_row = {"method": "simclr", "variant": "fp32", "batch_size": 8, "ms": 1.0, "speedup": 1.0,
+                         "speedup_min": 1.0, "speedup_max": 1.0}
+        bench_cpu_precision.render({"data": "digits", "steps": 1, "repeats": 1, "threads": 2, "native_bf16": False,
+                                    "cpu_capability": capability, "rows": [precision_row], "caps": caps}, "c")
+        bench_kmeans.render({"rows": [], "threads": 2, "caps": caps, "cpu_capability": capability}, "c")
+        bench_vs_lightly.render({"rows": [], "device": "cpu", "lightly": "1.6.0", "batch": 8, "image_size": 32,
+                                 "steps": 1, "warmup": 1, "workers": 0, "caps": caps, "cpu_capability": capability},
+                                "c")
+    keys = [key for key, _ in caught]
+    assert len(set(keys)) == 9, keys
+    assert keys[:3] == ["cpu-precision-digits", "bench-kmeans", "bench-vs-lightly-cpu"]   # the AVX-512 machine's
+    assert "bench-vs-lightly-cpu-avx2" in keys   # the capped sections keep the keys they were written under
+    assert all("AVX2-only CPU" in title for _, title in caught[6:])
+    bench_kmeans.render({"rows": [], "threads": 2}, "c")   # saved before the CPU was recorded: the AVX-512 one
+    assert caught[-1][0] == "bench-kmeans"
