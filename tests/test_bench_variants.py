@@ -12,16 +12,21 @@ def test_variant_suffixes_add_their_override_and_unknown_names_are_refused():
     assert bench.variant_overrides("fp16, compiled") is None
 
 
-@pytest.mark.parametrize("variant, key", [
-    ("fp32 + channels_last, compiled", "cpu-precision-fashion-mnist-avx2-compile"),
-    ("fp32, malloc as-is", "cpu-precision-fashion-mnist-avx2-malloc"),
-    ("fp32 + channels_last", "cpu-precision-fashion-mnist-avx2")])
-def test_a_comparison_of_compiled_or_malloc_variants_gets_a_section_of_its_own(monkeypatch, variant, key):
+CAPPED = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+@pytest.mark.parametrize("variant, caps, key", [
+    ("fp32 + channels_last, compiled", CAPPED, "cpu-precision-fashion-mnist-avx2-compile"),
+    ("fp32, malloc as-is", CAPPED, "cpu-precision-fashion-mnist-avx2-malloc"),
+    ("fp32 + channels_last", CAPPED, "cpu-precision-fashion-mnist-avx2"),
+    ("fp32 + channels_last", {}, "cpu-precision-fashion-mnist-avx2-cpu"),   # a CPU that is itself AVX2-only
+    ("fp32, malloc as-is", {}, "cpu-precision-fashion-mnist-avx2-cpu-malloc")])
+def test_a_comparison_of_compiled_or_malloc_variants_gets_a_section_of_its_own(monkeypatch, variant, caps, key):
     caught = {}
     monkeypatch.setattr(bench, "table_section", lambda k, title, *a, **kw: caught.update({k: title}))
     row = {"method": "simclr", "batch_size": 256, "ms": 900.0, "speedup": 1.0, "speedup_min": 1.0, "speedup_max": 1.0}
     bench.render({"data": "fashion-mnist", "steps": 15, "repeats": 3, "threads": 2, "native_bf16": False,
-                  "cpu_capability": "AVX2", "caps": {},
+                  "cpu_capability": "AVX2", "caps": caps,
                   "rows": [dict(row, variant="fp32"), dict(row, variant=variant)]}, None)
     assert list(caught) == [key]
 
