@@ -96,10 +96,11 @@ def render(result: dict, command: str | None = None, machine_name: str | None = 
                   lines, command, machine_name,
                   note="Median of the rounds, the two alternating. ssl_rep's default: k-means++ seeding in torch "
                        "on a sample (max(10,000, 20 k) points), three seedings screened after one block of 5 Lloyd "
-                       "iterations, the best run on until an iteration lowers the inertia by less than 1e-4 (at most "
-                       "100); faiss's Lloyd on the CPU. scikit-learn's default: one k-means++ start on every point, "
-                       "Lloyd to its tolerance (at most 300). The 25-iteration row asks both for the same work (scikit-"
-                       "learn still stops once no label changes): the gap there is mostly the seeding.")
+                       "iterations on their sample (in runs before 2026-12-07 19:00, on every point), the best run on "
+                       "every point until an iteration lowers the inertia by less than 1e-4 (at most 100); faiss's "
+                       "Lloyd on the CPU. scikit-learn's default: one k-means++ start on every point, Lloyd to its "
+                       "tolerance (at most 300). The 25-iteration row asks both for 25 iterations (ssl_rep's first 5 "
+                       "on the sample; scikit-learn still stops once no label changes).")
 
 
 if __name__ == "__main__":

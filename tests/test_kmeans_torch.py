@@ -70,6 +70,26 @@ def test_default_kmeans_at_least_matches_sklearns_default_inertia():
     assert ours <= theirs * 1.001, (ours, theirs)
 
 
+def test_restarts_are_screened_on_the_sample_and_the_best_runs_on_every_point(monkeypatch):
+    """With more points than the seeding sample, each restart's first block of Lloyd iterations runs on its sample
+    only, the best restart then on every point; the inertia still matches scikit-learn's default over seeds."""
+    X, _ = make_blobs(n_samples=6000, centers=30, n_features=16, cluster_std=3.0, random_state=2)
+    X = X.astype(np.float32)
+    seen, lloyd = [], km.lloyd_faiss
+    monkeypatch.setattr(km, "lloyd_faiss", lambda points, *a, **kw: seen.append(len(points)) or lloyd(points, *a, **kw))
+    labels, _ = km.kmeans(X, 30, init_samples=1500)
+    assert seen == [1500, 1500, 1500, 6000] and labels.shape == (6000,)
+    seen.clear()
+    km.kmeans(X, 30, init_samples=1500, init="random")
+    assert seen == [1500, 1500, 1500, 6000]
+    seen.clear()
+    km.kmeans(X, 30, init_samples=1500, n_iter=5)   # no iteration left after screening: the best is only assigned
+    assert seen == [1500, 1500, 1500, 6000]
+    ours = np.mean([km.kmeans(X, 30, seed=s, init_samples=1500)[1] for s in range(4)])
+    theirs = np.mean([KMeans(30, random_state=s).fit(X).inertia_ for s in range(4)])
+    assert ours <= theirs * 1.001, (ours, theirs)
+
+
 def test_lloyd_runs_in_torch_where_only_torch_sees_a_gpu(monkeypatch):
     import faiss
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0)

@@ -134,8 +134,9 @@ def kmeans(X, n_clusters: int, n_init: int = 3, n_iter: int = 100, seed: int = 0
            use_gpu: bool | None = None, init_samples: int | None = None, tol: float = TOL) -> tuple[np.ndarray, float]:
     """k-means of ``X`` ``(N, D)``, ``n_init`` restarts screened cheaply: each restart is seeded (k-means++ on a
     sample of :func:`seed_sample_size` points; ``init="random"``: distinct random points) and run for a first
-    block of Lloyd iterations; the restart with the lowest inertia then runs on, up to ``n_iter`` iterations in
-    all, until an iteration lowers the inertia by less than ``tol`` of itself.
+    block of Lloyd iterations on that sample; the restart with the lowest inertia there then runs on all points,
+    up to ``n_iter`` iterations in all, until an iteration lowers the inertia by less than ``tol`` of itself.
+    Where the sample is every point, screening is on every point.
 
     Returns ``(labels, inertia)``: int64 ``(N,)`` and the sum of squared distances to the centres."""
     X = np.ascontiguousarray(X, dtype=np.float32)
@@ -148,11 +149,11 @@ def kmeans(X, n_clusters: int, n_init: int = 3, n_iter: int = 100, seed: int = 0
     device = torch.device("cuda" if where != "faiss-cpu" else "cpu")
     data = torch.from_numpy(X).to(device) if where == "torch-cuda" else None
 
-    def lloyd(centers: torch.Tensor, iterations: int):
+    def lloyd(points: np.ndarray, on_device: torch.Tensor | None, centers: torch.Tensor, iterations: int):
         if where == "torch-cuda":
-            labels, inertia, centers, converged = lloyd_torch(data, centers, iterations, tol)
+            labels, inertia, centers, converged = lloyd_torch(on_device, centers, iterations, tol)
             return labels.cpu().numpy(), inertia, centers, converged
-        labels, inertia, centers, converged = lloyd_faiss(X, centers.cpu().numpy(), iterations, tol,
+        labels, inertia, centers, converged = lloyd_faiss(points, centers.cpu().numpy(), iterations, tol,
                                                           gpu=where == "faiss-gpu")
         return labels, inertia, torch.from_numpy(centers).to(device), converged
 
@@ -161,16 +162,18 @@ def kmeans(X, n_clusters: int, n_init: int = 3, n_iter: int = 100, seed: int = 0
     screen = min(FAISS_BLOCK, n_iter)
     best = None   # (labels, inertia, centers, converged) of the best restart after its first block
     for restart in range(n_init):
+        # screening on the sample, not on every point: on 60,000 x 50 with k = 10 it was 3/4 of the time
+        pick = np.sort(rng.choice(n, m, replace=False)) if m < n else np.arange(n)
+        points = X[pick] if m < n else X
+        sample = data[torch.from_numpy(pick).to(device)] if data is not None else torch.from_numpy(points).to(device)
         if init == "k-means++":
-            pick = torch.from_numpy(np.sort(rng.choice(n, m, replace=False)) if m < n else np.arange(n))
-            sample = data[pick.to(device)] if data is not None else torch.from_numpy(X[pick.numpy()]).to(device)
             centers = kmeans_plusplus(sample, n_clusters, seed=seed + restart)
         else:
-            centers = torch.from_numpy(X[rng.choice(n, n_clusters, replace=False)]).to(device)
-        run = lloyd(centers, screen)
+            centers = sample[torch.from_numpy(rng.choice(m, n_clusters, replace=False)).to(device)].clone()
+        run = lloyd(points, sample, centers, screen)
         if best is None or run[1] < best[1]:
             best = run
     labels, inertia, centers, converged = best
-    if not converged and n_iter > screen:   # run the best restart on
-        labels, inertia, _, _ = lloyd(centers, n_iter - screen)
+    if m < n or (not converged and n_iter > screen):   # the best restart runs on, on every point
+        labels, inertia, _, _ = lloyd(X, data, centers, n_iter - screen)
     return labels, inertia
