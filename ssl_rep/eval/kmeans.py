@@ -124,9 +124,9 @@ def lloyd_device(use_gpu: bool | None) -> str:
 
 
 def seed_sample_size(n: int, n_clusters: int, init_samples: int | None) -> int:
-    """How many points k-means++ seeds from: ``init_samples``, by default ``max(10_000, 20 * n_clusters)``
-    (seeding reads every point once per centre, so it costs as much as ``n_clusters`` Lloyd iterations on
-    its sample), never more than ``n``."""
+    """How many points each restart is seeded from and screened on: ``init_samples``, by default
+    ``max(10_000, 20 * n_clusters)`` (seeding reads every point once per centre, so it costs as much as
+    ``n_clusters`` Lloyd iterations on its sample), never more than ``n``."""
     return min(n, init_samples or max(10_000, 20 * n_clusters))
 
 
