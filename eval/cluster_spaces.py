@@ -120,9 +120,10 @@ def main() -> None:
     args, opts = parse_checkpoint_study(parser, render)
     if args is None:
         return
-    whiten = tuple(int(d) for d in args.whiten.split(",") if d.strip().isdigit() and int(d) > 0)
-    if len(whiten) != len([d for d in args.whiten.split(",") if d.strip()]):
+    parts = [d.strip() for d in args.whiten.split(",") if d.strip()]
+    if not all(d.isdigit() and int(d) > 0 for d in parts):
         parser.error(f"--whiten takes positive dimensions, e.g. 10,20; got {args.whiten!r}")
+    whiten = tuple(int(d) for d in parts)
     rows = []
     for name, path in checkpoints(args):
         if name == "pixels":

@@ -163,12 +163,12 @@ def kmeans(X, n_clusters: int, n_init: int = 3, n_iter: int = 100, seed: int = 0
     best = None   # (labels, inertia, centers, converged) of the best restart after its first block
     for restart in range(n_init):
         # screening on the sample, not on every point: on 60,000 x 50 with k = 10 it was 3/4 of the time
-        pick = np.sort(rng.choice(n, m, replace=False)) if m < n else np.arange(n)
-        points = X[pick] if m < n else X
-        if data is None:
-            sample = torch.from_numpy(points).to(device)
-        else:   # on the GPU; every point needs no copy of them
-            sample = data[torch.from_numpy(pick).to(device)] if m < n else data
+        if m < n:
+            pick = np.sort(rng.choice(n, m, replace=False))
+            points = X[pick]
+            sample = torch.from_numpy(points).to(device) if data is None else data[torch.from_numpy(pick).to(device)]
+        else:   # the sample is every point: no copy of them
+            points, sample = X, torch.from_numpy(X).to(device) if data is None else data
         if init == "k-means++":
             centers = kmeans_plusplus(sample, n_clusters, seed=seed + restart)
         else:
