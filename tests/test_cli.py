@@ -114,6 +114,33 @@ def test_cluster_repeats_reports_each_seed_and_their_mean(tmp_path, capsys, capl
     assert exit_info.value.code == 2 and "--repeats 0: cluster at least once" in capsys.readouterr().err
 
 
+def test_cluster_n_init_reaches_kmeans_and_gmm(tmp_path, capsys):
+    """--n-init 4: k-means and the GMM each keep the best of 4 starts (as cluster_features(n_init=4) does, and
+    unlike the defaults); other methods take no starts; the report says so; 0 is refused."""
+    from ssl_rep.cli.common import encoder_for, features_for
+    from ssl_rep.eval import cluster_features, clustering_scores
+
+    argv = ["--checkpoint", "random:resnet20", "--data", "digits", "--methods", "kmeans,gmm,agglomerative",
+            "--n-init", "4", "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache"), "--workers", "0"]
+    cluster_cli.main(argv)
+    methods = json.loads((tmp_path / "clusters.json").read_text())["methods"]
+    assert methods["kmeans"]["params"]["n_init"] == methods["gmm"]["params"]["n_init"] == 4
+    assert "n_init" not in methods["agglomerative"]["params"]
+    args = cluster_cli.parse_args(argv)
+    X, y, _ = features_for(encoder_for(args, "test"), "digits", "test", args)
+    _, four = cluster_features(X, y, ["kmeans", "gmm"], n_init=4)
+    _, default = cluster_features(X, y, ["kmeans", "gmm"])
+    for method in ("kmeans", "gmm"):
+        assert methods[method]["scores"]["acc"] == pytest.approx(clustering_scores(y, four[method])["acc"])
+    assert any(not np.array_equal(four[m], default[m]) for m in ("kmeans", "gmm"))
+    assert "starts</b>: 4 (k-means, GMM)" in (tmp_path / "report.html").read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        cluster_cli.parse_args([*argv[:-6], "--n-init", "0"])
+    assert exit_info.value.code == 2 and "--n-init 0: start each method at least once" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="n_init=0"):
+        cluster_features(X, y, ["gmm"], n_init=0)
+
+
 def test_cluster_whiten_feeds_every_method_the_whitened_features(tmp_path, capsys):
     """--whiten 8: k-means and DBSCAN (no default PCA then) read the standardised, whitened, L2-normalised features;
     the scores equal clustering ``whiten_features`` of the same features; the report says so."""

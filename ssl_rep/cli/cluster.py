@@ -62,7 +62,8 @@ def run_cluster(args) -> tuple[dict, dict, np.ndarray, np.ndarray | None, object
     results, labels = cluster_features(X, y, args.methods, n_clusters=args.n_clusters, pca=args.pca, l2=args.l2,
                                        whiten=args.whiten, umap=args.umap, seed=args.seed,
                                        max_samples=args.max_samples, max_memory_gb=args.max_memory_gb,
-                                       umap_neighbors=args.umap_neighbors, repeats=args.repeats)
+                                       umap_neighbors=args.umap_neighbors, repeats=args.repeats,
+                                       n_init=args.n_init)
     for method, r in results.items():
         if "error" in r:
             print(f"  {method:14s} skipped: {r['error']}")
@@ -104,6 +105,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1, metavar="R",
                         help="cluster R times, seeds --seed .. --seed+R-1 (UMAP too), and report each score's mean "
                              "and range; the report's clusters are --seed's")
+    parser.add_argument("--n-init", type=int, default=None, metavar="N",
+                        help="starts of k-means (seedings, the lowest inertia kept; default 3) and of the GMM "
+                             "(initialisations, the most likely kept; default 1)")
     parser.add_argument("--compare", action="append", default=[], metavar="CHECKPOINT",
                         help="also cluster these encoders' features the same way (a checkpoint, random:<encoder>, "
                              "untrained:<checkpoint> or pixels; repeatable): the report sets them side by side")
@@ -114,6 +118,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"unknown method(s) {', '.join(unknown)}; valid: {', '.join(CLUSTER_METHODS)}")
     if args.repeats < 1:
         parser.error(f"--repeats {args.repeats}: cluster at least once")
+    if args.n_init is not None and args.n_init < 1:
+        parser.error(f"--n-init {args.n_init}: start each method at least once")
     if args.whiten is not None and args.whiten < 1:
         parser.error(f"--whiten {args.whiten}: whiten to at least 1 dimension")
     if args.whiten and args.pca:   # before the features are extracted
@@ -146,6 +152,7 @@ def main(argv=None) -> None:
                                     **({"whitened": f"{args.whiten} dims, L2-normalised"} if args.whiten else {}),
                                     **({"UMAP": f"{args.umap} dims, {args.umap_neighbors} neighbours"}
                                        if args.umap else {}),
+                                    **({"starts": f"{args.n_init} (k-means, GMM)"} if args.n_init else {}),
                                     **({"seeds": f"{args.seed}-{args.seed + args.repeats - 1} (clusters shown: seed "
                                                  f"{args.seed}; each score's mean and range: clusters.json)"}
                                        if args.repeats > 1 else {})},

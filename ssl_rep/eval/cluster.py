@@ -191,8 +191,8 @@ def cluster(features, method: str = "kmeans", n_clusters: int | None = None, see
     kmeans ``n_init``, ``n_iter``, ``init``; meanshift ``bandwidth`` (default: ``estimate_bandwidth``
     with ``quantile``, 0.05); dbscan ``eps`` (default: the k-distance knee, or the median k-distance where the
     knee leaves fewer than two clusters; or ``eps_quantile`` of the k-distances), ``min_samples`` (10); gmm
-    ``covariance_type``; agglomerative ``linkage`` (ward, average, complete, single), ``connectivity``
-    (an int k for a kNN graph).
+    ``covariance_type``, ``n_init`` (initialisations, the most likely kept; 1); agglomerative ``linkage`` (ward,
+    average, complete, single), ``connectivity`` (an int k for a kNN graph).
     """
     if method not in METHODS:
         raise ValueError(f"unknown clustering method {method!r}; valid: {', '.join(METHODS)}")

@@ -8,6 +8,7 @@ centre, as ``sklearn.cluster.kmeans_plusplus``) as float32 matrix products on th
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -16,6 +17,14 @@ import torch
 TOL = 1e-4
 # faiss runs Lloyd in blocks of this many iterations between convergence checks
 FAISS_BLOCK = 5
+
+
+def _read_only(X: np.ndarray) -> torch.Tensor:
+    """``X`` as a tensor without a copy; the points are only read, so a read-only array (cached features, a memmap)
+    is fine, and torch's warning about writing to one does not apply."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(X)
 
 
 def _rows(n: int, k: int, budget_bytes: float) -> int:
@@ -147,7 +156,7 @@ def kmeans(X, n_clusters: int, n_init: int = 3, n_iter: int = 100, seed: int = 0
         raise ValueError(f"kmeans init must be 'k-means++' or 'random', got {init!r}")
     where = lloyd_device(use_gpu)
     device = torch.device("cuda" if where != "faiss-cpu" else "cpu")
-    data = torch.from_numpy(X).to(device) if where == "torch-cuda" else None
+    data = _read_only(X).to(device) if where == "torch-cuda" else None
 
     def lloyd(points: np.ndarray, on_device: torch.Tensor | None, centers: torch.Tensor, iterations: int):
         if where == "torch-cuda":
@@ -168,7 +177,7 @@ def kmeans(X, n_clusters: int, n_init: int = 3, n_iter: int = 100, seed: int = 0
             points = X[pick]
             sample = torch.from_numpy(points).to(device) if data is None else data[torch.from_numpy(pick).to(device)]
         else:   # the sample is every point: no copy of them
-            points, sample = X, torch.from_numpy(X).to(device) if data is None else data
+            points, sample = X, _read_only(X).to(device) if data is None else data
         if init == "k-means++":
             centers = kmeans_plusplus(sample, n_clusters, seed=seed + restart)
         else:
