@@ -153,7 +153,8 @@ if asked n2d; then
   # opt-in: N2D's autoencoder as the paper trains it (1,000 epochs, batch 256, Adam, all 70,000 Fashion-MNIST
   # images: --fit all), then the same on the training split alone (the fashion-mnist-ae-cpc table's protocol). No
   # scoring here (the device image may lack umap-learn): each encoder (7 MB) comes back in $OUT, scored on the CPU
-  # machine with `python -m eval.n2d_reference --root $FM --fit all --load OUT/n2d_encoder_all_seed0.pt --json ...`.
+  # machine with `python -m eval.n2d_reference --root $FM --fit all --load OUT/n2d_encoder_all_seed0.pt --json ...`
+  # (N2D fits its GMM once; add --gmm-starts 10 for the most likely of ten fits, as ssl-cluster --n-init 10).
   # N2D_SEEDS (comma-separated, default 0): the autoencoder's training seeds. On the CPU two training seeds of the
   # same recipe clustered 8.5 pt of ACC apart (eval/RESULTS.md), so e.g. N2D_SEEDS=0,1,2,3 N2D_EPOCHS=250 measures
   # that spread; each run has its own N2D_TIMEOUT.

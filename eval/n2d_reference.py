@@ -117,11 +117,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--rotate", type=float, default=0.0, help="train on images turned by up to this many degrees")
     ap.add_argument("--cluster-seeds", default="0,1,2",
                     help="UMAP / GMM seeds, comma-separated; '' trains (and --save) without scoring")
+    ap.add_argument("--gmm-starts", type=int, default=1,
+                    help="fit the GMM this many times and keep the most likely (N2D: 1; ssl-cluster --n-init)")
     ap.add_argument("--score-at", default="", help="also score after these epochs, comma-separated (a curve)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--save", type=Path, default=None, help="write the trained encoder's state_dict here")
     ap.add_argument("--load", type=Path, default=None, help="score this saved encoder (--save's file), no training")
     args = ap.parse_args(argv)
+    if args.gmm_starts < 1:
+        ap.error(f"--gmm-starts {args.gmm_starts}: fit the GMM at least once")
     commit = git_rev()   # now: the code that runs, whatever the checkout holds when a long run ends
     train_ds = build_dataset(args.data, split="train", root=args.root)
     test_ds = build_dataset(args.data, split="test", root=args.root)
@@ -141,7 +145,7 @@ def main(argv=None) -> dict:
                               for part in np.array_split(score_X, max(1, len(score_X) // 10_000))]).numpy()
         runs = []
         for s in seeds:
-            scores = n2d_scores(code, score_y, k, seed=s)
+            scores = n2d_scores(code, score_y, k, seed=s, n_init=args.gmm_starts)
             runs.append({"seed": s, "acc": scores["acc"], "nmi": scores["nmi"]})
             print(f"epoch {epoch}, UMAP + GMM seed {s}: ACC {scores['acc']:.4f} NMI {scores['nmi']:.4f}", flush=True)
         curve[str(epoch)] = {"mean_acc": float(np.mean([r["acc"] for r in runs])),
@@ -162,6 +166,7 @@ def main(argv=None) -> dict:
     result = {"command": command_line(), "machine": machine(), "commit": commit,
               "data": args.data, "fit": args.fit, "epochs": args.epochs, "precision": args.precision,
               "seed": args.seed, "shift": args.shift, "rotate": args.rotate, "points": len(score_X),
+              "gmm_starts": args.gmm_starts,
               "train_minutes": round(seconds / 60, 1),
               "loss": {str(e + 1): round(v, 5) for e, v in enumerate(losses)
                        if (e + 1) % 10 == 0 or e in (0, len(losses) - 1)},

@@ -143,12 +143,14 @@ def kmeans_l2_columns(X, y) -> dict:
     return out
 
 
-def n2d_scores(X, y, k: int, seed: int = 0) -> dict:
+def n2d_scores(X, y, k: int, seed: int = 0, n_init: int = 1) -> dict:
     """N2D's pipeline (McConville et al. 2019): the features as they are -> UMAP to ``k`` dimensions with N2D's
-    neighbours and min_dist 0 -> a Gaussian mixture of ``k`` components, scored against ``y``; ``seed`` is UMAP's
-    and the mixture's."""
+    neighbours and min_dist 0 -> a Gaussian mixture of ``k`` components (the most likely of ``n_init`` fits; N2D
+    fits once), scored against ``y``; ``seed`` is UMAP's and the mixture's."""
     mapped = preprocess(X, umap=k, umap_neighbors=N2D_NEIGHBORS, seed=seed)
-    return {**clustering_scores(y, cluster(mapped, "gmm", n_clusters=k, seed=seed)), "umap_neighbors": N2D_NEIGHBORS}
+    labels = cluster(mapped, "gmm", n_clusters=k, seed=seed, n_init=n_init)
+    return {**clustering_scores(y, labels), "umap_neighbors": N2D_NEIGHBORS,
+            **({"gmm_starts": n_init} if n_init > 1 else {})}
 
 
 def n2d_all_column(X, y, Xt, yt) -> dict:

@@ -30,7 +30,8 @@ def test_colour_images_are_refused_by_name():
 def test_training_lowers_the_loss_and_a_saved_encoder_scores_the_same(tmp_path, monkeypatch):
     # the UMAP + GMM scoring is eval.reproduce's (tested there); here a stand-in records the codes it is given
     codes = []
-    monkeypatch.setattr(n2d, "n2d_scores", lambda X, y, k, seed=0: codes.append(X.copy()) or {"acc": 0.5, "nmi": 0.4})
+    monkeypatch.setattr(n2d, "n2d_scores", lambda X, y, k, seed=0, n_init=1: codes.append(X.copy()) or {"acc": 0.5,
+                                                                                                   "nmi": 0.4})
     common = ["--data", "digits", "--cluster-seeds", "0,1", "--epochs", "3"]
     trained = n2d.main([*common, "--save", str(tmp_path / "enc.pt"), "--score-at", "1",
                         "--json", str(tmp_path / "r.json")])

@@ -83,6 +83,13 @@ def test_n2d_column_runs_on_a_code_as_small_as_the_clusters():
     out = reproduce.kmeans_l2_columns(X, y)
     assert list(out) == ["kmeans_l2", "umap_gmm"]
     assert out["umap_gmm"]["umap_neighbors"] == reproduce.N2D_NEIGHBORS == 20 and out["umap_gmm"]["acc"] > 0.9
+    starts = []   # --gmm-starts reaches the GMM, and the scores say how many fits it kept the best of
+    real = reproduce.cluster
+    spy = lambda *args, **kw: starts.append(kw.get("n_init")) or real(*args, **kw)  # noqa: E731
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(reproduce, "cluster", spy)
+        four = reproduce.n2d_scores(X, y, 3, n_init=4)
+    assert starts == [4] and four["gmm_starts"] == 4 and four["acc"] > 0.9 and "gmm_starts" not in out["umap_gmm"]
 
 
 @pytest.mark.parametrize("name", sorted(reproduce.EXPERIMENTS))
