@@ -2,8 +2,9 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from ssl_rep.methods.losses import info_nce, nt_xent
+from ssl_rep.methods.losses import info_nce, info_nce_logits, nt_xent
 
 
 def nt_xent_reference(z0, z1, temperature):
@@ -52,6 +53,14 @@ def test_info_nce_matches_loop_reference_value_and_gradient(temperature):
     assert ours.item() == pytest.approx(ref.item(), abs=1e-5)
     for a, b in zip(torch.autograd.grad(ours, (pred, targets)), torch.autograd.grad(ref, (pred, targets))):
         torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
+
+
+def test_info_nce_logits_are_the_scores_info_nce_classifies():
+    torch.manual_seed(0)
+    pred, targets = torch.randn(12, 5), torch.randn(12, 5)
+    logits, positive = info_nce_logits(pred, targets, 0.5)
+    assert torch.allclose(logits, pred @ targets.T / 0.5) and positive.tolist() == list(range(12))
+    assert F.cross_entropy(logits, positive).item() == pytest.approx(info_nce(pred, targets, 0.5).item())
 
 
 def test_info_nce_scores_stay_float32_under_bf16_autocast():

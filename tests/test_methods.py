@@ -223,9 +223,9 @@ def test_cpc_loss_is_equal_weight_mean_over_all_predictions(directions):
     method = create_method("cpc", ssl_rep.create_encoder("resnet20", norm="none"), prediction_steps=3,
                            directions=directions).eval()
     x = torch.randn(2, 3, 32, 32)
-    loss, _ = method((x, None))
+    loss, logs = method((x, None))
     z = method.encode_patches(method.patchify(x))
-    per_prediction = []
+    per_prediction, hits = [], []
     for direction, turned in enumerate([z, z.flip(2)][: len(method.contexts)]):
         c = method.contexts[direction](turned)
         for k in (2, 3, 4):   # 8 px patches at stride 4: row i + 1 overlaps row i, so offsets start at 2
@@ -233,8 +233,12 @@ def test_cpc_loss_is_equal_weight_mean_over_all_predictions(directions):
             targets = turned[:, :, k:].permute(0, 2, 3, 1).reshape(-1, 64)
             logits = preds @ targets.T
             per_prediction.append(-(logits.diag() - torch.logsumexp(logits, dim=1)))
+            hits.append(logits.argmax(dim=1) == torch.arange(len(logits)))
     expected = torch.cat(per_prediction).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    # the logged accuracy: the fraction of predictions whose own target scores highest
+    accuracy = torch.cat(hits).float().mean().item()
+    assert 0 < accuracy < 1 and logs["acc"].item() == pytest.approx(accuracy)
 
 
 def test_cpc_patch_colour_dropping_keeps_one_channel():

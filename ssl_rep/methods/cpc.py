@@ -11,7 +11,7 @@ from torch import nn
 from ..encoders import NORMS, PatchGridEncoder
 from .base import Method, MethodOutput, replace_batchnorm
 from .context import CONTEXTS, create_context
-from .losses import info_nce
+from .losses import info_nce_logits
 
 DIRECTIONS = ("down", "both", "all")   # top-down; + bottom-up; + left-to-right and right-to-left
 ORIENTATIONS = {"down": 1, "both": 2, "all": 4}
@@ -64,7 +64,7 @@ class CPC(Method):
     statistics would leak information between the patches of one image, so the encoder's BatchNorm
     layers are replaced with ``patch_norm`` (``layer`` by default, as CPC v2; also ``group`` or
     ``none``); ``patch_norm="batch"`` keeps them.
-    logs: ``loss``, ``acc`` (fraction of predictions ranking their target first).
+    logs: ``loss``, ``acc`` (fraction of predictions ranking their target first among the loss's candidates).
     """
 
     name = "cpc"
@@ -159,11 +159,12 @@ class CPC(Method):
             for k in (k for k in self.steps if k < zd.shape[2]):
                 preds = self.predict(c, k, direction).reshape(-1, z.shape[1])
                 targets = zd[:, :, k:].permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-                total = total + info_nce(preds, targets, self.temperature, self.global_negatives) * len(preds)
+                # the accuracy log reads the loss's own scores (among the same candidates), not a second product
+                logits, positive = info_nce_logits(preds, targets, self.temperature, self.global_negatives)
+                total = total + F.cross_entropy(logits, positive, reduction="sum")
                 count += len(preds)
                 with torch.no_grad():
-                    hits = (preds @ targets.T).argmax(dim=1) == torch.arange(len(preds), device=x.device)
-                    correct = correct + hits.float().sum()
+                    correct = correct + (logits.argmax(dim=1) == positive).float().sum()
         if not count:
             raise ValueError(f"CPC: a {z.shape[2]}x{z.shape[3]} patch grid has no row {self.first_step} steps "
                              f"ahead to predict; use smaller patches, a smaller stride or a smaller first_step")

@@ -23,6 +23,13 @@ def info_nce(predictions: torch.Tensor, targets: torch.Tensor, temperature: floa
     close to ``log(M)``. With ``gather_distributed`` under torch.distributed, the targets of every
     process are candidates (global negatives; gradients flow back to each process's own targets).
     """
+    return F.cross_entropy(*info_nce_logits(predictions, targets, temperature, gather_distributed))
+
+
+def info_nce_logits(predictions: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                    gather_distributed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """What :func:`info_nce` classifies: the scores ``(M, candidates)`` in float32 and each row's positive
+    ``(M,)``, so a caller can take the loss and the prediction accuracy from one product."""
     if predictions.shape != targets.shape or predictions.ndim != 2:
         raise ValueError(f"info_nce: predictions {tuple(predictions.shape)} and targets "
                          f"{tuple(targets.shape)} must both be (M, D)")
@@ -32,7 +39,7 @@ def info_nce(predictions: torch.Tensor, targets: torch.Tensor, temperature: floa
     dtype = torch.promote_types(predictions.dtype, torch.float32)   # float64 stays float64
     with torch.autocast(predictions.device.type, enabled=False):
         logits = predictions.to(dtype) @ candidates.to(dtype).T / temperature
-    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device) + offset)
+    return logits, torch.arange(len(logits), device=logits.device) + offset
 
 
 def _gather_with_grad(z: torch.Tensor) -> tuple[torch.Tensor, int]:
