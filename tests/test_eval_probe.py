@@ -335,3 +335,51 @@ def test_probe_and_knn_are_scikit_learn_estimators():
         assert is_classifier(twin) and twin.get_params() == est.get_params() and twin is not est
         assert cross_val_score(est, X, y, cv=3).mean() > 0.8
     assert clone(LinearProbe(C=1.0)).set_params(C=2.0).C == 2.0
+
+
+# ------------------------------------------------------------------ what evaluation reads at a given size
+def _normalised(image, stats):
+    return build_transform("eval", stats=stats, size=None, resize=None)(image)
+
+
+@pytest.mark.parametrize("size", [24, 48])
+def test_small_images_are_read_whole_at_any_size_offline_and_online(size, tmp_path):
+    """A model trained on a small in-memory set at another size (Fashion-MNIST at 32 px, CIFAR at 64) is probed on
+    each image whole, resized to that size, by ssl-probe and by the online probe alike: not zoomed by a centre crop
+    (ssl-probe did so), not padded (the online probe did so)."""
+    from PIL import Image
+
+    from ssl_rep.eval.inputs import eval_dataset
+    from ssl_rep.train import load_config
+    from ssl_rep.train.data import build_eval_dataset, choose_transform
+
+    native = eval_dataset("digits", "test")
+    assert torch.equal(eval_dataset("digits", "test", image_size=32)[0][0], native[0][0])   # digits are 32 px
+    pil = Image.fromarray(np.asarray(native.images[0]))
+    expected = _normalised(pil.resize((size, size), Image.BILINEAR), "digits")
+    offline = eval_dataset("digits", "test", image_size=size)[0][0]
+    assert offline.shape == (3, size, size) and torch.allclose(offline, expected, atol=0.05)
+    assert (offline - expected).abs().mean() < 0.01    # PIL's and torchvision's bilinear round alike
+    online = build_eval_dataset(load_config("simclr_digits", [f"out_dir={tmp_path}"]), size)
+    assert torch.equal(online[0][0], offline)
+    trained_on = choose_transform(load_config("simclr_digits", ["data.transform=eval"]), size, native=32)[0]
+    assert torch.equal(trained_on(pil), offline)   # data.transform=eval trains on what the probe reads
+
+
+def test_image_files_are_resized_then_centre_cropped(tmp_path):
+    """Decoded files: at 64 px or less the short side resized to the size, then the centre (the whole image of a
+    square photo); above 64 px ImageNet's protocol, resized to size * 256 / 224 and centre-cropped."""
+    from PIL import Image
+
+    from ssl_rep.eval.inputs import eval_dataset
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "a").mkdir()
+    pil = Image.fromarray(rng.integers(0, 255, (80, 100, 3), dtype=np.uint8))   # 100 wide, 80 high
+    pil.save(tmp_path / "a" / "x.png")
+    for size, short_side in ((32, 32), (128, 146)):
+        resized = pil.resize((short_side * 100 // 80, short_side), Image.BILINEAR)
+        left, top = (resized.width - size) // 2, (resized.height - size) // 2
+        expected = _normalised(resized.crop((left, top, left + size, top + size)), "imagenet")
+        got = eval_dataset(str(tmp_path), "train", image_size=size)[0][0]
+        assert got.shape == (3, size, size) and (got - expected).abs().mean() < 0.02, size

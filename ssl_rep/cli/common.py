@@ -49,7 +49,8 @@ def add_encoder_and_data_args(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
     parser.add_argument("--image-size", type=int, default=None,
-                        help="evaluation crop (default: the dataset's size; 224 after resize-256 for folders/imagenet)")
+                        help="evaluation size (default: a small in-memory set's own, read whole, else resized to it; "
+                             "folders at their training size; imagenet 224 after resize-256)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="feature cache ('none' to disable)")
     parser.add_argument("--seed", type=int, default=0)

@@ -73,6 +73,17 @@ class ArrayImageDataset(Dataset):
         return f"{type(self).__name__}({self.name!r}, n={len(self)}, size={h}x{w})"
 
 
+SMALL_SIDE = 96   # in-memory sets of images at most this size are read whole at evaluation
+
+
+def native_side(dataset) -> int | None:
+    """The side of an in-memory set of small images (digits, Fashion-MNIST, CIFAR, STL-10), which evaluation
+    reads whole; None for anything else (decoded files, shards), which it resizes and centre-crops."""
+    if isinstance(dataset, ArrayImageDataset) and dataset.images.shape[1] <= SMALL_SIDE:
+        return int(dataset.images.shape[1])
+    return None
+
+
 def gray_to_rgb(images: np.ndarray) -> np.ndarray:
     """``(N, H, W)`` uint8 grayscale -> ``(N, H, W, 3)`` RGB, the one channel stored once: a read-only view whose
     three channels are the same memory (channel stride 0), so a gray set costs a third of RGB's host memory, and

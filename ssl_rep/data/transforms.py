@@ -115,6 +115,18 @@ class SeparableGaussianBlur(T.GaussianBlur):
         return out if image.is_floating_point() else out.round_().to(image.dtype)
 
 
+def eval_sizes(size: int | None, native: int | None) -> tuple[int | None, int | None]:
+    """``(resize, crop)`` for the ``eval`` transform reading images at ``size`` px. A set of ``native``-px images
+    in memory (:func:`~ssl_rep.data.base.native_side`) is read whole, as a training crop at full scale sees it:
+    as it is, or resized to ``size``; never cropped or padded. Decoded files (``native`` None) are resized to
+    ``size * 256 / 224`` and centre-cropped to ``size`` above 64 px (ImageNet's protocol, 224 px by default),
+    and resized to ``size`` below."""
+    if native is not None:
+        return (None, None) if size in (None, native) else (size, size)
+    size = size or 224
+    return (int(size * 256 / 224) if size > 64 else size), size
+
+
 def build_transform(name: str, stats: str | None = "imagenet", size: int | None = None,
                     resize: int | None = 256, padding: int = 4, scale_range: tuple[int, int] = (256, 480),
                     min_scale: float = MIN_SCALE, strength: float = 1.0, max_scale: float = 1.0) -> Callable:

@@ -10,7 +10,8 @@ import torch
 import yaml
 
 from ..data import build_dataset, build_transform, stats_for
-from ..data.base import ArrayImageDataset
+from ..data.base import ArrayImageDataset, native_side
+from ..data.transforms import eval_sizes
 from ..data.folder import ImageFolderDataset, folder_image_size
 from ..data.shards import IndexedShards, ShardDataset
 from ..encoders import create_encoder, load_encoder
@@ -61,19 +62,18 @@ def run_folder(checkpoint) -> Path:
 
 
 def eval_dataset(data: str, split: str = "test", root=None, image_size: int | None = None, ten_crop: bool = False):
-    """``split`` of dataset ``data`` with the evaluation transform: small array datasets (digits, Fashion-MNIST,
-    CIFAR) at their own size, folders at the size ssl-pretrain trained them at, others resized to 256 and
-    centre-cropped to 224 (or ``image_size``); ``ten_crop`` for the ten-crop test protocol."""
+    """``split`` of dataset ``data`` with the evaluation transform at ``image_size`` px (default: small in-memory
+    sets (digits, Fashion-MNIST, CIFAR, STL-10) at their own size, folders at the size ssl-pretrain trained them
+    at, others 224; :func:`~ssl_rep.data.transforms.eval_sizes` says how each is resized); ``ten_crop`` for the
+    ten-crop test protocol."""
     probe_ds = build_dataset(data, split=split, root=root)
     if isinstance(probe_ds, ShardDataset):   # by sample number: a fixed order, subsets, report thumbnails
         probe_ds = IndexedShards(probe_ds.folder)
-    small = isinstance(probe_ds, ArrayImageDataset) and probe_ds.images.shape[1] <= 96
-    size = image_size or (None if small else 224)
-    resize = None if small and image_size is None else (int(size * 256 / 224) if size else None)
     if isinstance(probe_ds, ImageFolderDataset) and image_size is None:   # the size ssl-pretrain trained it at
-        size = folder_image_size(probe_ds)[0]
-        resize = int(size * 256 / 224) if size > 64 else size
-    name = "ten_crop" if ten_crop and not small else "eval"
+        image_size = folder_image_size(probe_ds)[0]
+    native = native_side(probe_ds)
+    resize, size = eval_sizes(image_size, native)
+    name = "ten_crop" if ten_crop and native is None else "eval"
     probe_ds.transform = build_transform(name, stats=stats_for(data), size=size, resize=resize)
     return probe_ds
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from ..data import MultiCrop, MultiView, build_dataset, build_transform, stats_for
-from ..data.base import ArrayImageDataset, take
+from ..data.base import ArrayImageDataset, native_side, take
+from ..data.transforms import eval_sizes
 from ..data.folder import FOLDER_MAX_SIZE, ImageFolderDataset, folder_image_size
 from ..data.shards import ShardDataset
 from ..methods import method_class
@@ -29,10 +30,13 @@ def image_size_of(dataset) -> int:
     return FOLDER_MAX_SIZE
 
 
-def choose_transform(cfg: Config, size: int, wants: str | None = None, n_views: int = 1, crops=None):
+def choose_transform(cfg: Config, size: int, wants: str | None = None, n_views: int = 1, crops=None,
+                     native: int | None = None):
     """The training transform and its transform_name: ``data.transform``, else the one the method asks for
     (``wants``), else one by image size. ``n_views > 1`` wraps it in :class:`MultiView`; a
-    :class:`~ssl_rep.methods.MultiCropSpec` (``crops``) in :class:`MultiCrop`, ``n_views`` global views first."""
+    :class:`~ssl_rep.methods.MultiCropSpec` (``crops``) in :class:`MultiCrop`, ``n_views`` global views first.
+    ``native``: the side of a small in-memory set's images (:func:`~ssl_rep.data.base.native_side`), which the
+    ``eval`` transform reads whole."""
     transform_name = cfg.data.transform
     if transform_name == "auto":
         if wants:
@@ -48,7 +52,7 @@ def choose_transform(cfg: Config, size: int, wants: str | None = None, n_views: 
     if transform_name == "cifar_train":
         kwargs["padding"] = max(1, size // 8)
     if transform_name == "eval":
-        kwargs["resize"] = None if size <= 64 else int(size * 256 / 224)
+        kwargs["resize"], kwargs["size"] = eval_sizes(size, native)
     if transform_name in ("simclr", "imagenet_rrc"):
         kwargs["min_scale"] = cfg.data.min_scale
     if crops is not None:
@@ -70,11 +74,6 @@ def multi_crop(transform_name: str, kwargs: dict, n_global: int, crops) -> Multi
     return MultiCrop(build_transform(transform_name, size=size, min_scale=g_lo, max_scale=g_hi, **kwargs), n_global,
                      build_transform(transform_name, size=local_size, min_scale=l_lo, max_scale=l_hi, **kwargs),
                      crops.local, (size, local_size))
-
-
-def eval_transform(cfg: Config, size: int):
-    return build_transform("eval", stats=stats_for(cfg.data.dataset), size=size,
-                           resize=None if size <= 64 else int(size * 256 / 224))
 
 
 def build_train_dataset(cfg: Config):
@@ -100,7 +99,8 @@ def build_train_dataset(cfg: Config):
     crops = wants.multi_crop(cfg.method.options)
     if crops is not None and cfg.data.decode_on == "device":
         raise ConfigError("multi-crop (method.local_crops) decodes in DataLoader workers: set data.decode_on=workers")
-    raw.transform, transform_name = choose_transform(cfg, size, wants.transform, wants.n_views, crops)
+    raw.transform, transform_name = choose_transform(cfg, size, wants.transform, wants.n_views, crops,
+                                                    native_side(raw))
     labels = np.asarray(raw.labels)
     num_classes = len(raw.classes) if getattr(raw, "classes", None) else int(labels.max()) + 1
     return raw, size, num_classes, transform_name
@@ -115,8 +115,11 @@ def build_eval_dataset(cfg: Config, size: int):
     if Path(source).is_dir() and not (Path(source) / split).is_dir():
         return None  # a plain folder has no held-out split
     try:
-        ds = build_dataset(source, split=split, root=cfg.data.root, transform=eval_transform(cfg, size))
+        ds = build_dataset(source, split=split, root=cfg.data.root)
     except (FileNotFoundError, ValueError) as exc:
         log.warning("online probe: no %r split (%s); reporting training accuracy only", split, exc)
         return None
+    # read as ssl-probe reads it (the images whole at the training size, or resized and centre-cropped)
+    resize, crop = eval_sizes(size, native_side(ds))
+    ds.transform = build_transform("eval", stats=stats_for(source), size=crop, resize=resize)
     return ds if (np.asarray(ds.labels) >= 0).any() else None
