@@ -11,9 +11,9 @@ import yaml
 
 from ..data import build_dataset, build_transform, stats_for
 from ..data.base import ArrayImageDataset, native_side
-from ..data.transforms import eval_sizes
 from ..data.folder import ImageFolderDataset, folder_image_size
 from ..data.shards import IndexedShards, ShardDataset
+from ..data.transforms import eval_sizes
 from ..encoders import create_encoder, load_encoder
 
 

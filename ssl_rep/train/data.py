@@ -9,9 +9,9 @@ import numpy as np
 
 from ..data import MultiCrop, MultiView, build_dataset, build_transform, stats_for
 from ..data.base import ArrayImageDataset, native_side, take
-from ..data.transforms import eval_sizes
 from ..data.folder import FOLDER_MAX_SIZE, ImageFolderDataset, folder_image_size
 from ..data.shards import ShardDataset
+from ..data.transforms import eval_sizes
 from ..methods import method_class
 from .config import Config, ConfigError
 
