@@ -269,3 +269,30 @@ def test_gray_sets_are_stored_once_and_every_path_reads_the_same_pixels(tmp_path
 
     cfg = load_config("simclr_digits", [f"out_dir={tmp_path}", "data.subset=200"])
     assert shares_channels(build_train_dataset(cfg)[0].images)
+
+
+@pytest.mark.parametrize("size", [40, 64])
+def test_cifar_train_at_another_size_pads_and_crops_the_whole_image_resized(size):
+    """A small set trained at another size (Fashion-MNIST at 32 px, CIFAR at 64): each image is resized whole to
+    the size first, as evaluation reads it, then zero-padded by size // 8 and cropped, in the DataLoader and the
+    resident paths alike. Before, 40 px kept a 32-px image at its own scale and 64 px could not crop it at all."""
+    from PIL import Image
+
+    from ssl_rep.data.batched import augment_batch
+    from ssl_rep.data.transforms import mean_std
+    from ssl_rep.train import load_config
+    from ssl_rep.train.data import choose_transform
+
+    mean, std = mean_std("digits")
+    white = ((1 - mean) / std)[0, :, 0, 0]
+    least = (size - size // 8) ** 2   # pixels of a white image that any crop keeps, padding at most size // 8
+    transform = choose_transform(load_config("supervised_digits", ["data.transform=cifar_train"]), size, native=32)[0]
+    torch.manual_seed(0)
+    for _ in range(8):
+        out = transform(Image.new("RGB", (32, 32), (255, 255, 255)))
+        assert out.shape == (3, size, size) and int(((out[0] - white[0]).abs() < 1e-3).sum()) >= least
+    gen = torch.Generator().manual_seed(0)
+    batch = augment_batch(torch.full((8, 3, 32, 32), 255, dtype=torch.uint8), "cifar_train", size, gen, -mean / std,
+                          1 / std, 1 / (255 * std))
+    assert batch.shape == (8, 3, size, size)
+    assert (((batch[:, 0] - white[0]).abs() < 1e-3).sum(dim=(1, 2)) >= least).all()

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from torchvision.transforms import v2 as T
 
 from ..data import MultiCrop, MultiView, build_dataset, build_transform, stats_for
 from ..data.base import ArrayImageDataset, native_side, take
@@ -35,8 +36,8 @@ def choose_transform(cfg: Config, size: int, wants: str | None = None, n_views: 
     """The training transform and its transform_name: ``data.transform``, else the one the method asks for
     (``wants``), else one by image size. ``n_views > 1`` wraps it in :class:`MultiView`; a
     :class:`~ssl_rep.methods.MultiCropSpec` (``crops``) in :class:`MultiCrop`, ``n_views`` global views first.
-    ``native``: the side of a small in-memory set's images (:func:`~ssl_rep.data.base.native_side`), which the
-    ``eval`` transform reads whole."""
+    ``native``: the side of a small in-memory set's images (:func:`~ssl_rep.data.base.native_side`), read whole
+    and resized to ``size`` where that differs (``eval``, ``cifar_train``; the random resized crops always are)."""
     transform_name = cfg.data.transform
     if transform_name == "auto":
         if wants:
@@ -58,6 +59,10 @@ def choose_transform(cfg: Config, size: int, wants: str | None = None, n_views: 
     if crops is not None:
         return multi_crop(transform_name, kwargs, n_views, crops), transform_name
     transform = build_transform(transform_name, **kwargs)
+    if transform_name == "cifar_train" and native not in (None, size):
+        # a small set at another size is resized whole first, then padded and cropped at that size, as evaluation
+        # reads it (eval_sizes) and as the resident path does
+        transform = T.Compose([T.Resize((size, size), antialias=True), transform])
     if n_views > 1:
         transform = MultiView(transform, n_views)
     return transform, transform_name
