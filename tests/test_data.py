@@ -237,6 +237,28 @@ def test_class_subfolders_give_labels_and_split_subfolder_is_used(tmp_path):
     assert y == 1 and x[2].mean() > 0.9
 
 
+def test_a_folder_split_train_val_is_tested_on_val_and_refuses_other_splits(tmp_path):
+    """A folder laid out train/val (ImageNet's layout) is tested on val/ by ssl-probe's, ssl-cluster's and the
+    online probe's default split "test"; read whole instead, its split names became the labels (probe 0.5 on two
+    trivially separable classes). A split it does not have is an error naming the ones it has."""
+    from ssl_rep.train import load_config
+    from ssl_rep.train.data import build_eval_dataset
+
+    for split, n in (("train", 3), ("val", 2)):
+        for cls, colour in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (10, 10), colour).save(tmp_path / split / cls / f"{i}.png")
+    test = build_dataset(tmp_path, split="test")
+    assert test.classes == ["cat", "dog"] and test.labels == [0, 0, 1, 1]
+    online = build_eval_dataset(load_config("simclr_digits", [f"data.dataset={tmp_path}"]), 10)
+    assert online.classes == ["cat", "dog"] and len(online) == 4
+    with pytest.raises(ValueError, match="no 'unlabeled' split; the folder is split into train, val"):
+        build_dataset(tmp_path, split="unlabeled")
+    flat = build_dataset(tmp_path / "train", split="test")   # no split folders: the folder itself, as before
+    assert flat.classes == ["cat", "dog"] and len(flat) == 6
+
+
 def test_imagenet_missing_folder_error_says_layout(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"train/<wnid>/\*\.JPEG"):
         build_dataset("imagenet", root=tmp_path)

@@ -9,7 +9,7 @@ from .cifar import load_cifar
 from .decode import ImageDecodeError, load_rgb
 from .digits import load_digits_dataset
 from .fashion_mnist import load_fashion_mnist
-from .folder import ImageFolderDataset, load_imagenet
+from .folder import ImageFolderDataset, folder_split, load_imagenet
 from .stl10 import load_stl10
 from .transforms import DATASET_STATS, MultiCrop, MultiView, build_transform, stats_for, to_tensor
 
@@ -22,7 +22,8 @@ def build_dataset(name_or_path: str | os.PathLike, split: str = "train", transfo
     Names: ``digits`` (embedded, no download), ``fashion-mnist``, ``cifar10``, ``cifar100``,
     ``stl10``, ``imagenet``. ``root`` is where the files are (each loader's docstring gives the
     expected layout). Anything else is treated as a folder of images; if ``path/split`` is a
-    folder it is used (``train``/``val`` layouts), else the path itself. A folder holding
+    folder it is used (``train``/``val`` layouts; :func:`~ssl_rep.data.folder.folder_split`), else the path
+    itself. A folder holding
     ``shards.json`` is read as WebDataset tar shards (:mod:`ssl_rep.data.shards`), streamed. Without ``transform``
     images come back as float32 ``(3, H, W)`` tensors in [0, 1].
     """
@@ -40,7 +41,7 @@ def build_dataset(name_or_path: str | os.PathLike, split: str = "train", transfo
         return load_imagenet(split, transform, root, **kwargs)
     path = Path(name)
     if path.is_dir():
-        chosen = path / split if (path / split).is_dir() else path
+        chosen = folder_split(path, split)
         if (chosen / "shards.json").is_file():   # WebDataset tar shards (ssl_rep.data.shards)
             from .shards import ShardDataset
             return ShardDataset(chosen, transform, **kwargs)

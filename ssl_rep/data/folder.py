@@ -159,6 +159,26 @@ class ImageFolderDataset(Dataset):
         return f"ImageFolderDataset({self.name!r}, n={len(self)}, classes={n_cls}, bad={len(self.bad_files)})"
 
 
+FOLDER_SPLITS = ("train", "val", "test")
+
+
+def folder_split(path: Path, split: str) -> Path:
+    """The folder that split ``split`` of the image folder ``path`` reads: ``path/split``; ``path/val`` for
+    ``test`` in a folder laid out train/val, as ImageNet is (its val is the held-out split); ``path`` itself when it
+    has no split folders (flat, or one folder per class). A folder split into some of train/val/test but not
+    ``split`` is an error naming the splits it has: read as one folder, its split names would be the labels."""
+    if (path / split).is_dir():
+        return path / split
+    layout = [s for s in FOLDER_SPLITS if (path / s).is_dir()]
+    if not layout:
+        return path
+    if split == "test" and "val" in layout:
+        log.info("%s has no test/ split: using val/", path)
+        return path / "val"
+    raise ValueError(f"{path}: no {split!r} split; the folder is split into {', '.join(layout)}: name one of them "
+                     f"(ssl-probe --train-split / --test-split, ssl-cluster --split, data.split, data.eval_split)")
+
+
 def load_imagenet(split: str = "train", transform=None, root=None, verify: str = "header") -> ImageFolderDataset:
     """ILSVRC2012 as ``root/train/<wnid>/*.JPEG`` and ``root/val/<wnid>/*.JPEG`` (val sorted into
     class folders, e.g. with the usual valprep.sh). ``split`` is ``train`` or ``val``."""

@@ -10,7 +10,7 @@ from torchvision.transforms import v2 as T
 
 from ..data import MultiCrop, MultiView, build_dataset, build_transform, stats_for
 from ..data.base import ArrayImageDataset, native_side, take
-from ..data.folder import FOLDER_MAX_SIZE, ImageFolderDataset, folder_image_size
+from ..data.folder import FOLDER_MAX_SIZE, ImageFolderDataset, folder_image_size, folder_split
 from ..data.shards import ShardDataset
 from ..data.transforms import eval_sizes
 from ..methods import method_class
@@ -117,8 +117,15 @@ def build_eval_dataset(cfg: Config, size: int):
     if not split or split == cfg.data.split:
         return None
     source = cfg.data.dataset
-    if Path(source).is_dir() and not (Path(source) / split).is_dir():
-        return None  # a plain folder has no held-out split
+    if Path(source).is_dir():
+        try:
+            chosen = folder_split(Path(source), split)
+        except ValueError as exc:
+            log.warning("online probe: %s; reporting training accuracy only", exc)
+            return None
+        if chosen == Path(source):
+            return None  # a plain folder has no held-out split
+        source = str(chosen)
     try:
         ds = build_dataset(source, split=split, root=cfg.data.root)
     except (FileNotFoundError, ValueError) as exc:
