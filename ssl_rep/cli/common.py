@@ -13,7 +13,8 @@ import torch
 
 from ..encoders import CheckpointError, GridPooledEncoder
 from ..eval import extract_features
-from ..eval.inputs import eval_dataset, fixed_subset, image_getter, resolve_encoder, run_folder  # noqa: F401
+from ..eval.inputs import (eval_dataset, fixed_subset, image_getter, resolve_encoder, run_folder,  # noqa: F401
+                           trained_size)
 
 DEFAULT_CACHE = Path(os.environ.get("SSL_REP_CACHE", Path.home() / ".cache" / "ssl_rep" / "features"))
 
@@ -49,8 +50,8 @@ def add_encoder_and_data_args(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
     parser.add_argument("--image-size", type=int, default=None,
-                        help="evaluation size (default: a small in-memory set's own, read whole, else resized to it; "
-                             "folders at their training size; imagenet 224 after resize-256)")
+                        help="evaluation size (default: the size the encoder trained at, on the dataset it trained "
+                             "on; else a small in-memory set's own, folders' median short side, imagenet 224)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="feature cache ('none' to disable)")
     parser.add_argument("--seed", type=int, default=0)
@@ -106,6 +107,8 @@ def encoder_for(args, calibration_split: str) -> torch.nn.Module:
     if features == "grid" and args.grid < 1:
         raise ValueError(f"--grid must be at least 1 (cells per side), got {args.grid}")
     encoder = resolve_encoder(args.checkpoint, args.seed, projection)
+    if args.image_size is None:   # the dataset the encoder trained on, at the size it trained at
+        args.image_size = trained_size(encoder, args.data)
     set_patch_reading(encoder, getattr(args, "patch_stride", None), getattr(args, "patch_crop", None))
     if features == "grid":
         encoder = GridPooledEncoder(encoder, args.grid)

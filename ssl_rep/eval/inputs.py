@@ -51,8 +51,24 @@ def resolve_encoder(spec: str, seed: int = 0, projection: bool = False) -> torch
         path = Path(spec[len("untrained:"):])
         trained = load_encoder(path)
         torch.manual_seed(seed)
-        return create_encoder(trained.encoder_name, **trained.encoder_kwargs).eval()
+        twin = create_encoder(trained.encoder_name, **trained.encoder_kwargs).eval()
+        twin.preprocess = getattr(trained, "preprocess", None)   # read as the trained encoder is
+        return twin
     return load_encoder(spec, projection=projection)
+
+
+def trained_size(encoder, data: str) -> int | None:
+    """The image size ``encoder`` was trained at, where ``data`` is the dataset it was trained on and its file
+    records it (``encoder.preprocess``); None otherwise (another dataset is read at its own default size)."""
+    preprocess = getattr(encoder, "preprocess", None) or {}
+    trained_on = preprocess.get("dataset")
+    if trained_on is None or preprocess.get("image_size") is None:
+        return None
+    if Path(trained_on).is_dir() and Path(data).is_dir():
+        same = Path(trained_on).resolve() == Path(data).resolve()
+    else:
+        same = trained_on.lower().replace("_", "-") == str(data).lower().replace("_", "-")
+    return int(preprocess["image_size"]) if same else None
 
 
 def run_folder(checkpoint) -> Path:

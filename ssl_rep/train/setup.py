@@ -179,8 +179,9 @@ class Run:
 
     @property
     def preprocess(self) -> dict:
-        """The input the encoder reads (dataset, mean/std, image size), saved with it: ``encoder.preprocess``."""
-        return preprocessing(self.cfg.data.dataset, self.cfg.data.image_size)
+        """The input the encoder reads (dataset, mean/std, the image size it trained at), saved with it:
+        ``encoder.preprocess``; ssl-probe and ssl-cluster read that dataset at that size."""
+        return preprocessing(self.cfg.data.dataset, self.size)
 
     def state(self) -> dict:
         return {"model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
