@@ -96,7 +96,8 @@ def export_encoder(source, path, format: str = "safetensors") -> Path:
     save_file(weights, str(path))
     meta = {"format": EXPORT_FORMAT, "ssl_rep_version": __version__, "encoder": encoder.encoder_name,
             "kwargs": dict(encoder.encoder_kwargs), "num_features": encoder.num_features,
-            "input": getattr(encoder, "preprocess", None) or describe_input(config), "method": (config or {}).get("method", {}).get("name"),
+            "input": getattr(encoder, "preprocess", None) or describe_input(config),   # the size it trained at
+            "method": (config or {}).get("method", {}).get("name"),
             "config": config}
     path.with_suffix(".json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
     return path

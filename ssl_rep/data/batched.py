@@ -164,10 +164,8 @@ def augment_batch(x: torch.Tensor, transform: str, size: int, gen: torch.Generat
     if transform == "simclr":   # the colour jitter works on [0, 1] images
         x = colour_jitter(resized_crop_flip(x.float().div_(255.0), size, gen, min_scale), gen)
         return torch.addcmul(shift, x, unit_scale)
-    if transform == "cifar_train":
-        if x.shape[-1] != size:   # a small set at another size: resized whole first, as evaluation reads it
-            x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        x = crop_flip(x, max(1, size // 8), gen, size)
-    elif x.shape[-1] != size:
+    if x.shape[-1] != size:   # a small set at another size: resized whole, as evaluation reads it
         x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    if transform == "cifar_train":
+        x = crop_flip(x, max(1, size // 8), gen, size)
     return torch.addcmul(shift, x.float(), byte_scale)
