@@ -336,9 +336,10 @@ def test_patch_reading_flags_set_how_a_cpc_encoder_reads_and_refuse_other_encode
         set_patch_reading(create_encoder("resnet20"), 2, None)
 
 
-def test_evaluation_reads_the_training_dataset_at_the_size_the_encoder_trained_at(tmp_path):
+def test_evaluation_reads_the_training_dataset_at_the_size_the_encoder_trained_at(tmp_path, monkeypatch):
     """A folder trained at data.image_size=16 is probed, clustered and embedded at 16 px (and so is its untrained
-    twin), not at the folder's median size; another dataset is read at its own default size."""
+    twin), not at the folder's median size, from another working directory than the run's relative data.dataset;
+    another dataset is read at its own default size."""
     from PIL import Image
 
     from ssl_rep.cli.common import encoder_for, features_for
@@ -350,12 +351,15 @@ def test_evaluation_reads_the_training_dataset_at_the_size_the_encoder_trained_a
             for i in range(n):
                 Image.fromarray(rng.integers(0, 255, (40, 52, 3), dtype=np.uint8)).save(
                     tmp_path / "imgs" / split / cls / f"{i}.png")
-    folder = str(tmp_path / "imgs")
-    train(load_config("simclr_digits", [f"data.dataset={folder}", "data.image_size=16", "data.batch_size=8",
+    monkeypatch.chdir(tmp_path)
+    train(load_config("simclr_digits", ["data.dataset=imgs", "data.image_size=16", "data.batch_size=8",
                                         "trainer.max_steps=1", "data.num_workers=0", "trainer.device=cpu",
                                         f"out_dir={tmp_path / 'run'}"]), progress=False)
     encoder_file = tmp_path / "run" / "encoder.pt"
     assert ssl_rep.load_encoder(encoder_file).preprocess["image_size"] == 16
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    folder = "../imgs"
     for checkpoint, data, size in ((encoder_file, folder, 16), (f"untrained:{encoder_file}", folder, 16),
                                    (encoder_file, "digits", None)):
         args = probe_cli.parse_args(["--checkpoint", str(checkpoint), "--data", data, "--cache-dir", "none",

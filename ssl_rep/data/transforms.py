@@ -14,6 +14,7 @@ Every transform takes an RGB ``PIL.Image`` and returns a float32 tensor ``(3, H,
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -69,8 +70,11 @@ def stats_for(dataset: str) -> str | None:
 
 def preprocessing(dataset: str, image_size: int | None = None) -> dict:
     """What an encoder trained on ``dataset`` reads: RGB in [0, 1] normalised by that dataset's mean/std (a folder:
-    ImageNet's), at ``image_size`` (None: the dataset's own size). Saved with encoders as ``encoder.preprocess``."""
+    ImageNet's), at ``image_size`` (None: the dataset's own size). Saved with encoders as ``encoder.preprocess``; a
+    folder is recorded by its absolute path, so the run is recognised from any working directory."""
     mean, std = DATASET_STATS[stats_for(str(dataset))]
+    if Path(dataset).is_dir():
+        dataset = Path(dataset).resolve()
     return {"dataset": str(dataset), "image_size": image_size, "mean": list(mean), "std": list(std), "channels": 3,
             "scale": "RGB in [0, 1], then (x - mean) / std"}
 
