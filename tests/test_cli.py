@@ -369,3 +369,23 @@ def test_evaluation_reads_the_training_dataset_at_the_size_the_encoder_trained_a
         if data == folder:
             _, _, dataset = features_for(encoder, data, "test", args)
             assert dataset[0][0].shape == (3, 16, 16)   # the folder's own median short side is 40
+
+
+def test_pretrain_on_an_unlabeled_folder_points_to_ssl_cluster_not_ssl_probe(tmp_path, capsys):
+    """A flat folder has no labels: ssl-pretrain's closing lines suggest ssl-cluster and say why not ssl-probe,
+    where a labelled dataset gets both."""
+    from PIL import Image
+
+    from ssl_rep.cli.pretrain import main as pretrain_main
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "flat").mkdir()
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "flat" / f"{i}.png")
+    common = ["trainer.max_steps=1", "data.batch_size=8", "data.num_workers=0", "trainer.device=cpu"]
+    for data, labelled in ((tmp_path / "flat", False), ("digits", True)):
+        pretrain_main(["simclr_digits", f"data.dataset={data}", f"out_dir={tmp_path / str(labelled)}", *common])
+        printed = capsys.readouterr().out.split("next:")[1]
+        assert ("ssl-probe --checkpoint" in printed) == labelled, printed
+        assert "ssl-cluster --checkpoint" in printed
+        assert ("has no labels" in printed) != labelled

@@ -34,8 +34,11 @@ def main(argv=None) -> None:
     data = cfg.data.dataset
     print(f"\nfinished {result.steps} steps, final loss {result.final_loss:.4f}{probe}\n"
           f"  checkpoint: {result.checkpoint}\n  encoder:    {result.encoder_path}\n"
-          f"next:\n  ssl-probe --checkpoint {result.checkpoint} --data {data} --out {result.out_dir}\n"
-          f"  ssl-cluster --checkpoint {result.checkpoint} --data {data} --out {result.out_dir}")
+          f"next:\n  " + (f"ssl-probe --checkpoint {result.checkpoint} --data {data} --out {result.out_dir}\n  "
+                           if result.labelled else "") +
+          f"ssl-cluster --checkpoint {result.checkpoint} --data {data} --out {result.out_dir}" +
+          ("" if result.labelled else f"\n  ({data} has no labels: ssl-cluster scores the clusters without them; "
+                                      "ssl-probe needs a labelled dataset)"))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ class TrainResult:
     steps: int
     final_loss: float
     online_probe_acc: float | None
+    labelled: bool = True   # the training data has labels, so ssl-probe can read it
 
 
 def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> TrainResult:
@@ -102,7 +103,7 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> Tr
     finally:
         steplog.close()
     final = steplog.last_loss if math.isfinite(steplog.last_loss) else float("nan")
-    return TrainResult(run.out, checkpoint, run.out / "encoder.pt", run.step, final, probe_acc)
+    return TrainResult(run.out, checkpoint, run.out / "encoder.pt", run.step, final, probe_acc, run.labelled)
 
 
 def out_of_memory_message(run: Run) -> str:

@@ -168,6 +168,7 @@ class Run:
     total: int
     autocast: Callable
     channels_last: bool = False
+    labelled: bool = True   # any training image has a label (an unlabeled folder: none)
     resumed: bool = False
     step: int = 0
     epoch: int = 0
@@ -285,7 +286,8 @@ def setup_run(cfg: Config, resume: bool = False) -> Run:
     loader, sampler = build_loader(dataset, cfg, device, cfg.seed, rank, world, transform_name, size)
     total = total_steps(cfg.trainer, sampler.batches_per_epoch)
     run = Run(cfg, out, dist_info, device, method, wrap_model(cfg, method, dist_info, device),
-              build_optimizer(method, cfg.optim), probe, loader, sampler, size, total, autocast, channels_last)
+              build_optimizer(method, cfg.optim), probe, loader, sampler, size, total, autocast, channels_last,
+              labelled=bool((labels >= 0).any()))
     if state is not None:
         run.restore(state)
         if main:
