@@ -87,6 +87,20 @@ def test_normalisation_uses_dataset_statistics():
         build_transform("autoaugment")
 
 
+def test_every_spelling_build_dataset_reads_gets_that_datasets_statistics(tmp_path, monkeypatch):
+    """The spellings build_dataset accepts (case, _ for -, cifar-10, stl-10, fashionmnist) normalise with that
+    dataset's statistics, not ImageNet's; a folder gets ImageNet's and is recorded by its absolute path."""
+    from ssl_rep.data import dataset_id, stats_for
+
+    for spelling, name in (("CIFAR-10", "cifar10"), ("cifar_100", "cifar100"), ("stl-10", "stl10"),
+                           ("FashionMNIST", "fashion-mnist"), ("fashion_mnist", "fashion-mnist"), ("Digits", "digits")):
+        assert stats_for(spelling) == name and dataset_id(spelling) == name, spelling
+    (tmp_path / "imgs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert stats_for("imgs") == "imagenet" and dataset_id("imgs") == str(tmp_path.resolve() / "imgs")
+    assert dataset_id("no/such/folder") == "no/such/folder"
+
+
 def test_digits_statistics_match_the_data():
     images = build_dataset("digits").images / 255.0
     mean, std = DATASET_STATS["digits"]

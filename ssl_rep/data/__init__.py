@@ -9,11 +9,10 @@ from .cifar import load_cifar
 from .decode import ImageDecodeError, load_rgb
 from .digits import load_digits_dataset
 from .fashion_mnist import load_fashion_mnist
+from .names import DATASETS, dataset_id
 from .folder import ImageFolderDataset, folder_split, load_imagenet
 from .stl10 import load_stl10
 from .transforms import DATASET_STATS, MultiCrop, MultiView, build_transform, stats_for, to_tensor
-
-DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100", "stl10", "imagenet")
 
 
 def build_dataset(name_or_path: str | os.PathLike, split: str = "train", transform=None, root=None, **kwargs):
@@ -28,14 +27,14 @@ def build_dataset(name_or_path: str | os.PathLike, split: str = "train", transfo
     images come back as float32 ``(3, H, W)`` tensors in [0, 1].
     """
     name = str(name_or_path)
-    key = name.lower().replace("_", "-")
+    key = dataset_id(name)
     if key == "digits":
         return load_digits_dataset(split, transform, **kwargs)
-    if key in ("fashion-mnist", "fashionmnist"):
+    if key == "fashion-mnist":
         return load_fashion_mnist(split, transform, root, **kwargs)
-    if key in ("cifar10", "cifar100", "cifar-10", "cifar-100"):
-        return load_cifar(key.replace("-", ""), split, transform, root, **kwargs)
-    if key in ("stl10", "stl-10"):
+    if key in ("cifar10", "cifar100"):
+        return load_cifar(key, split, transform, root, **kwargs)
+    if key == "stl10":
         return load_stl10(split, transform, root, **kwargs)
     if key == "imagenet":
         return load_imagenet(split, transform, root, **kwargs)
@@ -50,4 +49,5 @@ def build_dataset(name_or_path: str | os.PathLike, split: str = "train", transfo
 
 
 __all__ = ["ArrayImageDataset", "DATASETS", "DATASET_STATS", "ImageDecodeError", "ImageFolderDataset",
-           "MultiCrop", "MultiView", "build_dataset", "build_transform", "load_rgb", "stats_for", "to_tensor"]
+           "MultiCrop", "MultiView", "build_dataset", "build_transform", "dataset_id", "load_rgb", "stats_for",
+           "to_tensor"]

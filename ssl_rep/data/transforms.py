@@ -14,7 +14,6 @@ Every transform takes an RGB ``PIL.Image`` and returns a float32 tensor ``(3, H,
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -23,6 +22,8 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
+
+from .names import canonical_name
 
 # Per-channel mean/std of the training split, pixel values in [0, 1]. digits and fashion-mnist
 # were computed with ssl_rep's own loaders (tests/test_transforms.py recomputes them).
@@ -64,17 +65,13 @@ def mean_std(stats: str | None, device="cpu") -> tuple[torch.Tensor, torch.Tenso
 
 def stats_for(dataset: str) -> str | None:
     """Statistics to use for a dataset name; a folder path falls back to ImageNet's."""
-    key = dataset.replace("_", "-").lower()
-    return key if key in DATASET_STATS else "imagenet"
+    return canonical_name(dataset) or "imagenet"
 
 
 def preprocessing(dataset: str, image_size: int | None = None) -> dict:
     """What an encoder trained on ``dataset`` reads: RGB in [0, 1] normalised by that dataset's mean/std (a folder:
-    ImageNet's), at ``image_size`` (None: the dataset's own size). Saved with encoders as ``encoder.preprocess``; a
-    folder is recorded by its absolute path, so the run is recognised from any working directory."""
+    ImageNet's), at ``image_size`` (None: the dataset's own size). Saved with encoders as ``encoder.preprocess``."""
     mean, std = DATASET_STATS[stats_for(str(dataset))]
-    if Path(dataset).is_dir():
-        dataset = Path(dataset).resolve()
     return {"dataset": str(dataset), "image_size": image_size, "mean": list(mean), "std": list(std), "channels": 3,
             "scale": "RGB in [0, 1], then (x - mean) / std"}
 

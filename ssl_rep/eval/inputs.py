@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import yaml
 
-from ..data import build_dataset, build_transform, stats_for
+from ..data import build_dataset, build_transform, dataset_id, stats_for
 from ..data.base import ArrayImageDataset, native_side
 from ..data.folder import ImageFolderDataset, folder_image_size
 from ..data.shards import IndexedShards, ShardDataset
@@ -64,11 +64,7 @@ def trained_size(encoder, data: str) -> int | None:
     trained_on = preprocess.get("dataset")
     if trained_on is None or preprocess.get("image_size") is None:
         return None
-    if Path(trained_on).is_dir() and Path(data).is_dir():
-        same = Path(trained_on).resolve() == Path(data).resolve()
-    else:
-        same = trained_on.lower().replace("_", "-") == str(data).lower().replace("_", "-")
-    return int(preprocess["image_size"]) if same else None
+    return int(preprocess["image_size"]) if dataset_id(trained_on) == dataset_id(data) else None
 
 
 def run_folder(checkpoint) -> Path:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data import dataset_id
 from ..data.transforms import preprocessing
 from ..encoders import create_encoder
 from ..data.host_memory import keep_freed_memory
@@ -182,7 +183,7 @@ class Run:
     def preprocess(self) -> dict:
         """The input the encoder reads (dataset, mean/std, the image size it trained at), saved with it:
         ``encoder.preprocess``; ssl-probe and ssl-cluster read that dataset at that size."""
-        return preprocessing(self.cfg.data.dataset, self.size)
+        return preprocessing(dataset_id(self.cfg.data.dataset), self.size)
 
     def state(self) -> dict:
         return {"model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
