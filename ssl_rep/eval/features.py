@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -145,9 +146,7 @@ def extract_features(encoder: torch.nn.Module, dataset, batch_size: int = 256, d
         key = hashlib.sha1(f"{encoder_fingerprint(encoder)}|{_dataset_key(dataset)}|{ten_crop}".encode()).hexdigest()[:20]
         cache = Path(cache_dir) / key
         if (cache / "features.npy").is_file() and (cache / "labels.npy").is_file():
-            feats = np.load(cache / "features.npy", mmap_mode="r")
-            labels = np.load(cache / "labels.npy")
-            return feats, (labels if (labels >= 0).any() else None)
+            return _read_cache(cache)
     if device.type == "cpu":
         keep_freed_memory()   # large activations reused batch to batch, not faulted in again each time
     was_training = encoder.training
@@ -205,12 +204,23 @@ def extract_features(encoder: torch.nn.Module, dataset, batch_size: int = 256, d
     if tmp_dir is not None:
         out.flush()
         del out
-        np.save(tmp_dir / "labels.npy", labels)
-        (tmp_dir / "key.json").write_text(_dataset_key(dataset))
-        if cache.exists():  # another process finished first; keep theirs
-            import shutil
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-        else:
-            os.replace(tmp_dir, cache)
-        out = np.load(cache / "features.npy", mmap_mode="r")
+        return _publish_cache(tmp_dir, cache, labels, dataset)
     return out, (labels if (labels >= 0).any() else None)
+
+
+def _publish_cache(tmp_dir: Path, cache: Path, labels: np.ndarray, dataset):
+    """Move a finished entry from this process's ``tmp_dir`` to ``cache`` in one rename and read it back; where
+    another process finished first, keep theirs."""
+    np.save(tmp_dir / "labels.npy", labels)
+    (tmp_dir / "key.json").write_text(_dataset_key(dataset))
+    if cache.exists():
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    else:
+        os.replace(tmp_dir, cache)
+    return _read_cache(cache)
+
+
+def _read_cache(cache: Path):
+    """A cache entry's features (memory-mapped) and labels (None when the dataset has none)."""
+    labels = np.load(cache / "labels.npy")
+    return np.load(cache / "features.npy", mmap_mode="r"), (labels if (labels >= 0).any() else None)
