@@ -32,13 +32,12 @@ def main(argv=None) -> None:
             return
     probe = f", online probe accuracy {result.online_probe_acc:.4f}" if result.online_probe_acc is not None else ""
     data = cfg.data.dataset
+    args = f"--checkpoint {result.checkpoint} --data {data} --out {result.out_dir}"
+    steps = [f"ssl-probe {args}", f"ssl-cluster {args}"] if result.labelled else [
+        f"ssl-cluster {args}", f"({data} has no labels: ssl-cluster scores the clusters without them; ssl-probe "
+                               "needs a labelled dataset)"]
     print(f"\nfinished {result.steps} steps, final loss {result.final_loss:.4f}{probe}\n"
-          f"  checkpoint: {result.checkpoint}\n  encoder:    {result.encoder_path}\n"
-          f"next:\n  " + (f"ssl-probe --checkpoint {result.checkpoint} --data {data} --out {result.out_dir}\n  "
-                           if result.labelled else "") +
-          f"ssl-cluster --checkpoint {result.checkpoint} --data {data} --out {result.out_dir}" +
-          ("" if result.labelled else f"\n  ({data} has no labels: ssl-cluster scores the clusters without them; "
-                                      "ssl-probe needs a labelled dataset)"))
+          f"  checkpoint: {result.checkpoint}\n  encoder:    {result.encoder_path}\nnext:\n  " + "\n  ".join(steps))
 
 
 if __name__ == "__main__":

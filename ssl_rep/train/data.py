@@ -117,16 +117,9 @@ def build_eval_dataset(cfg: Config, size: int):
     if not split or split == cfg.data.split:
         return None
     source = cfg.data.dataset
-    if Path(source).is_dir():
-        try:
-            chosen = folder_split(Path(source), split)
-        except ValueError as exc:
-            log.warning("online probe: %s; reporting training accuracy only", exc)
-            return None
-        if chosen == Path(source):
-            return None  # a plain folder has no held-out split
-        source = str(chosen)
     try:
+        if Path(source).is_dir() and folder_split(Path(source), split) == Path(source):
+            return None  # a plain folder has no held-out split
         ds = build_dataset(source, split=split, root=cfg.data.root)
     except (FileNotFoundError, ValueError) as exc:
         log.warning("online probe: no %r split (%s); reporting training accuracy only", split, exc)
