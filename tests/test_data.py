@@ -259,6 +259,27 @@ def test_a_folder_split_train_val_is_tested_on_val_and_refuses_other_splits(tmp_
     assert flat.classes == ["cat", "dog"] and len(flat) == 6
 
 
+def test_a_class_named_like_a_split_is_a_class_not_a_split(tmp_path, caplog):
+    """One folder per class where one class is called ``test``: every class is read, ``test`` among them,
+    for every split asked; before, ``split="test"`` read only that class's folder (as unlabeled) and
+    ``split="train"`` refused the folder as one split into test alone."""
+    for cls, colour in (("cat", (255, 0, 0)), ("test", (0, 255, 0)), ("dog", (0, 0, 255))):
+        (tmp_path / cls).mkdir()
+        Image.new("RGB", (10, 10), colour).save(tmp_path / cls / "0.png")
+    (tmp_path / ".cache").mkdir()   # hidden folders are neither classes nor splits
+    with caplog.at_level("WARNING", logger="ssl_rep.data"):
+        for split in ("test", "train"):
+            ds = build_dataset(tmp_path, split=split)
+            assert ds.classes == ["cat", "dog", "test"] and ds.labels == [0, 1, 2]
+    assert "read as one folder per class, test among them" in caplog.text
+    split = tmp_path / "split"
+    for s in ("train", "test"):
+        (split / s / "a").mkdir(parents=True)
+        Image.new("RGB", (10, 10), (9, 9, 9)).save(split / s / "a" / "0.png")
+    (split / ".git").mkdir()
+    assert build_dataset(split, split="test").root == split / "test"
+
+
 def test_imagenet_missing_folder_error_says_layout(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"train/<wnid>/\*\.JPEG"):
         build_dataset("imagenet", root=tmp_path)

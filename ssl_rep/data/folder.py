@@ -162,16 +162,33 @@ class ImageFolderDataset(Dataset):
 FOLDER_SPLITS = ("train", "val", "test")
 
 
+def split_folders(path: Path) -> list[str]:
+    """The split folders (of ``FOLDER_SPLITS``) that ``path`` is divided into; none when it has none, or when
+    they sit beside other folders: then it is one folder per class, some of them named like splits, and those
+    names are labels (a warning says so)."""
+    with os.scandir(path) as entries:
+        subdirs = {e.name for e in entries if e.is_dir() and not e.name.startswith(".")}
+    layout = [s for s in FOLDER_SPLITS if s in subdirs]
+    others = sorted(subdirs - set(FOLDER_SPLITS))
+    if layout and others:
+        log.warning("%s: read as one folder per class, %s among them; its folders %s are not all splits "
+                    "(a split folder holds train/val/test only)", path, ", ".join(layout),
+                    ", ".join(others[:5]) + (", ..." if len(others) > 5 else ""))
+        return []
+    return layout
+
+
 def folder_split(path: Path, split: str) -> Path:
     """The folder that split ``split`` of the image folder ``path`` reads: ``path/split``; ``path/val`` for
     ``test`` in a folder laid out train/val, as ImageNet is (its val is the held-out split); ``path`` itself when it
-    has no split folders (flat, or one folder per class). A folder split into some of train/val/test but not
-    ``split`` is an error naming the splits it has: read as one folder, its split names would be the labels."""
-    if (path / split).is_dir():
-        return path / split
-    layout = [s for s in FOLDER_SPLITS if (path / s).is_dir()]
+    has no split folders (flat, or one folder per class, even if a class is named like a split: see
+    :func:`split_folders`). A folder split into some of train/val/test but not ``split`` is an error naming the
+    splits it has: read as one folder, its split names would be the labels."""
+    layout = split_folders(path)
     if not layout:
         return path
+    if split in layout:
+        return path / split
     if split == "test" and "val" in layout:
         log.info("%s has no test/ split: using val/", path)
         return path / "val"
