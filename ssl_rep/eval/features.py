@@ -153,32 +153,14 @@ def extract_features(encoder: torch.nn.Module, dataset, batch_size: int = 256, d
     encoder = encoder.eval().to(device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
-    n = len(dataset)
-    out = None
-    labels = np.empty(n, dtype=np.int64)
     tmp_dir = None
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp_dir = cache.with_name(cache.name + f".tmp{os.getpid()}")
         tmp_dir.mkdir(exist_ok=True)
+    sink = _FeatureSink(len(dataset), tmp_dir, device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     batched = None if ten_crop else batched_source(dataset, batch_size, device)
-    start, pending, pending_labels = 0, [], []
-
-    def drain():
-        """Bring the features waiting on the device back to the host in one copy (one wait for the device)."""
-        nonlocal start, out
-        f = torch.cat(pending).cpu().numpy()
-        if out is None:
-            shape = (n, f.shape[1])
-            out = (np.lib.format.open_memmap(tmp_dir / "features.npy", mode="w+", dtype=np.float32, shape=shape)
-                   if tmp_dir is not None else np.empty(shape, dtype=np.float32))
-        out[start:start + len(f)] = f
-        labels[start:start + len(f)] = np.concatenate(pending_labels)
-        start += len(f)
-        pending.clear()
-        pending_labels.clear()
-
     for x, y in tqdm(batched or loader, desc="extracting features", unit="batch", disable=not progress or len(loader) < 5,
                      leave=False):
         x = x.to(device, non_blocking=True)
@@ -192,20 +174,49 @@ def extract_features(encoder: torch.nn.Module, dataset, batch_size: int = 256, d
             f = encoder(x).float()
         if crops is not None:
             f = f.view(crops.shape[0], crops.shape[1], -1).mean(dim=1)
-        pending.append(f)
-        pending_labels.append(np.asarray(y))
-        if device.type != "cuda" or sum(p.numel() for p in pending) * 4 >= PENDING_BYTES:
-            drain()
-    if pending:
-        drain()
+        sink.add(f, y)
+    sink.drain()
     encoder.train(was_training)
+    out, labels = sink.out, sink.labels
     if out is None:
         raise ValueError(f"extract_features: the dataset {getattr(dataset, 'name', '')!r} is empty")
     if tmp_dir is not None:
         out.flush()
-        del out
+        del out, sink
         return _publish_cache(tmp_dir, cache, labels, dataset)
     return out, (labels if (labels >= 0).any() else None)
+
+
+class _FeatureSink:
+    """Where :func:`extract_features` puts each batch's features: they wait on the device and come back to the host
+    in one copy per ``PENDING_BYTES`` (one wait for the device; every batch on the CPU), into an array, or into a
+    memory-mapped ``tmp_dir/features.npy`` when caching."""
+
+    def __init__(self, n: int, tmp_dir: Path | None, device: torch.device):
+        self.n, self.tmp_dir, self.on_cuda = n, tmp_dir, device.type == "cuda"
+        self.out, self.labels, self.start = None, np.empty(n, dtype=np.int64), 0
+        self.pending, self.pending_labels = [], []
+
+    def add(self, features: torch.Tensor, labels) -> None:
+        self.pending.append(features)
+        self.pending_labels.append(np.asarray(labels))
+        if not self.on_cuda or sum(p.numel() for p in self.pending) * 4 >= PENDING_BYTES:
+            self.drain()
+
+    def drain(self) -> None:
+        if not self.pending:
+            return
+        f = torch.cat(self.pending).cpu().numpy()
+        if self.out is None:
+            shape = (self.n, f.shape[1])
+            self.out = (np.lib.format.open_memmap(self.tmp_dir / "features.npy", mode="w+", dtype=np.float32,
+                                                  shape=shape)
+                        if self.tmp_dir is not None else np.empty(shape, dtype=np.float32))
+        self.out[self.start:self.start + len(f)] = f
+        self.labels[self.start:self.start + len(f)] = np.concatenate(self.pending_labels)
+        self.start += len(f)
+        self.pending.clear()
+        self.pending_labels.clear()
 
 
 def _publish_cache(tmp_dir: Path, cache: Path, labels: np.ndarray, dataset):
