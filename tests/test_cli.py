@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import pytest
+from PIL import Image
 
 import ssl_rep
 from ssl_rep.cli import cluster as cluster_cli
@@ -77,7 +78,7 @@ def test_cluster_umap_prepares_once_and_feeds_every_method(tmp_path, caplog):
         assert clusters[method]["params"] | {"n_clusters": 10} == {"l2_normalize": True, "pca": None, "umap": 5,
                                                                   "umap_neighbors": 20, "n_clusters": 10}
     args = cluster_cli.parse_args(argv)
-    X, y, _ = features_for(encoder_for(args, "test"), "digits", "test", args)
+    X, y, _ = features_for(encoder_for(args, "test"), "test", args)
     expected = clustering_scores(y, cluster(preprocess(X, l2_normalize=True, umap=5, umap_neighbors=20), "kmeans",
                                             n_clusters=10))
     assert clusters["kmeans"]["scores"]["acc"] == pytest.approx(expected["acc"])
@@ -96,7 +97,7 @@ def test_cluster_repeats_reports_each_seed_and_their_mean(tmp_path, capsys, capl
     cluster_cli.main(argv)
     methods = json.loads((tmp_path / "clusters.json").read_text())["methods"]
     args = cluster_cli.parse_args(argv)
-    X, y, _ = features_for(encoder_for(args, "test"), "digits", "test", args)
+    X, y, _ = features_for(encoder_for(args, "test"), "test", args)
     alone = [cluster_features(X, y, ["kmeans", "gmm"], seed=s)[0] for s in range(3)]
     for method in ("kmeans", "gmm"):
         spread = methods[method]["over_seeds"]
@@ -128,7 +129,7 @@ def test_cluster_n_init_reaches_kmeans_and_gmm(tmp_path, capsys):
     assert methods["kmeans"]["params"]["n_init"] == methods["gmm"]["params"]["n_init"] == 4
     assert "n_init" not in methods["agglomerative"]["params"]
     args = cluster_cli.parse_args(argv)
-    X, y, _ = features_for(encoder_for(args, "test"), "digits", "test", args)
+    X, y, _ = features_for(encoder_for(args, "test"), "test", args)
     _, four = cluster_features(X, y, ["kmeans", "gmm"], n_init=4)
     _, default = cluster_features(X, y, ["kmeans", "gmm"])
     for method in ("kmeans", "gmm"):
@@ -157,7 +158,7 @@ def test_cluster_whiten_feeds_every_method_the_whitened_features(tmp_path, capsy
         assert clusters[method]["params"] | {"n_clusters": 10} == {"l2_normalize": False, "pca": None, "umap": None,
                                                                   "whiten": 8, "n_clusters": 10}
     args = cluster_cli.parse_args(argv)
-    X, y, _ = features_for(encoder_for(args, "test"), "digits", "test", args)
+    X, y, _ = features_for(encoder_for(args, "test"), "test", args)
     expected = clustering_scores(y, cluster(whiten_features(X, 8), "kmeans", n_clusters=10))
     assert clusters["kmeans"]["scores"]["acc"] == pytest.approx(expected["acc"])
     assert "<b>whitened</b>: 8 dims, L2-normalised" in (tmp_path / "report.html").read_text()
@@ -367,7 +368,7 @@ def test_evaluation_reads_the_training_dataset_at_the_size_the_encoder_trained_a
         encoder = encoder_for(args, "train")
         assert args.image_size == size, checkpoint
         if data == folder:
-            _, _, dataset = features_for(encoder, data, "test", args)
+            _, _, dataset = features_for(encoder, "test", args)
             assert dataset[0][0].shape == (3, 16, 16)   # the folder's own median short side is 40
 
 
@@ -389,3 +390,42 @@ def test_pretrain_on_an_unlabeled_folder_points_to_ssl_cluster_not_ssl_probe(tmp
         assert ("ssl-probe --checkpoint" in printed) == labelled, printed
         assert "ssl-cluster --checkpoint" in printed
         assert ("has no labels" in printed) != labelled
+
+
+def _class_folders(root, classes, n):
+    """``root/<class>/<i>.png``: one colour per class (by name), so any encoder's features separate them."""
+    colours = {"bird": (0, 200, 0), "cat": (220, 0, 0), "dog": (0, 0, 230), "fox": (200, 120, 0)}
+    rng = np.random.default_rng(0)
+    for cls in classes:
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            pixels = np.clip(np.array(colours[cls]) + rng.integers(-20, 21, (12, 12, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / cls / f"{i}.png")
+
+
+def test_a_held_out_folder_missing_a_class_is_scored_in_the_training_splits_classes(tmp_path, capsys, caplog):
+    """train/ holds bird, cat, dog and val/ only cat and dog: numbered by their own folders, val's cat (0) and dog
+    (1) read as the training split's bird and cat, and a probe that is right on every image scored 0. Both ssl-probe
+    and the online probe now count val's classes as train's; a val class that train lacks is an error naming it
+    (ssl-probe) or a warning that leaves the online probe to training accuracy."""
+    from ssl_rep.train.data import build_eval_dataset
+
+    root = tmp_path / "pets"
+    _class_folders(root / "train", ["bird", "cat", "dog"], 6)
+    _class_folders(root / "val", ["cat", "dog"], 3)
+    argv = ["--checkpoint", "random:resnet20", "--data", str(root), "--C", "1", "--knn-k", "1", "--cache-dir",
+            str(tmp_path / "cache"), "--workers", "0", "--out", str(tmp_path / "probe")]
+    probe_cli.main(argv)
+    result = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    assert result["top1"] == 1.0 and result["knn"]["1"] == 1.0
+    cfg = load_config("simclr_digits", [f"data.dataset={root}"])
+    held_out = build_eval_dataset(cfg, 16, ["bird", "cat", "dog"])
+    assert held_out.classes == ["bird", "cat", "dog"] and held_out.labels == [1, 1, 1, 2, 2, 2]
+
+    _class_folders(root / "val", ["fox"], 2)
+    with pytest.raises(SystemExit):
+        probe_cli.main(argv)
+    assert "class(es) fox not among the training split's 3 classes" in capsys.readouterr().err
+    with caplog.at_level("WARNING", logger="ssl_rep.train"):
+        assert build_eval_dataset(cfg, 16, ["bird", "cat", "dog"]) is None
+    assert "fox not among" in caplog.text and "training accuracy only" in caplog.text

@@ -156,9 +156,20 @@ def default_out(args) -> Path:
     return run_folder(args.checkpoint)
 
 
-def features_for(encoder, data: str, split: str, args, ten_crop: bool = False, subset: int | None = None):
-    dataset = fixed_subset(eval_dataset(data, split, args.root, args.image_size, ten_crop), subset, args.seed)
+def split_dataset(args, split: str, ten_crop: bool = False, subset: int | None = None):
+    """Split ``split`` of ``args.data`` as the encoder reads it (``--train-subset`` images of it with ``subset``)."""
+    return fixed_subset(eval_dataset(args.data, split, args.root, args.image_size, ten_crop), subset, args.seed)
+
+
+def features_of(encoder, dataset, args, ten_crop: bool = False):
+    """``(features (N, D), labels or None)`` of ``dataset``, cached under ``--cache-dir``."""
     cache = None if args.cache_dir == "none" else args.cache_dir
     X, y = extract_features(encoder, dataset, batch_size=args.batch_size, device=args.device, ten_crop=ten_crop,
                             num_workers=args.workers, cache_dir=cache, progress=sys.stderr.isatty())
-    return np.asarray(X), y, dataset
+    return np.asarray(X), y
+
+
+def features_for(encoder, split: str, args):
+    """``(features, labels, dataset)`` of split ``split``."""
+    dataset = split_dataset(args, split)
+    return *features_of(encoder, dataset, args), dataset

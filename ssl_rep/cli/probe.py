@@ -5,16 +5,26 @@ import argparse
 import json
 import time
 
+import numpy as np
+
+from ..data.base import label_map
 from ..eval import probe_features
-from .common import EXPECTED_ERRORS, add_encoder_and_data_args, default_out, features_for, features_name, \
-    friendly_errors, encoder_for, setup_logging
+from .common import EXPECTED_ERRORS, add_encoder_and_data_args, default_out, features_name, features_of, \
+    friendly_errors, encoder_for, setup_logging, split_dataset
 
 
 def run_probe(args) -> dict:
     start = time.time()
     encoder = encoder_for(args, args.train_split)
-    X, y, _ = features_for(encoder, args.data, args.train_split, args, subset=args.train_subset)
-    Xt, yt, _ = features_for(encoder, args.data, args.test_split, args, ten_crop=args.ten_crop)
+    train = split_dataset(args, args.train_split, subset=args.train_subset)
+    test = split_dataset(args, args.test_split, ten_crop=args.ten_crop)
+    # a held-out folder without some training class numbers the others differently: count in the training split's
+    mapping = label_map(getattr(test, "classes", None), getattr(train, "classes", None),
+                        f"{args.data}: the {args.test_split} split")
+    X, y = features_of(encoder, train, args)
+    Xt, yt = features_of(encoder, test, args, ten_crop=args.ten_crop)
+    if mapping is not None and yt is not None:
+        yt = np.where(yt >= 0, mapping[yt.clip(0)], yt)
     if y is None or yt is None:
         raise ValueError(f"{args.data}: the {args.train_split if y is None else args.test_split} split has no labels; "
                          f"a probe needs labelled train and test splits")

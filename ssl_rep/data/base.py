@@ -16,6 +16,23 @@ def mix_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
 
 
+def label_map(classes: Sequence[str] | None, reference: Sequence[str] | None, name: str) -> np.ndarray | None:
+    """Where each of a split's ``classes`` (named in its own order: folders number their classes by sorted name)
+    sits in the ``reference`` split's classes, the training split's: an array to index that split's labels with,
+    or None where the two agree or either has no names. A held-out folder without one of the training classes
+    numbers the rest differently; read as they are, its labels would name the wrong classes. A class the
+    reference does not have is an error naming it: nothing trained on the reference can predict it."""
+    if not classes or not reference or list(classes) == list(reference):
+        return None
+    missing = [c for c in classes if c not in reference]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ValueError(f"{name}: class(es) {shown} not among the training split's {len(reference)} classes; a "
+                         f"probe only predicts classes it was trained on (rename or remove those folders)")
+    index = {c: i for i, c in enumerate(reference)}
+    return np.array([index[c] for c in classes], dtype=np.int64)
+
+
 class EpochCoded(Dataset):
     """``inner``'s items addressed by the codes :class:`~ssl_rep.train.sampling.EpochSampler` yields: code
     ``epoch * N + i`` is item ``i`` (``N = len(inner)``), and its sample seed is ``mix_seed(seed, epoch, i)``."""

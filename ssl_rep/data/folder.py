@@ -23,6 +23,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from .base import label_map
 from .decode import IMAGE_EXTENSIONS, ImageDecodeError, is_image_file, load_rgb, shown_path
 from .transforms import to_tensor
 
@@ -122,6 +123,14 @@ class ImageFolderDataset(Dataset):
             more = f" (and {len(self.bad_files) - SHOW_BAD} more)" if len(self.bad_files) > SHOW_BAD else ""
             log.warning("%s: skipped %d of %d image files that cannot be decoded: %s%s",
                         self.root, len(self.bad_files), total, shown, more)
+
+    def number_like(self, reference: list[str]) -> None:
+        """Number this folder's classes as ``reference`` does (another split's classes, which may hold more):
+        labels and ``classes`` follow it (:func:`~ssl_rep.data.base.label_map`)."""
+        mapping = label_map(self.classes, reference, str(self.root))
+        if mapping is not None:
+            self.samples = [(p, int(mapping[y])) for p, y in self.samples]
+            self.classes = list(reference)
 
     @property
     def labels(self) -> list[int]:

@@ -9,7 +9,7 @@ import numpy as np
 from torchvision.transforms import v2 as T
 
 from ..data import MultiCrop, MultiView, build_dataset, build_transform, stats_for
-from ..data.base import ArrayImageDataset, native_side, take
+from ..data.base import ArrayImageDataset, label_map, native_side, take
 from ..data.folder import FOLDER_MAX_SIZE, ImageFolderDataset, folder_image_size, folder_split
 from ..data.shards import ShardDataset
 from ..data.transforms import eval_sizes
@@ -111,8 +111,9 @@ def build_train_dataset(cfg: Config):
     return raw, size, num_classes, transform_name
 
 
-def build_eval_dataset(cfg: Config, size: int):
-    """The labelled split for the online probe's end-of-epoch score, or None."""
+def build_eval_dataset(cfg: Config, size: int, classes: list[str] | None = None):
+    """The labelled split for the online probe's end-of-epoch score, or None; its labels count classes as the
+    training split's ``classes`` do."""
     split = cfg.data.eval_split
     if not split or split == cfg.data.split:
         return None
@@ -123,6 +124,14 @@ def build_eval_dataset(cfg: Config, size: int):
         ds = build_dataset(source, split=split, root=cfg.data.root)
     except (FileNotFoundError, ValueError) as exc:
         log.warning("online probe: no %r split (%s); reporting training accuracy only", split, exc)
+        return None
+    try:
+        if isinstance(ds, ImageFolderDataset):
+            ds.number_like(classes)
+        elif label_map(getattr(ds, "classes", None), classes, source) is not None:
+            raise ValueError(f"{source}: the {split} split numbers its classes unlike the training split")
+    except ValueError as exc:
+        log.warning("online probe: %s; reporting training accuracy only", exc)
         return None
     # read as ssl-probe reads it (the images whole at the training size, or resized and centre-cropped)
     resize, crop = eval_sizes(size, native_side(ds))

@@ -282,8 +282,9 @@ def setup_run(cfg: Config, resume: bool = False) -> Run:
                      cfg.data.batch_size, n_views, px_text(sizes))
     probe = None
     if cfg.trainer.online_probe and (labels >= 0).any():
-        probe = OnlineProbe(method.encoder.num_features, num_classes, device, bool((labels >= 0).all()),
-                            build_eval_dataset(cfg, size) if main else None, cfg.data.num_workers)
+        held_out = build_eval_dataset(cfg, size, getattr(dataset, "classes", None)) if main else None
+        probe = OnlineProbe(method.encoder.num_features, num_classes, device, bool((labels >= 0).all()), held_out,
+                            cfg.data.num_workers)
     loader, sampler = build_loader(dataset, cfg, device, cfg.seed, rank, world, transform_name, size)
     total = total_steps(cfg.trainer, sampler.batches_per_epoch)
     run = Run(cfg, out, dist_info, device, method, wrap_model(cfg, method, dist_info, device),
