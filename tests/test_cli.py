@@ -408,6 +408,9 @@ def test_a_held_out_folder_missing_a_class_is_scored_in_the_training_splits_clas
     (1) read as the training split's bird and cat, and a probe that is right on every image scored 0. Both ssl-probe
     and the online probe now count val's classes as train's; a val class that train lacks is an error naming it
     (ssl-probe) or a warning that leaves the online probe to training accuracy."""
+    from ssl_rep.encoders import create_encoder
+    from ssl_rep.eval.api import probe_encoder
+    from ssl_rep.eval.inputs import eval_dataset
     from ssl_rep.train.data import build_eval_dataset
 
     root = tmp_path / "pets"
@@ -421,6 +424,9 @@ def test_a_held_out_folder_missing_a_class_is_scored_in_the_training_splits_clas
     cfg = load_config("simclr_digits", [f"data.dataset={root}"])
     held_out = build_eval_dataset(cfg, 16, ["bird", "cat", "dog"])
     assert held_out.classes == ["bird", "cat", "dog"] and held_out.labels == [1, 1, 1, 2, 2, 2]
+    train_set, test_set = (eval_dataset(str(root), split, image_size=16) for split in ("train", "test"))
+    api = probe_encoder(create_encoder("resnet20"), train_set, test_set, device="cpu", C=1.0, knn_k=[1])
+    assert api["top1"] == 1.0   # the Python API too
 
     _class_folders(root / "val", ["fox"], 2)
     with pytest.raises(SystemExit):

@@ -5,9 +5,7 @@ import argparse
 import json
 import time
 
-import numpy as np
-
-from ..data.base import label_map
+from ..data.base import label_map, renumber
 from ..eval import probe_features
 from .common import EXPECTED_ERRORS, add_encoder_and_data_args, default_out, features_name, features_of, \
     friendly_errors, encoder_for, setup_logging, split_dataset
@@ -23,8 +21,7 @@ def run_probe(args) -> dict:
                         f"{args.data}: the {args.test_split} split")
     X, y = features_of(encoder, train, args)
     Xt, yt = features_of(encoder, test, args, ten_crop=args.ten_crop)
-    if mapping is not None and yt is not None:
-        yt = np.where(yt >= 0, mapping[yt.clip(0)], yt)
+    yt = renumber(yt, mapping)
     if y is None or yt is None:
         raise ValueError(f"{args.data}: the {args.train_split if y is None else args.test_split} split has no labels; "
                          f"a probe needs labelled train and test splits")

@@ -33,6 +33,13 @@ def label_map(classes: Sequence[str] | None, reference: Sequence[str] | None, na
     return np.array([index[c] for c in classes], dtype=np.int64)
 
 
+def renumber(labels: np.ndarray | None, mapping: np.ndarray | None) -> np.ndarray | None:
+    """``labels`` through a :func:`label_map` (None: as they are); -1 (no label) stays -1."""
+    if mapping is None or labels is None:
+        return labels
+    return np.where(labels >= 0, mapping[np.clip(labels, 0, None)], labels)
+
+
 class EpochCoded(Dataset):
     """``inner``'s items addressed by the codes :class:`~ssl_rep.train.sampling.EpochSampler` yields: code
     ``epoch * N + i`` is item ``i`` (``N = len(inner)``), and its sample seed is ``mix_seed(seed, epoch, i)``."""

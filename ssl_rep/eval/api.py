@@ -9,6 +9,7 @@ from typing import Iterable
 
 import numpy as np
 
+from ..data.base import label_map, renumber
 from .cluster import METHODS as CLUSTER_METHODS
 from .cluster import UMAP_NEIGHBORS, cluster, preprocess
 from .features import extract_features
@@ -124,9 +125,12 @@ def _cluster_once(X, y, methods, n_clusters, pca, l2, umap, seed, max_samples, m
 
 
 def probe_encoder(encoder, train, test, batch_size: int = 256, device=None, **probe_options) -> dict:
-    """:func:`probe_features` on ``encoder``'s features of the ``train`` and ``test`` datasets."""
+    """:func:`probe_features` on ``encoder``'s features of the ``train`` and ``test`` datasets (``test``'s labels
+    counted in ``train``'s classes where both name theirs: :func:`~ssl_rep.data.base.label_map`)."""
+    mapping = label_map(getattr(test, "classes", None), getattr(train, "classes", None), getattr(test, "name", "test"))
     X, y = extract_features(encoder, train, batch_size=batch_size, device=device)
     Xt, yt = extract_features(encoder, test, batch_size=batch_size, device=device)
+    yt = renumber(yt, mapping)
     return probe_features(np.asarray(X), y, np.asarray(Xt), yt, device=device, **probe_options)
 
 
