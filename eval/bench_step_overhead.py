@@ -95,7 +95,7 @@ def bare_step_time(cfg, device, steps: int, warmup: int) -> float:
 
 def loop_step_time(cfg, steps: int, warmup: int) -> float:
     """Mean wall time per step between step ``warmup`` and ``warmup + steps`` of a real run."""
-    train(cfg, progress=False)
+    train(cfg, progress=False, overwrite=True)   # rounds reuse the out_dir
     lines = {r["step"]: r for r in read_metrics(Path(cfg.out_dir) / "metrics.jsonl")}
     return (lines[warmup + steps]["elapsed"] - lines[warmup]["elapsed"]) / steps
 

@@ -90,7 +90,7 @@ if asked wide; then
   EPOCHS=${WIDE_EPOCHS:-}
   if [ -z "$EPOCHS" ]; then
     stamp "resnet18 timing"; rm -rf /tmp/wide_timing
-    timeout 150 python3 -m ssl_rep.cli.pretrain simclr_fashion_mnist encoder.name=resnet18 encoder.stem=cifar \
+    timeout 150 python3 -m ssl_rep.cli.pretrain --overwrite simclr_fashion_mnist encoder.name=resnet18 encoder.stem=cifar \
       trainer.device=cuda data.root="$FM" data.num_workers=8 data.eval_split=null out_dir=/tmp/wide_timing \
       trainer.max_steps=${WIDE_TIMING_STEPS:-100} trainer.log_every=5 ${WIDE_OVERRIDES:-} > "$OUT/wide_timing.log" 2>&1
     EPOCHS=$(python -m eval.epochs_for_budget /tmp/wide_timing/metrics.jsonl --budget ${WIDE_BUDGET:-280} \
@@ -125,7 +125,7 @@ if asked aecpc; then
     [ $m = cpc ] && [ -n "${CPC_OUT:-}" ] && extra+=(encoder.out_features=$CPC_OUT)
     batch=$(python3 -c "from ssl_rep.train import load_config; print(load_config('$recipe').data.batch_size)")
     rm -rf /tmp/timing_$m; stamp "$m timing"
-    timeout 150 python3 -m ssl_rep.cli.pretrain $recipe trainer.device=cuda data.root="$FM" data.num_workers=8 \
+    timeout 150 python3 -m ssl_rep.cli.pretrain --overwrite $recipe trainer.device=cuda data.root="$FM" data.num_workers=8 \
       data.eval_split=null out_dir=/tmp/timing_$m trainer.max_steps=60 trainer.log_every=5 "${extra[@]}" \
       > "$OUT/timing_$m.log" 2>&1
     declare "EPOCHS_$m=$(python -m eval.epochs_for_budget /tmp/timing_$m/metrics.jsonl --budget ${AECPC_BUDGET:-200} \

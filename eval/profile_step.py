@@ -95,7 +95,7 @@ def main() -> None:
                     prof.step()
             handle = register_optimizer_step_post_hook(hook)
             try:
-                train(cfg, progress=False)
+                train(cfg, progress=False, overwrite=True)
             finally:
                 handle.remove()
 

@@ -246,7 +246,7 @@ def run(name: str, device: str, root, overrides: list[str], methods: list[str], 
             cfg = load_config(spec["recipes"][method], [f"out_dir=runs/{name}/{method}", f"trainer.device={device}",
                                                         *([f"data.root={root}"] if root else []),
                                                         *for_method(overrides, method)])
-            trained = train(cfg, progress=False)
+            trained = train(cfg, progress=False, overwrite=True)   # a reproduction trains again
             checkpoint, seconds, steps, epochs = str(trained.checkpoint), time.time() - start, trained.steps, \
                 cfg.trainer.epochs
         rows[method] = {"pretrain_seconds": seconds, "steps": steps, "epochs": epochs,

@@ -38,7 +38,7 @@ def main(argv=None) -> None:
     start = time.time()
     print(f"[1/4] pretraining ({args.config}) -> {out / 'pretrain'}", flush=True)
     cfg = load_config(args.config, [f"out_dir={out / 'pretrain'}", *args.overrides])
-    result = train(cfg)
+    result = train(cfg, overwrite=True)   # make demo again: a fresh demo in the same place
     print("[2/4] linear probe + kNN: pretrained encoder vs random init", flush=True)
     data = cfg.data.dataset
     transform = build_transform("eval", stats=stats_for(data), resize=None)

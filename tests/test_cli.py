@@ -78,7 +78,7 @@ def test_cluster_umap_prepares_once_and_feeds_every_method(tmp_path, caplog):
         assert clusters[method]["params"] | {"n_clusters": 10} == {"l2_normalize": True, "pca": None, "umap": 5,
                                                                   "umap_neighbors": 20, "n_clusters": 10}
     args = cluster_cli.parse_args(argv)
-    X, y, _ = features_for(encoder_for(args, "test"), "test", args)
+    X, y, _ = features_for(encoder_for(args, "test"), "digits", "test", args)
     expected = clustering_scores(y, cluster(preprocess(X, l2_normalize=True, umap=5, umap_neighbors=20), "kmeans",
                                             n_clusters=10))
     assert clusters["kmeans"]["scores"]["acc"] == pytest.approx(expected["acc"])
@@ -97,7 +97,7 @@ def test_cluster_repeats_reports_each_seed_and_their_mean(tmp_path, capsys, capl
     cluster_cli.main(argv)
     methods = json.loads((tmp_path / "clusters.json").read_text())["methods"]
     args = cluster_cli.parse_args(argv)
-    X, y, _ = features_for(encoder_for(args, "test"), "test", args)
+    X, y, _ = features_for(encoder_for(args, "test"), "digits", "test", args)
     alone = [cluster_features(X, y, ["kmeans", "gmm"], seed=s)[0] for s in range(3)]
     for method in ("kmeans", "gmm"):
         spread = methods[method]["over_seeds"]
@@ -129,7 +129,7 @@ def test_cluster_n_init_reaches_kmeans_and_gmm(tmp_path, capsys):
     assert methods["kmeans"]["params"]["n_init"] == methods["gmm"]["params"]["n_init"] == 4
     assert "n_init" not in methods["agglomerative"]["params"]
     args = cluster_cli.parse_args(argv)
-    X, y, _ = features_for(encoder_for(args, "test"), "test", args)
+    X, y, _ = features_for(encoder_for(args, "test"), "digits", "test", args)
     _, four = cluster_features(X, y, ["kmeans", "gmm"], n_init=4)
     _, default = cluster_features(X, y, ["kmeans", "gmm"])
     for method in ("kmeans", "gmm"):
@@ -158,7 +158,7 @@ def test_cluster_whiten_feeds_every_method_the_whitened_features(tmp_path, capsy
         assert clusters[method]["params"] | {"n_clusters": 10} == {"l2_normalize": False, "pca": None, "umap": None,
                                                                   "whiten": 8, "n_clusters": 10}
     args = cluster_cli.parse_args(argv)
-    X, y, _ = features_for(encoder_for(args, "test"), "test", args)
+    X, y, _ = features_for(encoder_for(args, "test"), "digits", "test", args)
     expected = clustering_scores(y, cluster(whiten_features(X, 8), "kmeans", n_clusters=10))
     assert clusters["kmeans"]["scores"]["acc"] == pytest.approx(expected["acc"])
     assert "<b>whitened</b>: 8 dims, L2-normalised" in (tmp_path / "report.html").read_text()
@@ -368,7 +368,7 @@ def test_evaluation_reads_the_training_dataset_at_the_size_the_encoder_trained_a
         encoder = encoder_for(args, "train")
         assert args.image_size == size, checkpoint
         if data == folder:
-            _, _, dataset = features_for(encoder, "test", args)
+            _, _, dataset = features_for(encoder, data, "test", args)
             assert dataset[0][0].shape == (3, 16, 16)   # the folder's own median short side is 40
 
 

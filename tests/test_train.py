@@ -520,6 +520,33 @@ def test_bf16_on_the_cpu_runs_in_bf16_and_trains_like_fp32(tmp_path, recipe, mon
 
 
 # ------------------------------------------------------------------ faults
+def test_a_new_run_in_an_out_dir_holding_one_is_refused_unless_overwrite(tmp_path, capsys):
+    """Starting again without --resume where a run is saved used to empty its metrics.jsonl at once and overwrite
+    its checkpoints at the first save: now it is refused before any work, and nothing of the saved run changes;
+    --overwrite replaces that run (its checkpoints, metrics and encoder) with the new one."""
+    from ssl_rep.cli import pretrain as pretrain_cli
+    from ssl_rep.train import CheckpointError
+
+    out = tmp_path / "run"
+    argv = ["ae_digits", f"out_dir={out}", "trainer.max_steps=4", "trainer.checkpoint_every=2", *FAST]
+    pretrain_cli.main(argv)
+    saved = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "tensorboard" not in p.parts}
+    assert out / "checkpoints" / "step_0000002.pt" in saved
+    with pytest.raises(SystemExit):
+        pretrain_cli.main(argv[:2] + ["trainer.max_steps=3"] + argv[3:])
+    assert "already holds a run" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="--resume to continue that run, --overwrite to start again"):
+        train(load_config("ae_digits", argv[1:]), progress=False)
+    assert {p: p.read_bytes() for p in saved} == saved   # the saved run is untouched
+    with pytest.raises(ConfigError, match="pick one"):
+        train(load_config("ae_digits", argv[1:]), resume=True, overwrite=True, progress=False)
+
+    pretrain_cli.main(["--overwrite", "ae_digits", f"out_dir={out}", "trainer.max_steps=3", *FAST])
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 3
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.pt", "step_0000003.pt"]   # none old
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
+
+
 @pytest.mark.parametrize("errno_, words", [(28, "No space left on device"), (13, "Permission denied")])
 def test_failing_checkpoint_write_stops_clearly_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, errno_,
                                                                                   words):

@@ -58,7 +58,7 @@ def run_metrics(checkpoint: str) -> Path | None:
 
 def run_cluster(args) -> tuple[dict, dict, np.ndarray, np.ndarray | None, object]:
     encoder = encoder_for(args, args.split)
-    X, y, dataset = features_for(encoder, args.split, args)
+    X, y, dataset = features_for(encoder, args.data, args.split, args)
     results, labels = cluster_features(X, y, args.methods, n_clusters=args.n_clusters, pca=args.pca, l2=args.l2,
                                        whiten=args.whiten, umap=args.umap, seed=args.seed,
                                        max_samples=args.max_samples, max_memory_gb=args.max_memory_gb,

@@ -156,9 +156,9 @@ def default_out(args) -> Path:
     return run_folder(args.checkpoint)
 
 
-def split_dataset(args, split: str, ten_crop: bool = False, subset: int | None = None):
-    """Split ``split`` of ``args.data`` as the encoder reads it (``--train-subset`` images of it with ``subset``)."""
-    return fixed_subset(eval_dataset(args.data, split, args.root, args.image_size, ten_crop), subset, args.seed)
+def split_dataset(data: str, split: str, args, ten_crop: bool = False, subset: int | None = None):
+    """Split ``split`` of ``data`` as the encoder reads it (``--train-subset`` images of it with ``subset``)."""
+    return fixed_subset(eval_dataset(data, split, args.root, args.image_size, ten_crop), subset, args.seed)
 
 
 def features_of(encoder, dataset, args, ten_crop: bool = False):
@@ -169,7 +169,7 @@ def features_of(encoder, dataset, args, ten_crop: bool = False):
     return np.asarray(X), y
 
 
-def features_for(encoder, split: str, args):
-    """``(features, labels, dataset)`` of split ``split``."""
-    dataset = split_dataset(args, split)
+def features_for(encoder, data: str, split: str, args):
+    """``(features, labels, dataset)`` of split ``split`` of ``data``."""
+    dataset = split_dataset(data, split, args)
     return *features_of(encoder, dataset, args), dataset

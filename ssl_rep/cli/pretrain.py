@@ -1,4 +1,4 @@
-"""ssl-pretrain CONFIG [key=value ...] [--resume]"""
+"""ssl-pretrain CONFIG [key=value ...] [--resume | --overwrite]"""
 from __future__ import annotations
 
 import argparse
@@ -19,12 +19,15 @@ def main(argv=None) -> None:
     parser.add_argument("config", help="YAML path or config name")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start again in an out_dir that holds a run, removing that run's checkpoints, "
+                             "metrics and encoder (without it, such an out_dir is refused)")
     args = parser.parse_args(argv)
     setup_logging()
     with friendly_errors("ssl-pretrain", ConfigError, CheckpointError, NonFiniteLossError, DeviceMemoryError,
                          StepMemoryError, OutputError, FileNotFoundError):
         cfg = load_config(args.config, args.overrides)
-        result = train(cfg, resume=args.resume)
+        result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     if torch.distributed.is_available() and torch.distributed.is_initialized():   # started by torchrun
         rank = torch.distributed.get_rank()
         torch.distributed.destroy_process_group()

@@ -14,8 +14,8 @@ from .common import EXPECTED_ERRORS, add_encoder_and_data_args, default_out, fea
 def run_probe(args) -> dict:
     start = time.time()
     encoder = encoder_for(args, args.train_split)
-    train = split_dataset(args, args.train_split, subset=args.train_subset)
-    test = split_dataset(args, args.test_split, ten_crop=args.ten_crop)
+    train = split_dataset(args.data, args.train_split, args, subset=args.train_subset)
+    test = split_dataset(args.data, args.test_split, args, ten_crop=args.ten_crop)
     # a held-out folder without some training class numbers the others differently: count in the training split's
     mapping = label_map(getattr(test, "classes", None), getattr(train, "classes", None),
                         f"{args.data}: the {args.test_split} split")

@@ -34,14 +34,15 @@ class TrainResult:
     labelled: bool = True   # the training data has labels, so ssl-probe can read it
 
 
-def train(cfg: Config, resume: bool = False, progress: bool | None = None) -> TrainResult:
+def train(cfg: Config, resume: bool = False, progress: bool | None = None, overwrite: bool = False) -> TrainResult:
     """Pretrain ``cfg.encoder`` with ``cfg.method`` on ``cfg.data``; writes everything under ``cfg.out_dir``.
 
     Writes ``config.yaml``, ``metrics.jsonl``, ``checkpoints/last.pt`` (every
     ``trainer.checkpoint_every`` steps and at the end) and ``encoder.pt``. With ``resume`` it
-    continues from ``checkpoints/last.pt`` exactly where that run stopped.
+    continues from ``checkpoints/last.pt`` exactly where that run stopped. Without it, an ``out_dir`` that
+    already holds a run is an error, which ``overwrite`` turns into replacing that run.
     """
-    run = setup_run(cfg, resume)
+    run = setup_run(cfg, resume, overwrite)
     method, probe, optimizer, tc = run.method, run.probe, run.optimizer, cfg.trainer
     steplog = StepLog(run.out, run.dist, run.total, run.step, run.resumed, tc.log_every,
                       cfg.data.batch_size * run.dist.world_size, f"{cfg.method.name}/{cfg.encoder.name}",

@@ -6,6 +6,7 @@ import inspect
 import logging
 import os
 import random
+import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,12 +248,36 @@ def load_resume_state(cfg: Config, out: Path, main: bool) -> dict:
     return state
 
 
-def setup_run(cfg: Config, resume: bool = False) -> Run:
+TRAINING_OUTPUTS = ("checkpoints", "metrics.jsonl", "encoder.pt", "tensorboard")
+
+
+def claim_out_dir(out: Path, overwrite: bool, main: bool) -> None:
+    """A new run's ``out``: refused where it holds another run's checkpoint, which the new run would overwrite
+    (and its metrics with it), unless ``overwrite``: then that run's training outputs are removed first."""
+    last = out / "checkpoints" / "last.pt"
+    if not last.is_file():
+        return
+    if not overwrite:
+        raise CheckpointError(f"{out} already holds a run ({last}); a new run there would overwrite it: --resume "
+                              f"to continue that run, --overwrite to start again in its place, or another out_dir")
+    if main:
+        present = [name for name in TRAINING_OUTPUTS if (out / name).exists()]
+        log.warning("--overwrite: removing the previous run's %s from %s", ", ".join(present), out)
+        for name in present:
+            shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
+
+
+def setup_run(cfg: Config, resume: bool = False, overwrite: bool = False) -> Run:
     """Data, method, optimiser, online probe and loader for ``cfg``; on ``resume``, restored from
-    ``out_dir/checkpoints/last.pt`` exactly where that run stopped. Writes ``config.yaml``."""
+    ``out_dir/checkpoints/last.pt`` exactly where that run stopped; a new run in an ``out_dir`` that holds one is
+    refused, or with ``overwrite`` replaces it (:func:`claim_out_dir`). Writes ``config.yaml``."""
     out = Path(cfg.out_dir)
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in out_dir and --overwrite replaces it: pick one")
     dist_info, device = init_distributed(resolve_device(cfg.trainer.device))
     rank, world, main = dist_info.rank, dist_info.world_size, dist_info.is_main
+    if not resume:
+        claim_out_dir(out, overwrite, main)
     state = load_resume_state(cfg, out, main) if resume else None
     # Model-side randomness (noise, masks) differs per process; DDP copies rank 0's initial weights.
     seed_everything(cfg.seed if rank == 0 else mix_seed(cfg.seed, rank), cfg.trainer.deterministic, device)
