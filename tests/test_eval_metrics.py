@@ -57,6 +57,26 @@ def test_silhouette_is_reported_with_features():
     assert s["silhouette"] == pytest.approx(silhouette_score(X, y))
 
 
+def test_an_unlabeled_clustering_is_scored_by_its_silhouette(tmp_path):
+    """Without labels the silhouette is the score left, and the report picks its best method by it; before,
+    unlabeled clusterings had no score at all and the report marked a method at random."""
+    from sklearn.metrics import silhouette_score
+    from ssl_rep.eval import cluster_features
+    from ssl_rep.eval.report import write_report
+
+    X, _ = make_blobs(300, centers=3, cluster_std=0.5, random_state=0)
+    results, labels = cluster_features(X, None, ["agglomerative", "kmeans"], n_clusters=3)
+    for method in ("agglomerative", "kmeans"):
+        assert results[method]["scores"]["silhouette"] == pytest.approx(silhouette_score(X, labels[method]))
+    worse, bad = cluster_features(X, None, ["kmeans"], n_clusters=8)   # 8 clusters of 3 blobs, listed first
+    results = {"kmeans": worse["kmeans"], "agglomerative": results["agglomerative"]}
+    assert results["kmeans"]["scores"]["silhouette"] < results["agglomerative"]["scores"]["silhouette"]
+    write_report(tmp_path / "report.html", results, X, None, {"kmeans": bad["kmeans"],
+                                                              "agglomerative": labels["agglomerative"]})
+    assert "<tr class='best'><td>agglomerative</td>" in (tmp_path / "report.html").read_text()
+    assert set(clustering_scores(None, labels["kmeans"])) == {"n_clusters", "noise_fraction"}
+
+
 BLOBS = dict(n_samples=400, centers=4, n_features=5, cluster_std=0.4, center_box=(-10, 10), random_state=3)
 
 

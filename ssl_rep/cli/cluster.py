@@ -69,7 +69,8 @@ def run_cluster(args) -> tuple[dict, dict, np.ndarray, np.ndarray | None, object
             print(f"  {method:14s} skipped: {r['error']}")
             continue
         scores = r["scores"]
-        shown = "  ".join(f"{k} {scores[k]:.4f}" for k in ("acc", "nmi", "ari", "purity") if k in scores)
+        shown = "  ".join(f"{k} {scores[k]:.4f}" for k in ("acc", "nmi", "ari", "purity", "silhouette")
+                         if k in scores)
         print(f"  {method:14s} {shown}  clusters {scores['n_clusters']}  ({r['seconds']:.1f}s)"
               + (f"  seed {args.seed}" if "over_seeds" in r else ""))
         if "over_seeds" in r:

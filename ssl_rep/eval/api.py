@@ -40,6 +40,9 @@ def probe_features(X, y, Xt, yt, C: float | None = None, knn_k: Iterable[int] = 
             "knn": {str(k): KNNClassifier(k=k).fit(X, y).score(Xt, yt) for k in knn_k}}
 
 
+DEFAULT_CLUSTERS = 10   # without labels and without n_clusters
+
+
 def cluster_features(X, y=None, methods: Iterable[str] = CLUSTER_METHODS, n_clusters: int | None = None,
                      pca: int | None = None, l2: bool = False, umap: int | None = None, seed: int = 0,
                      max_samples: int | None = None, max_memory_gb: float = 4.0,
@@ -66,6 +69,9 @@ def cluster_features(X, y=None, methods: Iterable[str] = CLUSTER_METHODS, n_clus
         raise ValueError(f"n_init={n_init}: start each method at least once")
     options = dict(methods=list(methods), n_clusters=n_clusters, pca=pca, l2=l2, umap=umap, max_samples=max_samples,
                    max_memory_gb=max_memory_gb, umap_neighbors=umap_neighbors, whiten=whiten, n_init=n_init)
+    if y is None and not n_clusters:
+        log.info("no labels: %d clusters, the default (n_clusters, ssl-cluster --n-clusters, to choose); scored by "
+                 "their silhouette", DEFAULT_CLUSTERS)
     results, labels = _cluster_once(X, y, seed=seed, **options)
     if repeats > 1 and y is None:
         log.warning("repeats=%d: no labels to score the seeds against, so the features were clustered once", repeats)
@@ -92,7 +98,7 @@ def over_seeds(runs: list[dict], seeds: list[int]) -> dict:
 
 def _cluster_once(X, y, methods, n_clusters, pca, l2, umap, seed, max_samples, max_memory_gb,
                   umap_neighbors, whiten, n_init) -> tuple[dict, dict]:
-    n_clusters = n_clusters or (len(np.unique(y)) if y is not None else 10)
+    n_clusters = n_clusters or (len(np.unique(y)) if y is not None else DEFAULT_CLUSTERS)
     results, labels, prepared = {}, {}, {}   # prepared: pca -> (input, seconds it took)
     for method in methods:
         use_pca = pca if pca is not None else (DENSITY_PCA if method in DENSITY_METHODS and not (umap or whiten)
@@ -116,8 +122,7 @@ def _cluster_once(X, y, methods, n_clusters, pca, l2, umap, seed, max_samples, m
             results[method] = {"params": params, "error": str(exc)}
             log.warning("%s skipped: %s", method, exc)
             continue
-        scores = clustering_scores(y, pred, X, seed=seed) if y is not None else {
-            "n_clusters": int(len(np.unique(pred[pred >= 0]))), "noise_fraction": float((pred < 0).mean())}
+        scores = clustering_scores(y, pred, X, seed=seed)   # without labels: silhouette, the score left
         results[method] = {"params": {**params, "n_clusters": n_clusters}, "scores": scores,
                            "seconds": time.time() - start, "preprocess_seconds": prepare_seconds}
         labels[method] = pred

@@ -37,21 +37,28 @@ def purity(y_true, y_pred) -> float:
 
 
 def clustering_scores(y_true, y_pred, features=None, silhouette_samples: int = 5000, seed: int = 0) -> dict:
-    """Scores of a clustering ``y_pred`` against classes ``y_true`` (both ``(N,)`` ints).
+    """Scores of a clustering ``y_pred`` (``(N,)`` ints, -1 for noise) against classes ``y_true``, or without
+    them (``y_true=None``: an unlabeled dataset).
 
-    Returns ``acc`` (Hungarian), ``nmi``, ``ari`` (scikit-learn; noise -1 is one more cluster there),
-    ``purity``, ``n_clusters`` (noise excluded), ``noise_fraction``, and ``silhouette`` (on at
-    most ``silhouette_samples`` points) when ``features`` are given and there are 2+ clusters.
+    Returns ``acc`` (Hungarian), ``nmi``, ``ari`` (scikit-learn; noise -1 is one more cluster there) and
+    ``purity`` when there are classes; always ``n_clusters`` (noise excluded), ``noise_fraction``, and
+    ``silhouette`` (on at most ``silhouette_samples`` points; the score that needs no labels) when ``features``
+    are given and there are 2+ clusters.
     """
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    if y_true.shape != y_pred.shape or y_true.ndim != 1:
-        raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} must be 1-D and the same length")
-    if (y_true < 0).any():
-        raise ValueError("y_true: labels must be >= 0 (the split has unlabeled samples)")
+    y_pred = np.asarray(y_pred)
+    if y_pred.ndim != 1:
+        raise ValueError(f"y_pred {y_pred.shape} must be 1-D")
     n_clusters = len(np.unique(y_pred[y_pred >= 0]))
-    scores = {"acc": hungarian_accuracy(y_true, y_pred), "nmi": float(normalized_mutual_info_score(y_true, y_pred)),
-              "ari": float(adjusted_rand_score(y_true, y_pred)), "purity": purity(y_true, y_pred),
-              "n_clusters": n_clusters, "noise_fraction": float((y_pred < 0).mean())}
+    scores = {}
+    if y_true is not None:
+        y_true = np.asarray(y_true)
+        if y_true.shape != y_pred.shape:
+            raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} must be 1-D and the same length")
+        if (y_true < 0).any():
+            raise ValueError("y_true: labels must be >= 0 (the split has unlabeled samples)")
+        scores = {"acc": hungarian_accuracy(y_true, y_pred), "nmi": float(normalized_mutual_info_score(y_true, y_pred)),
+                  "ari": float(adjusted_rand_score(y_true, y_pred)), "purity": purity(y_true, y_pred)}
+    scores |= {"n_clusters": n_clusters, "noise_fraction": float((y_pred < 0).mean())}
     if features is not None:
         keep = np.nonzero(y_pred >= 0)[0]
         if 2 <= n_clusters < len(keep):
