@@ -174,6 +174,8 @@ def test_cluster_whiten_feeds_every_method_the_whitened_features(tmp_path, capsy
     (["--checkpoint", "nowhere.pt", "--data", "digits"], "nowhere.pt: no such checkpoint file"),
     (["--checkpoint", "random:resnet21", "--data", "digits"], "unknown encoder 'resnet21'"),
     (["--checkpoint", "random:resnet20", "--data", "no-such-data"], "unknown dataset 'no-such-data'"),
+    (["--checkpoint", "random:resnet20", "--data", "digits", "--train-subset", "-5"],
+     "--train-subset takes a number of training images, at least 1; got -5"),
 ])
 def test_cli_errors_are_one_clear_line(args, message, capsys):
     """In-process (a new interpreter per case costs ~9 s of imports): exit status 2, the message, no traceback."""

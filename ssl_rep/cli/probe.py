@@ -42,6 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train-subset", type=int, default=None,
                         help="fit the probe on a fixed random subset of this many training images")
     args = parser.parse_args(argv)
+    if args.train_subset is not None and args.train_subset < 1:
+        parser.error(f"--train-subset takes a number of training images, at least 1; got {args.train_subset}")
     args.knn_k = [int(k) for k in args.knn_k.split(",") if k]
     return args
 
