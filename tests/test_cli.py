@@ -170,6 +170,26 @@ def test_cluster_whiten_feeds_every_method_the_whitened_features(tmp_path, capsy
     assert exit_info.value.code == 2 and "--pca 5 and --whiten 8 both project the features" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("cli,flags,message", [
+    ("cluster", ["--n-clusters", "0"], "argument --n-clusters: must be at least 1, got 0"),   # was: the default
+    ("cluster", ["--n-clusters", "-3"], "argument --n-clusters: must be at least 1, got -3"),  # math domain error
+    ("cluster", ["--umap", "-2"], "argument --umap: must be at least 1"),
+    ("cluster", ["--umap-neighbors", "1"], "argument --umap-neighbors: must be at least 2"),
+    ("cluster", ["--max-memory-gb", "0"], "argument --max-memory-gb: must be greater than 0"),
+    ("cluster", ["--image-size", "0"], "argument --image-size: must be at least 1"),             # was: the default
+    ("probe", ["--C", "0"], "argument --C: must be greater than 0, got 0"),                      # ZeroDivisionError
+    ("probe", ["--C", "nan"], "argument --C: must be a number, got nan"),
+    ("probe", ["--batch-size", "x"], "argument --batch-size: expected an integer, got 'x'"),
+])
+def test_numbers_out_of_range_are_refused_naming_the_flag(cli, flags, message, capsys):
+    """Before any work: each of these used to pass as "not given", fail deep inside with another library's
+    message, or crash with a traceback."""
+    parse = {"cluster": cluster_cli.parse_args, "probe": probe_cli.parse_args}[cli]
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["--checkpoint", "random:resnet20", "--data", "digits", *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args,message", [
     (["--checkpoint", "nowhere.pt", "--data", "digits"], "nowhere.pt: no such checkpoint file"),
     (["--checkpoint", "random:resnet21", "--data", "digits"], "unknown encoder 'resnet21'"),

@@ -14,8 +14,8 @@ from ..eval.api import DENSITY_PCA
 from ..eval.cluster import UMAP_NEIGHBORS
 from ..eval.embeddings import sample_names
 from ..eval.report import write_report
-from .common import EXPECTED_ERRORS, add_encoder_and_data_args, default_out, features_for, features_name, \
-    friendly_errors, image_getter, encoder_for, run_folder, setup_logging
+from .common import EXPECTED_ERRORS, above_zero, add_encoder_and_data_args, at_least, default_out, features_for, \
+    features_name, friendly_errors, image_getter, encoder_for, run_folder, setup_logging
 
 
 def autoencoder_reconstructions(checkpoint: str, dataset, n: int = 10):
@@ -87,22 +87,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--split", default="test")
     parser.add_argument("--methods", default=",".join(CLUSTER_METHODS),
                         help=f"comma-separated, from {', '.join(CLUSTER_METHODS)}")
-    parser.add_argument("--n-clusters", type=int, default=None, help="default: the number of classes (else 10)")
-    parser.add_argument("--pca", type=int, default=None,
+    parser.add_argument("--n-clusters", type=at_least(1), default=None, help="default: the number of classes (else 10)")
+    parser.add_argument("--pca", type=at_least(1), default=None,
                         help=f"PCA dimensions before clustering (default: none; {DENSITY_PCA} for meanshift/dbscan)")
     parser.add_argument("--l2", action="store_true", help="L2-normalise features before clustering")
     parser.add_argument("--whiten", type=int, default=None, metavar="DIM",
                         help="standardise each feature, PCA-whiten to DIM dimensions, L2-normalise (as retrieval "
                              "treats pooled descriptors); e.g. --whiten 20 for CPC's mean readout")
-    parser.add_argument("--umap", type=int, default=None, metavar="DIM",
+    parser.add_argument("--umap", type=at_least(1), default=None, metavar="DIM",
                         help="UMAP to DIM dimensions (min_dist 0) after --l2/--pca/--whiten, before every method; "
                              "e.g. --l2 --umap 10 lifts k-means on SimCLR features by 4-7 points of ACC")
-    parser.add_argument("--umap-neighbors", type=int, default=UMAP_NEIGHBORS, metavar="K",
+    parser.add_argument("--umap-neighbors", type=at_least(2), default=UMAP_NEIGHBORS, metavar="K",
                         help=f"neighbours UMAP keeps per point (default {UMAP_NEIGHBORS}, UMAP's; N2D used 20 on "
                              "Fashion-MNIST)")
-    parser.add_argument("--max-samples", type=int, default=None,
+    parser.add_argument("--max-samples", type=at_least(1), default=None,
                         help="cluster a random subsample and assign the rest to the nearest (for O(n^2) methods)")
-    parser.add_argument("--max-memory-gb", type=float, default=4.0, help="refuse runs estimated above this")
+    parser.add_argument("--max-memory-gb", type=above_zero, default=4.0, help="refuse runs estimated above this")
     parser.add_argument("--repeats", type=int, default=1, metavar="R",
                         help="cluster R times, seeds --seed .. --seed+R-1 (UMAP too), and report each score's mean "
                              "and range; the report's clusters are --seed's")

@@ -1,6 +1,7 @@
 """What the command lines share: logging, friendly errors, and turning CKPT/DATA into features."""
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
@@ -17,6 +18,29 @@ from ..eval.inputs import (eval_dataset, fixed_subset, image_getter, resolve_enc
                            trained_size)
 
 DEFAULT_CACHE = Path(os.environ.get("SSL_REP_CACHE", Path.home() / ".cache" / "ssl_rep" / "features"))
+
+
+def at_least(low: float, kind=int):
+    """An argparse ``type``: a number (``kind``) of at least ``low``, else argparse's one-line error naming the flag
+    (where a bad number would fail deep inside, or a 0 pass for "not given")."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a{'n integer' if kind is int else ' number'}, got {text!r}")
+        if not value >= low:   # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be {f'at least {low}' if low > float('-inf') else 'a number'}, "
+                                             f"got {text}")
+        return value
+    return parse
+
+
+def above_zero(text: str) -> float:
+    """An argparse ``type``: a number greater than 0."""
+    value = at_least(float("-inf"), float)(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
 
 
 def setup_logging() -> None:
@@ -47,12 +71,12 @@ def add_encoder_and_data_args(parser) -> None:
     parser.add_argument("--data", required=True, help="dataset name (digits, fashion-mnist, cifar10, ...) or folder")
     parser.add_argument("--root", default=None, help="where the dataset's files are")
     parser.add_argument("--out", default=None, help="output folder (default: next to the checkpoint)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=at_least(1), default=256)
     parser.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
-    parser.add_argument("--image-size", type=int, default=None,
+    parser.add_argument("--image-size", type=at_least(1), default=None,
                         help="evaluation size (default: the size the encoder trained at, on the dataset it trained "
                              "on; else a small in-memory set's own, folders' median short side, imagenet 224)")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=at_least(0), default=2)
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="feature cache ('none' to disable)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quantize", choices=("none", "int8"), default="none",
@@ -64,10 +88,10 @@ def add_encoder_and_data_args(parser) -> None:
                              "better when L2-normalised (--l2); grid: the encoder's last feature map average-pooled "
                              "to a G x G grid (--grid) and flattened, G*G times the backbone's width")
     parser.add_argument("--grid", type=int, default=2, help="cells per side for --features grid (default 2)")
-    parser.add_argument("--patch-stride", type=int, default=None,
+    parser.add_argument("--patch-stride", type=at_least(1), default=None,
                         help="CPC encoders: read the patch grid at this stride (default: what the checkpoint records, "
                              "else the training stride)")
-    parser.add_argument("--patch-crop", type=int, default=None,
+    parser.add_argument("--patch-crop", type=at_least(0), default=None,
                         help="CPC encoders: read each patch as its central N px resized back to the patch size, the "
                              "scale its jittered training crops had (default: what the checkpoint records; 0 for the "
                              "whole patch)")

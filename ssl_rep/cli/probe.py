@@ -7,8 +7,8 @@ import time
 
 from ..data.base import label_map, renumber
 from ..eval import probe_features
-from .common import EXPECTED_ERRORS, add_encoder_and_data_args, default_out, features_name, features_of, \
-    friendly_errors, encoder_for, setup_logging, split_dataset
+from .common import EXPECTED_ERRORS, above_zero, add_encoder_and_data_args, default_out, features_name, \
+    features_of, friendly_errors, encoder_for, setup_logging, split_dataset
 
 
 def run_probe(args) -> dict:
@@ -36,7 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_encoder_and_data_args(parser)
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--test-split", default="test")
-    parser.add_argument("--C", type=float, default=None, help="fixed inverse regularisation (default: chosen on a held-out 20%%)")
+    parser.add_argument("--C", type=above_zero, default=None,
+                        help="fixed inverse regularisation (default: chosen on a held-out 20%%)")
     parser.add_argument("--knn-k", default="20,200", help="comma-separated k values for kNN")
     parser.add_argument("--ten-crop", action="store_true", help="average features over 10 crops at test time")
     parser.add_argument("--train-subset", type=int, default=None,
