@@ -90,10 +90,28 @@ def test_overrides_are_typed():
     ("encoder.shortcut=C", "encoder.shortcut: 'C' is not a valid choice; valid: A, B"),
     ("trainer.deterministic=maybe", "trainer.deterministic: expected bool"),
     ("nonsense", "must look like key=value"),
+    # these passed as "not given" (0), trained to a NaN blamed on the lr, or crashed inside torch
+    ("data.image_size=0", "data.image_size: must be > 0, got 0"),
+    ("method.temperature=0", "method.temperature: must be > 0, got 0.0"),
+    ("encoder.width=0", "encoder.width: must be > 0, got 0"),
+    ("method.hidden_dim=-8", "method.hidden_dim: must be > 0, got -8"),
 ])
 def test_bad_overrides_name_the_key_and_choices(override, message):
     with pytest.raises(ConfigError) as err:
         load_config("simclr_digits", [override])
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("recipe,override,message", [
+    ("ae_digits", "method.mask_ratio=1.5", "method.mask_ratio: must be in [0, 1], got 1.5"),
+    ("ae_digits", "method.noise_std=-1", "method.noise_std: must be >= 0, got -1.0"),
+    ("ae_digits", "method.code_dim=0", "method.code_dim: must be > 0, got 0"),   # its default is None
+    ("dino_digits", "method.teacher_temp=0", "method.teacher_temp: must be > 0"),
+    ("byol_digits", "method.tau_base=1.2", "method.tau_base: must be in [0, 1]"),
+])
+def test_method_options_out_of_range_are_config_errors(recipe, override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(recipe, [override])
     assert message in str(err.value)
 
 

@@ -60,7 +60,7 @@ class DataConfig:
     batch_size: int = _field(256, check="positive")            # per process (global batch = batch_size x world size)
     num_workers: int = _field(2, check="non_negative")
     transform: str = _field("auto", ("auto", *(t for t in TRANSFORMS if t != "ten_crop")))  # or the method's own
-    image_size: Optional[int] = None  # crop size; None = the dataset's own (a folder's median short side, <= 224)
+    image_size: Optional[int] = _field(None, check="positive")  # crop size; None = the dataset's own (a folder's median short side, <= 224)
     min_scale: float = _field(MIN_SCALE, check="fraction")  # smallest crop area, a fraction of the image (simclr, imagenet_rrc)
     # keep uint8 images on the training device (GPU or CPU), augment whole batches there (was data.gpu_resident)
     resident: str = _field("auto", ON_OFF)
@@ -149,6 +149,20 @@ def _rules(cls=None, prefix: str = "") -> dict[str, dict]:
 
 RULES = _rules()
 
+# Encoder and method options are keyword arguments, checked by name where one name means one kind of number in
+# every class that takes it: sizes and temperatures above 0, rates and momenta in [0, 1], weights and counts >= 0.
+OPTION_CHECKS = {
+    **dict.fromkeys(("width", "out_features", "in_chans", "hidden_dim", "out_dim", "pred_dim", "dim", "bottleneck_dim",
+                     "code_dim", "code_grid", "context_dim", "decoder_width", "image_size", "patch_size", "stride",
+                     "prediction_steps", "first_step", "queue_size", "num_classes", "temperature", "student_temp",
+                     "teacher_temp", "warmup_teacher_temp"), "positive"),
+    **dict.fromkeys(("mask_ratio", "noise_ratio", "patch_flip", "patch_aug", "label_smoothing", "momentum",
+                     "momentum_final", "tau_base", "center_momentum"), "probability"),
+    **dict.fromkeys(("noise_std", "lambda_", "sim_weight", "var_weight", "cov_weight", "loss_scale",
+                     "l2_weight_decay", "local_crops", "patch_jitter", "read_crop", "read_stride",
+                     "teacher_temp_warmup"), "non_negative"),
+}
+
 
 def valid_keys(cls=Config, prefix: str = "") -> list[str]:
     keys = []
@@ -210,8 +224,8 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     raise ConfigError(f"{key}: expected {name}, got {value!r} ({type(value).__name__})")
 
 
-def _check_value(key: str, value: Any) -> None:
-    rule = RULES.get(key, {})
+def _check_value(key: str, value: Any, rule: dict | None = None) -> None:
+    rule = RULES.get(key, {}) if rule is None else rule
     if rule.get("choices") and value not in rule["choices"]:
         raise ConfigError(f"{key}: {value!r} is not a valid choice; valid: {', '.join(map(str, rule['choices']))}")
     if value is None or isinstance(value, (str, bool, tuple)):
@@ -223,6 +237,8 @@ def _check_value(key: str, value: Any) -> None:
         raise ConfigError(f"{key}: must be >= 0, got {value!r}")
     if check == "fraction" and not 0 < value <= 1:
         raise ConfigError(f"{key}: must be in (0, 1], got {value!r}")
+    if check == "probability" and not 0 <= value <= 1:
+        raise ConfigError(f"{key}: must be in [0, 1], got {value!r}")
 
 
 def _build(cls, values: dict, prefix: str):
@@ -296,6 +312,8 @@ def _check_options(config: Config) -> None:
                 if allowed and coerced not in allowed:
                     raise ConfigError(f"{section}.{key}: {coerced!r} is not a valid choice; valid: {', '.join(map(str, allowed))}")
                 sub.options[key] = coerced
+            if key in OPTION_CHECKS and isinstance(sub.options[key], (int, float)):
+                _check_value(f"{section}.{key}", sub.options[key], {"check": OPTION_CHECKS[key]})
 
 
 def _option_choices(section: str, name: str, key: str) -> tuple:
