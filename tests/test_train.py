@@ -115,6 +115,14 @@ def test_method_options_out_of_range_are_config_errors(recipe, override, message
     assert message in str(err.value)
 
 
+def test_a_warmup_longer_than_the_run_is_named(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="ssl_rep.train"):
+        train(load_config("ae_digits", [f"out_dir={tmp_path}", "trainer.max_steps=3", "schedule.warmup_steps=10",
+                                        *FAST]), progress=False)
+    assert "schedule.warmup_steps=10 is longer than the run (3 steps)" in caplog.text
+    assert "never reaches optim.lr=0.002 (it ends at 0.0006)" in caplog.text
+
+
 def test_config_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="no such file.*known names: .*simclr_digits"):
         load_config("no_such_config")

@@ -312,6 +312,10 @@ def setup_run(cfg: Config, resume: bool = False, overwrite: bool = False) -> Run
                             cfg.data.num_workers)
     loader, sampler = build_loader(dataset, cfg, device, cfg.seed, rank, world, transform_name, size)
     total = total_steps(cfg.trainer, sampler.batches_per_epoch)
+    if main and cfg.schedule.warmup_steps > total:
+        log.warning("schedule.warmup_steps=%d is longer than the run (%d steps): the learning rate never "
+                    "reaches optim.lr=%g (it ends at %.3g)", cfg.schedule.warmup_steps, total, cfg.optim.lr,
+                    lr_at(total - 1, cfg.optim.lr, total, cfg.schedule))
     run = Run(cfg, out, dist_info, device, method, wrap_model(cfg, method, dist_info, device),
               build_optimizer(method, cfg.optim), probe, loader, sampler, size, total, autocast, channels_last,
               labelled=bool((labels >= 0).any()))
