@@ -77,6 +77,13 @@ def test_an_unlabeled_clustering_is_scored_by_its_silhouette(tmp_path):
     assert set(clustering_scores(None, labels["kmeans"])) == {"n_clusters", "noise_fraction"}
 
 
+def test_cluster_refuses_zero_or_negative_counts():
+    X, _ = make_blobs(50, centers=2, random_state=0)
+    for kwargs, name in (({"n_clusters": 0}, "n_clusters=0"), ({"max_samples": -1}, "max_samples=-1")):
+        with pytest.raises(ValueError, match=f"kmeans: {name}; give at least 1"):
+            cluster(X, "kmeans", **kwargs)
+
+
 BLOBS = dict(n_samples=400, centers=4, n_features=5, cluster_std=0.4, center_box=(-10, 10), random_state=3)
 
 

@@ -199,6 +199,9 @@ def cluster(features, method: str = "kmeans", n_clusters: int | None = None, see
     X = check_features(features, "features", min_rows=2)   # a memmap stays on disk until rows are needed
     if n_clusters is not None and n_clusters > len(X):
         raise ValueError(f"{method}: n_clusters={n_clusters} is more than the {len(X)} points")
+    for name, value in (("n_clusters", n_clusters), ("max_samples", max_samples)):
+        if value is not None and value < 1:   # 0 would read as "not given"
+            raise ValueError(f"{method}: {name}={value}; give at least 1 (or None for the default)")
     n = min(len(X), max_samples) if max_samples else len(X)
     needed = estimate_memory_gb(method, n, X.shape[1], {"n_clusters": n_clusters or 10, **params})
     if method in ("meanshift", "dbscan", "agglomerative") and needed > max_memory_gb:
