@@ -383,3 +383,10 @@ def test_image_files_are_resized_then_centre_cropped(tmp_path):
         expected = _normalised(resized.crop((left, top, left + size, top + size)), "imagenet")
         got = eval_dataset(str(tmp_path), "train", image_size=size)[0][0]
         assert got.shape == (3, size, size) and (got - expected).abs().mean() < 0.02, size
+
+
+@pytest.mark.parametrize("kwargs,shown", [({"C": 0}, "C=0"), ({"Cs": (0.1, -1.0)}, "Cs=-1.0")])
+def test_probe_refuses_a_c_that_is_not_positive(kwargs, shown):
+    """C=0 used to end in a ZeroDivisionError inside the fit, C<0 in "Input contains NaN"."""
+    with pytest.raises(ValueError, match=f"LinearProbe: {shown}; the inverse regularisation C must be > 0"):
+        LinearProbe(**kwargs)

@@ -65,6 +65,10 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     def __init__(self, C: float | None = None, Cs=DEFAULT_CS, normalize: str | None = "standard", max_iter: int = 300,
                  val_fraction: float = 0.2, device=None, random_state: int = 0, epochs: int = 30,
                  batch_size: int = 4096, lr: float = 0.01):
+        bad = [f"{name}={c!r}" for name, values in (("C", [] if C is None else [C]), ("Cs", list(Cs)))
+               for c in values if not c > 0]
+        if bad:
+            raise ValueError(f"LinearProbe: {', '.join(bad)}; the inverse regularisation C must be > 0")
         self.lr = lr
         self.C, self.Cs, self.normalize, self.max_iter = C, Cs, normalize, max_iter
         self.val_fraction, self.device, self.random_state = val_fraction, device, random_state
