@@ -412,6 +412,14 @@ def test_pretrain_on_an_unlabeled_folder_points_to_ssl_cluster_not_ssl_probe(tmp
         assert ("ssl-probe --checkpoint" in printed) == labelled, printed
         assert "ssl-cluster --checkpoint" in printed
         assert ("has no labels" in printed) != labelled
+    # and ssl-cluster as suggested: the silhouette scores it, the report names the folder it read, no label columns
+    out = tmp_path / "False"
+    cluster_cli.main(["--checkpoint", str(out / "encoder.pt"), "--data", str(tmp_path / "flat"), "--methods",
+                      "kmeans", "--n-clusters", "3", "--cache-dir", "none", "--workers", "0"])
+    assert "kmeans         silhouette " in capsys.readouterr().out
+    report = (out / "report.html").read_text()
+    assert f"Clusters of {out / 'encoder.pt'} on {tmp_path / 'flat'}</h1>" in report
+    assert "<th>silhouette</th>" in report and "<th>acc</th>" not in report
 
 
 def _class_folders(root, classes, n):

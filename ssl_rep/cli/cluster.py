@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torchvision.transforms import v2 as T
 
+from ..data.folder import ImageFolderDataset
 from ..eval import CLUSTER_METHODS, cluster_features
 from ..eval.api import DENSITY_PCA
 from ..eval.cluster import UMAP_NEIGHBORS
@@ -146,9 +147,11 @@ def main(argv=None) -> None:
              **({"compare": {spec: comparison[spec]["results"] for spec in args.compare}} if args.compare else {})},
             indent=2))
         recon = autoencoder_reconstructions(args.checkpoint, dataset)
+        # a folder: the one it read (a plain folder is read whole, whatever --split says)
+        data = str(dataset.root) if isinstance(dataset, ImageFolderDataset) else f"{args.data}/{args.split}"
         report = write_report(out / "report.html", results, X, y, labels, image_at=image_getter(dataset),
-                              reconstructions=recon, title=f"Clusters of {args.checkpoint} on {args.data}/{args.split}",
-                              meta={"checkpoint": args.checkpoint, "data": f"{args.data}/{args.split}",
+                              reconstructions=recon, title=f"Clusters of {args.checkpoint} on {data}",
+                              meta={"checkpoint": args.checkpoint, "data": data,
                                     "features": features_name(args), "points": len(X), "feature dim": X.shape[1],
                                     **({"whitened": f"{args.whiten} dims, L2-normalised"} if args.whiten else {}),
                                     **({"UMAP": f"{args.umap} dims, {args.umap_neighbors} neighbours"}

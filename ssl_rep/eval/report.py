@@ -13,6 +13,7 @@ from .explore import explore_section
 from .metrics import match_clusters
 
 SCORE_COLUMNS = ("acc", "nmi", "ari", "purity", "silhouette", "n_clusters", "noise_fraction", "seconds")
+LABEL_SCORES = ("acc", "nmi", "ari", "purity")   # left out of an unlabeled dataset's table
 
 
 def _png(fig) -> str:
@@ -207,20 +208,21 @@ def write_report(path: str | Path, results: dict[str, dict], features: np.ndarra
     ok = {m: r for m, r in results.items() if "scores" in r}
     key = "acc" if y_true is not None else "silhouette"
     best = max(ok, key=lambda m: ok[m]["scores"].get(key, -1.0)) if ok else None
+    columns = SCORE_COLUMNS if y_true is not None else tuple(c for c in SCORE_COLUMNS if c not in LABEL_SCORES)
     rows = []
     for method, r in results.items():
         if "scores" not in r:
-            rows.append(f"<tr><td>{html.escape(method)}</td><td colspan='{len(SCORE_COLUMNS)}' class='err'>"
+            rows.append(f"<tr><td>{html.escape(method)}</td><td colspan='{len(columns)}' class='err'>"
                         f"{html.escape(r.get('error', 'failed'))}</td></tr>")
             continue
-        cells = "".join(f"<td>{_fmt(r['seconds'] if c == 'seconds' else r['scores'].get(c))}</td>" for c in SCORE_COLUMNS)
+        cells = "".join(f"<td>{_fmt(r['seconds'] if c == 'seconds' else r['scores'].get(c))}</td>" for c in columns)
         mark = " class='best'" if method == best else ""
         rows.append(f"<tr{mark}><td>{html.escape(method)}</td>{cells}</tr>")
     sections = [f"<h1>{html.escape(title)}</h1>"]
     if meta:
         sections.append("<p class='meta'>" + " · ".join(f"<b>{html.escape(str(k))}</b>: {html.escape(str(v))}"
                                                       for k, v in meta.items()) + "</p>")
-    header = "".join(f"<th>{c}</th>" for c in ("method",) + SCORE_COLUMNS)
+    header = "".join(f"<th>{c}</th>" for c in ("method",) + columns)
     sections.append(f"<h2>Scores</h2><table><tr>{header}</tr>{''.join(rows)}</table>")
     pick = map_points(len(features), seed)
     maps = _embeddings(np.asarray(features)[pick], seed, umap_map) if best is not None or comparison else None
