@@ -90,7 +90,8 @@ def samples_figure(image_at, y_pred: np.ndarray, per_cluster: int = 8, max_clust
     rng = np.random.default_rng(seed)
     ids, counts = np.unique(y_pred, return_counts=True)
     ids = ids[np.argsort(-counts)][:max_clusters]
-    fig, axes = plt.subplots(len(ids), per_cluster, figsize=(per_cluster * 0.9, len(ids) * 0.95), squeeze=False)
+    fig, axes = plt.subplots(len(ids), per_cluster, figsize=(per_cluster * 0.9, len(ids) * 1.1), squeeze=False)
+    fig.subplots_adjust(hspace=0.4)   # room for each row's title above its images
     for r, cid in enumerate(ids):
         members = np.nonzero(y_pred == cid)[0]
         chosen = rng.choice(members, min(per_cluster, len(members)), replace=False)
