@@ -108,9 +108,10 @@ def test_cluster_repeats_reports_each_seed_and_their_mean(tmp_path, capsys, capl
     assert len(set(methods["gmm"]["over_seeds"]["acc"]["runs"])) > 1           # the seeds really differ
     assert "mean of seeds 0, 1, 2: acc" in capsys.readouterr().out
     assert "seeds</b>: 0-2" in (tmp_path / "report.html").read_text()
-    with caplog.at_level("WARNING", logger="ssl_rep.eval"):                   # unlabelled: once, and it says so
-        unlabelled, _ = cluster_features(X, None, ["kmeans"], repeats=3)
-    assert "over_seeds" not in unlabelled["kmeans"] and "clustered once" in caplog.text
+    unlabelled, _ = cluster_features(X, None, ["gmm"], repeats=3)              # unlabelled: the silhouettes
+    spread = unlabelled["gmm"]["over_seeds"]
+    assert spread["silhouette"]["runs"] == pytest.approx([run["gmm"]["scores"]["silhouette"] for run in alone])
+    assert "acc" not in spread
     with pytest.raises(SystemExit) as exit_info:
         cluster_cli.parse_args([*argv[:-8], "--repeats", "0"])
     assert exit_info.value.code == 2 and "--repeats 0: cluster at least once" in capsys.readouterr().err

@@ -77,7 +77,7 @@ def run_cluster(args) -> tuple[dict, dict, np.ndarray, np.ndarray | None, object
         if "over_seeds" in r:
             spread = r["over_seeds"]
             shown = "  ".join(f"{k} {spread[k]['mean']:.4f} ({spread[k]['min']:.4f}-{spread[k]['max']:.4f})"
-                              for k in ("acc", "nmi") if k in spread)
+                              for k in ("acc", "nmi", "silhouette") if k in spread)
             print(f"  {'':14s} mean of seeds {', '.join(map(str, spread['seeds']))}: {shown}")
     return results, labels, X, y, dataset
 

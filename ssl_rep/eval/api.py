@@ -73,9 +73,7 @@ def cluster_features(X, y=None, methods: Iterable[str] = CLUSTER_METHODS, n_clus
         log.info("no labels: %d clusters, the default (n_clusters, ssl-cluster --n-clusters, to choose); scored by "
                  "their silhouette", DEFAULT_CLUSTERS)
     results, labels = _cluster_once(X, y, seed=seed, **options)
-    if repeats > 1 and y is None:
-        log.warning("repeats=%d: no labels to score the seeds against, so the features were clustered once", repeats)
-    elif repeats > 1:
+    if repeats > 1:   # without labels, the seeds' silhouettes
         runs = [results] + [_cluster_once(X, y, seed=seed + i, **options)[0] for i in range(1, repeats)]
         for method, r in results.items():
             if "scores" in r:
@@ -88,7 +86,7 @@ def over_seeds(runs: list[dict], seeds: list[int]) -> dict:
     each score the runs share (a seed whose run failed is left out, and ``seeds`` says which ran)."""
     ok = [(s, r["scores"]) for s, r in zip(seeds, runs) if "scores" in r]
     out = {"seeds": [s for s, _ in ok]}
-    for key in ("acc", "nmi", "ari", "purity"):
+    for key in ("acc", "nmi", "ari", "purity", "silhouette"):
         if ok and all(key in scores for _, scores in ok):
             values = np.array([scores[key] for _, scores in ok], dtype=float)
             out[key] = {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
