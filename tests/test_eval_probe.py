@@ -388,5 +388,6 @@ def test_image_files_are_resized_then_centre_cropped(tmp_path):
 @pytest.mark.parametrize("kwargs,shown", [({"C": 0}, "C=0"), ({"Cs": (0.1, -1.0)}, "Cs=-1.0")])
 def test_probe_refuses_a_c_that_is_not_positive(kwargs, shown):
     """C=0 used to end in a ZeroDivisionError inside the fit, C<0 in "Input contains NaN"."""
+    X, y = np.random.default_rng(0).normal(size=(20, 3)), np.arange(20) % 2
     with pytest.raises(ValueError, match=f"LinearProbe: {shown}; the inverse regularisation C must be > 0"):
-        LinearProbe(**kwargs)
+        LinearProbe(**kwargs).fit(X, y)

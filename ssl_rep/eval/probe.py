@@ -65,10 +65,6 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     def __init__(self, C: float | None = None, Cs=DEFAULT_CS, normalize: str | None = "standard", max_iter: int = 300,
                  val_fraction: float = 0.2, device=None, random_state: int = 0, epochs: int = 30,
                  batch_size: int = 4096, lr: float = 0.01):
-        bad = [f"{name}={c!r}" for name, values in (("C", [] if C is None else [C]), ("Cs", list(Cs)))
-               for c in values if not c > 0]
-        if bad:
-            raise ValueError(f"LinearProbe: {', '.join(bad)}; the inverse regularisation C must be > 0")
         self.lr = lr
         self.C, self.Cs, self.normalize, self.max_iter = C, Cs, normalize, max_iter
         self.val_fraction, self.device, self.random_state = val_fraction, device, random_state
@@ -203,6 +199,10 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ sklearn API
     def fit(self, X, y):
+        bad = [f"{name}={c!r}" for name, values in (("C", [] if self.C is None else [self.C]), ("Cs", list(self.Cs)))
+               for c in values if not c > 0]
+        if bad:   # checked here, not in __init__, as scikit-learn's estimators do
+            raise ValueError(f"LinearProbe: {', '.join(bad)}; the inverse regularisation C must be > 0")
         X = check_features(X, "features", min_rows=2)
         y = check_labels(y, len(X))
         self.classes_, y_idx = np.unique(y, return_inverse=True)
