@@ -466,3 +466,25 @@ def test_a_held_out_folder_missing_a_class_is_scored_in_the_training_splits_clas
     with caplog.at_level("WARNING", logger="ssl_rep.train"):
         assert build_eval_dataset(cfg, 16, ["bird", "cat", "dog"]) is None
     assert "fox not among" in caplog.text and "training accuracy only" in caplog.text
+
+
+def test_a_fully_connected_encoder_is_read_at_its_one_size_on_any_dataset(tmp_path, caplog):
+    """An mlp encoder (N2D's) trained at 16 px and read on another dataset: it was read at that dataset's own size
+    and failed with the mlp's shape error; it now reads the one size it can. --features grid, which has no spatial
+    map to pool there, is an error saying so."""
+    from ssl_rep.cli.common import encoder_for
+
+    run = tmp_path / "mlp"
+    train(load_config("ae_digits", [f"out_dir={run}", "encoder.name=mlp", "encoder.image_size=16",
+                                    "method.decoder=mlp", "method.code_dim=4", "data.image_size=16",
+                                    "trainer.max_steps=2", "data.batch_size=16", "data.num_workers=0"]),
+          progress=False)
+    argv = ["--checkpoint", str(run / "encoder.pt"), "--data", "fashion-mnist", "--cache-dir", "none",
+            "--workers", "0", "--out", str(tmp_path / "p")]
+    args = probe_cli.parse_args(argv)
+    with caplog.at_level("INFO", logger="ssl_rep.eval"):
+        encoder = encoder_for(args, "train")
+    assert args.image_size == 16 and "reads 16 px images only" in caplog.text
+    assert encoder(torch.zeros(2, 3, 16, 16)).shape == (2, 4)
+    with pytest.raises(ValueError, match="--features grid pools a spatial feature map"):
+        encoder_for(probe_cli.parse_args([*argv, "--features", "grid"]), "train")

@@ -14,8 +14,8 @@ import torch
 
 from ..encoders import CheckpointError, GridPooledEncoder
 from ..eval import extract_features
-from ..eval.inputs import (eval_dataset, fixed_subset, image_getter, resolve_encoder, run_folder,  # noqa: F401
-                           trained_size)
+from ..eval.inputs import (eval_dataset, fixed_input_size, fixed_subset, image_getter, resolve_encoder,  # noqa: F401
+                           run_folder, trained_size)
 
 DEFAULT_CACHE = Path(os.environ.get("SSL_REP_CACHE", Path.home() / ".cache" / "ssl_rep" / "features"))
 
@@ -133,6 +133,14 @@ def encoder_for(args, calibration_split: str) -> torch.nn.Module:
     encoder = resolve_encoder(args.checkpoint, args.seed, projection)
     if args.image_size is None:   # the dataset the encoder trained on, at the size it trained at
         args.image_size = trained_size(encoder, args.data)
+    fixed = fixed_input_size(encoder)
+    if fixed is not None and features == "grid":
+        raise ValueError("--features grid pools a spatial feature map, and a fully connected (mlp) encoder has none "
+                         "(its map is 1x1): use --features backbone")
+    if args.image_size is None and fixed is not None:   # any dataset, at the one size a fully connected encoder reads
+        args.image_size = fixed
+        logging.getLogger("ssl_rep.eval").info("the encoder reads %d px images only: %s read at %d px", fixed,
+                                               args.data, fixed)
     set_patch_reading(encoder, getattr(args, "patch_stride", None), getattr(args, "patch_crop", None))
     if features == "grid":
         encoder = GridPooledEncoder(encoder, args.grid)

@@ -67,6 +67,16 @@ def trained_size(encoder, data: str) -> int | None:
     return int(preprocess["image_size"]) if dataset_id(trained_on) == dataset_id(data) else None
 
 
+def fixed_input_size(encoder) -> int | None:
+    """The one image side ``encoder`` can read, where it has one (a fully connected encoder, inside whatever
+    wraps it: a code layer, a projection head); None for convolutional ones, which read any size."""
+    while encoder is not None:
+        if getattr(encoder, "encoder_name", "") == "mlp":
+            return int(encoder.image_size)
+        encoder = getattr(encoder, "encoder", None)
+    return None
+
+
 def run_folder(checkpoint) -> Path:
     """The run folder a checkpoint belongs to: OUT for OUT/encoder.pt and OUT/checkpoints/*.pt."""
     path = Path(checkpoint).resolve()
