@@ -331,6 +331,29 @@ def test_sigkill_at_several_random_points_then_resume_gives_the_same_weights(tmp
     assert not list((killed / "checkpoints").glob(".*.tmp"))   # a temp file a kill left behind is cleared on resume
 
 
+def test_ctrl_c_says_where_the_run_can_go_on_from_without_a_traceback(tmp_path):
+    """SIGINT (Ctrl-C) mid-run: exit status 130 and one line naming the last checkpoint and the --resume command,
+    not a KeyboardInterrupt traceback; that command continues the run to its end."""
+    args = ["ae_digits", "trainer.max_steps=400", "trainer.checkpoint_every=2", f"out_dir={tmp_path / 'run'}", *FAST,
+            "data.image_size=16"]
+    proc = _run_cli(args, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's job
+    deadline = time.time() + 120
+    while _logged_step(tmp_path / "run" / "metrics.jsonl") < 4:
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130 and "Traceback" not in out, out[-2000:]
+    assert f"interrupted; {tmp_path / 'run' / 'checkpoints' / 'last.pt'} holds the last checkpoint" in out
+    command = out.split("continue with: ")[1].split()
+    assert command[0] == "ssl-pretrain" and command[-1] == "--resume" and command[1:-1] == args
+    step = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"]
+    assert step >= 2
+    # the command's run goes on (in process, and shortened: --resume may change trainer.*)
+    train(load_config("ae_digits", [*args[1:], f"trainer.max_steps={step + 2}"]), resume=True, progress=False)
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == step + 2
+
+
 def test_resume_with_a_different_config_is_refused(tmp_path):
     out = tmp_path / "run"
     train(load_config("ae_digits", [f"out_dir={out}", "trainer.max_steps=2", *FAST]), progress=False)

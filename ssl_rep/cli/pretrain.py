@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
+from pathlib import Path
 
 import torch
 
@@ -27,7 +30,15 @@ def main(argv=None) -> None:
     with friendly_errors("ssl-pretrain", ConfigError, CheckpointError, NonFiniteLossError, DeviceMemoryError,
                          StepMemoryError, OutputError, FileNotFoundError):
         cfg = load_config(args.config, args.overrides)
-        result = train(cfg, resume=args.resume, overwrite=args.overwrite)
+        try:
+            result = train(cfg, resume=args.resume, overwrite=args.overwrite)
+        except KeyboardInterrupt:   # Ctrl-C: say where the run can go on from, without a traceback
+            last = Path(cfg.out_dir) / "checkpoints" / "last.pt"
+            where = (f"{last} holds the last checkpoint (every trainer.checkpoint_every={cfg.trainer.checkpoint_every} "
+                     f"steps); continue with: ssl-pretrain {' '.join(argv_of(args))} --resume" if last.is_file()
+                     else "no checkpoint was written yet")
+            print(f"\nssl-pretrain: interrupted; {where}", file=sys.stderr)
+            raise SystemExit(130) from None
     if torch.distributed.is_available() and torch.distributed.is_initialized():   # started by torchrun
         rank = torch.distributed.get_rank()
         torch.distributed.destroy_process_group()
@@ -41,6 +52,11 @@ def main(argv=None) -> None:
                                "needs a labelled dataset)"]
     print(f"\nfinished {result.steps} steps, final loss {result.final_loss:.4f}{probe}\n"
           f"  checkpoint: {result.checkpoint}\n  encoder:    {result.encoder_path}\nnext:\n  " + "\n  ".join(steps))
+
+
+def argv_of(args) -> list[str]:
+    """The config and overrides as typed (quoted for a shell), without --resume / --overwrite."""
+    return [shlex.quote(a) for a in (args.config, *args.overrides)]
 
 
 if __name__ == "__main__":
