@@ -51,12 +51,15 @@ def setup_logging() -> None:
 
 @contextmanager
 def friendly_errors(prog: str, *error_types):
-    """Exit with status 2 and a one-line message (no traceback) for the expected error types."""
+    """Exit with status 2 and a one-line message (no traceback) for the expected error types; 130 on Ctrl-C."""
     try:
         yield
     except error_types as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:   # Ctrl-C: nothing half-written to explain (feature caches publish by rename)
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 EXPECTED_ERRORS = (CheckpointError, FileNotFoundError, ValueError, MemoryError, ImportError)
