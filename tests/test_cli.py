@@ -488,3 +488,10 @@ def test_a_fully_connected_encoder_is_read_at_its_one_size_on_any_dataset(tmp_pa
     assert encoder(torch.zeros(2, 3, 16, 16)).shape == (2, 4)
     with pytest.raises(ValueError, match="--features grid pools a spatial feature map"):
         encoder_for(probe_cli.parse_args([*argv, "--features", "grid"]), "train")
+
+
+def test_ctrl_c_in_an_evaluation_command_exits_130_without_a_traceback(capsys):
+    from ssl_rep.cli.common import friendly_errors
+    with pytest.raises(SystemExit) as exit_info, friendly_errors("ssl-cluster", ValueError):
+        raise KeyboardInterrupt
+    assert exit_info.value.code == 130 and capsys.readouterr().err == "\nssl-cluster: interrupted\n"
