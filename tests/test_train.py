@@ -658,3 +658,21 @@ def test_out_of_memory_names_the_batch_size_and_a_smaller_one(tmp_path, monkeypa
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "ssl-pretrain: error: out of memory on cpu at step 1 with data.batch_size=32" in proc.stderr
+
+
+def test_resuming_on_a_folder_that_changed_size_says_so(tmp_path, caplog):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    opts = [f"out_dir={tmp_path / 'run'}", f"data.dataset={folder}", "data.image_size=16", *FAST,
+            "data.batch_size=8", "data.eval_split=null"]
+    train(load_config("ae_digits", [*opts, "trainer.max_steps=2"]), progress=False)
+    for i in range(40, 48):   # eight more images arrive before the run is resumed
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    with caplog.at_level(logging.WARNING, logger="ssl_rep.train"):
+        train(load_config("ae_digits", [*opts, "trainer.max_steps=3"]), resume=True, progress=False)
+    assert f"resuming on {folder} with 48 training images, 40 when the run was saved" in caplog.text

@@ -171,6 +171,7 @@ class Run:
     autocast: Callable
     channels_last: bool = False
     labelled: bool = True   # any training image has a label (an unlabeled folder: none)
+    dataset_size: int = 0   # images in the training set when the run started or resumed
     resumed: bool = False
     step: int = 0
     epoch: int = 0
@@ -190,7 +191,7 @@ class Run:
         return {"model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
                 **(self.probe.state_dict() if self.probe is not None else {"probe": {}, "probe_optimizer": {}}),
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "config": config_to_dict(self.cfg), "preprocess": self.preprocess,
+                "dataset_size": self.dataset_size, "config": config_to_dict(self.cfg), "preprocess": self.preprocess,
                 "encoder_spec": {"name": self.method.encoder.encoder_name,
                                  "kwargs": dict(self.method.encoder.encoder_kwargs)}}
 
@@ -235,6 +236,15 @@ def note_length_change(cfg: Config, saved: dict, step: int, total: int, batches_
         log.warning("resuming at step %d of %d (the saved run was set to %d steps): the learning rate goes from "
                     "%.3g to %.3g (%.2f of optim.lr), a warm restart; losses rise for a while before they fall "
                     "again", step, total, old_total, before, after, after / cfg.optim.lr)
+
+
+def note_dataset_change(saved: int | None, now: int, source: str) -> None:
+    """A warning when the training set has changed size since the checkpoint (images added to or removed from a
+    folder): the data order of the rest of the run then differs from the one an uninterrupted run would have had."""
+    if saved and saved != now:
+        log.warning("resuming on %s with %d training images, %d when the run was saved: the rest of this epoch and "
+                    "the later ones follow a new data order (the run goes on; it is no longer the uninterrupted "
+                    "run's)", source, now, saved)
 
 
 def load_resume_state(cfg: Config, out: Path, main: bool) -> dict:
@@ -318,11 +328,12 @@ def setup_run(cfg: Config, resume: bool = False, overwrite: bool = False) -> Run
                     lr_at(total - 1, cfg.optim.lr, total, cfg.schedule))
     run = Run(cfg, out, dist_info, device, method, wrap_model(cfg, method, dist_info, device),
               build_optimizer(method, cfg.optim), probe, loader, sampler, size, total, autocast, channels_last,
-              labelled=bool((labels >= 0).any()))
+              labelled=bool((labels >= 0).any()), dataset_size=len(dataset))
     if state is not None:
         run.restore(state)
         if main:
             note_length_change(cfg, state["config"], run.step, total, sampler.batches_per_epoch)
+            note_dataset_change(state.get("dataset_size"), len(dataset), cfg.data.dataset)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
