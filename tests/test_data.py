@@ -280,6 +280,17 @@ def test_a_class_named_like_a_split_is_a_class_not_a_split(tmp_path, caplog):
     assert build_dataset(split, split="test").root == split / "test"
 
 
+def test_hidden_files_and_folders_and_macos_leftovers_are_not_read(tmp_path):
+    """A hidden folder of thumbnails became a class of its own, and macOS's ._ files and __MACOSX/ from a zip were
+    counted as undecodable images."""
+    for cls in ("cat", "dog", ".thumbnails", "__MACOSX"):
+        (tmp_path / cls).mkdir()
+        Image.new("RGB", (10, 10), (200, 0, 0)).save(tmp_path / cls / "0.png")
+    (tmp_path / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    ds = build_dataset(tmp_path)
+    assert ds.classes == ["cat", "dog"] and len(ds) == 2 and not ds.bad_files
+
+
 def test_imagenet_missing_folder_error_says_layout(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"train/<wnid>/\*\.JPEG"):
         build_dataset("imagenet", root=tmp_path)

@@ -35,8 +35,15 @@ SIZE_STEP = 4            # CIFAR ResNets halve the map twice: a multiple of 4 ke
 SIZE_SAMPLE = 256        # image headers read to find a folder's typical size
 
 
+def skipped_name(name: str) -> bool:
+    """Hidden files and folders (``.thumbnails/``, macOS's ``._photo.jpg``) and zip archives' ``__MACOSX/``: not the
+    user's images, and a hidden folder of thumbnails would otherwise become a class."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
 def scan_images(root: Path) -> list[Path]:
-    """Every image file below ``root``, sorted; symlinked folders are followed once (no loops)."""
+    """Every image file below ``root``, sorted, but for :func:`skipped_name` ones; symlinked folders are followed
+    once (no loops)."""
     found, seen_dirs = [], set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=None):
         real = os.path.realpath(dirpath)
@@ -44,8 +51,8 @@ def scan_images(root: Path) -> list[Path]:
             dirnames[:] = []
             continue
         seen_dirs.add(real)
-        dirnames.sort()
-        found.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_file(f))
+        dirnames[:] = sorted(d for d in dirnames if not skipped_name(d))
+        found.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_file(f) and not skipped_name(f))
     return found
 
 
@@ -176,7 +183,7 @@ def split_folders(path: Path) -> list[str]:
     they sit beside other folders: then it is one folder per class, some of them named like splits, and those
     names are labels (a warning says so)."""
     with os.scandir(path) as entries:
-        subdirs = {e.name for e in entries if e.is_dir() and not e.name.startswith(".")}
+        subdirs = {e.name for e in entries if e.is_dir() and not skipped_name(e.name)}
     layout = [s for s in FOLDER_SPLITS if s in subdirs]
     others = sorted(subdirs - set(FOLDER_SPLITS))
     if layout and others:
