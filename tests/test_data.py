@@ -291,6 +291,18 @@ def test_hidden_files_and_folders_and_macos_leftovers_are_not_read(tmp_path):
     assert ds.classes == ["cat", "dog"] and len(ds) == 2 and not ds.bad_files
 
 
+
+def test_an_image_beside_class_folders_is_read_unlabeled_with_a_warning(tmp_path, caplog):
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        Image.new("RGB", (10, 10), (200, 0, 0)).save(tmp_path / cls / "0.png")
+    Image.new("RGB", (10, 10), (0, 0, 0)).save(tmp_path / "cover.png")
+    with caplog.at_level("WARNING", logger="ssl_rep.data"):
+        ds = build_dataset(tmp_path)
+    assert ds.classes is None and len(ds) == 3
+    assert "1 image(s) at the top level" in caplog.text and "beside 2 in subfolders" in caplog.text
+
+
 def test_imagenet_missing_folder_error_says_layout(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"train/<wnid>/\*\.JPEG"):
         build_dataset("imagenet", root=tmp_path)

@@ -99,6 +99,10 @@ class ImageFolderDataset(Dataset):
         if top_level:
             self.classes = None
             labelled = [(p, -1) for p in paths]
+            if len(top_level) < len(paths):   # a stray file beside class folders takes every label away
+                log.warning("%s: %d image(s) at the top level (%s) beside %d in subfolders: read as one unlabeled "
+                            "folder; move them into a class folder (or out) for the subfolders to be labels",
+                            self.root, len(top_level), shown_path(top_level[0]), len(paths) - len(top_level))
         else:
             self.classes = sorted({p.relative_to(self.root).parts[0] for p in paths})
             index = {c: i for i, c in enumerate(self.classes)}
