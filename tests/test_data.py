@@ -79,10 +79,15 @@ def test_fashion_mnist_missing_and_corrupt_files_are_named(tmp_path, monkeypatch
 
 @pytest.mark.skipif(not __import__("os").path.isdir("/usr/share/datasets/fashion-mnist"),
                     reason="Fashion-MNIST is not installed: `make data` (Debian's dataset-fashion-mnist) runs it")
-def test_real_fashion_mnist_from_debian_package():
+def test_real_fashion_mnist_from_debian_package(tmp_path, caplog):
     train, test = build_dataset("fashion-mnist"), build_dataset("fashion-mnist", split="test")
     assert (len(train), len(test)) == (60000, 10000)
     assert np.array_equal(np.bincount(train.labels), np.full(10, 6000))
+    with caplog.at_level("WARNING", logger="ssl_rep.data"):   # the system copy, named where it is, or the asked one
+        build_dataset("fashion-mnist", split="test", root="/usr/share/datasets/fashion-mnist/")
+        assert not caplog.text
+        assert len(build_dataset("fashion-mnist", split="test", root=tmp_path / "typo")) == 10000
+    assert f"not under root={tmp_path / 'typo'}; reading the system copy in /usr/share" in caplog.text
 
 
 # ---------------------------------------------------------------- CIFAR (pickle and binary)

@@ -7,12 +7,15 @@ Read from the original IDX files, gzipped or not. Where we look, in order: ``roo
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
 from .base import ArrayImageDataset, check_split, gray_to_rgb
+
+log = logging.getLogger("ssl_rep.data")
 
 SPLITS = ("train", "test")
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -73,6 +76,8 @@ def load_fashion_mnist(split: str = "train", transform=None, root=None) -> Array
             f"{', '.join(str(d) for d in dirs)}. Install them with "
             f"'apt-get install dataset-fashion-mnist' (Debian/Ubuntu) or put the four IDX files "
             f"from the Fashion-MNIST release under root=...")
+    if root is not None and image_path.parent not in dirs[:-1]:   # asked for a copy that is not there
+        log.warning("fashion-mnist/%s: not under root=%s; reading the system copy in %s", split, root, DEFAULT_ROOT)
     images, labels = read_idx(image_path), read_idx(label_path)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise ValueError(f"fashion-mnist/{split}: {image_path} has shape {images.shape} and "
