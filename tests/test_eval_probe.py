@@ -391,3 +391,12 @@ def test_probe_refuses_a_c_that_is_not_positive(kwargs, shown):
     X, y = np.random.default_rng(0).normal(size=(20, 3)), np.arange(20) % 2
     with pytest.raises(ValueError, match=f"LinearProbe: {shown}; the inverse regularisation C must be > 0"):
         LinearProbe(**kwargs).fit(X, y)
+
+
+def test_knn_with_k_above_the_training_points_says_so(caplog):
+    from ssl_rep.eval import KNNClassifier
+    X, y = np.eye(4, dtype=np.float32), np.array([0, 0, 1, 1])
+    with caplog.at_level("WARNING", logger="ssl_rep.eval"):
+        knn = KNNClassifier(k=200).fit(X, y)
+    assert "k=200 is more than the 4 training points" in caplog.text
+    assert knn.kneighbors(X[:1])[1].shape == (1, 4)

@@ -1,10 +1,14 @@
 """k-nearest-neighbour classification of frozen features with faiss (Wu et al. 2018's weighted vote)."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from .checks import check_features, check_labels
+
+log = logging.getLogger("ssl_rep.eval")
 
 
 def unit_rows(X) -> np.ndarray:
@@ -103,6 +107,9 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
         y = check_labels(y, len(X))
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.k > len(X):
+            log.warning("kNN: k=%d is more than the %d training points; each query votes over all of them",
+                        self.k, len(X))
         self.classes_, self.labels_ = np.unique(y, return_inverse=True)
         # ivf: about 4 sqrt(n) cells, at least 39 training points each (faiss's own floor)
         nlist = self.nlist or int(np.clip(4 * np.sqrt(len(X)), 1, max(1, min(len(X), 65536) // 39)))
