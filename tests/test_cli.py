@@ -495,3 +495,27 @@ def test_ctrl_c_in_an_evaluation_command_exits_130_without_a_traceback(capsys):
     with pytest.raises(SystemExit) as exit_info, friendly_errors("ssl-cluster", ValueError):
         raise KeyboardInterrupt
     assert exit_info.value.code == 130 and capsys.readouterr().err == "\nssl-cluster: interrupted\n"
+
+
+def test_input_transform_reads_a_file_as_ssl_probe_does(tmp_path):
+    """ssl_rep.input_transform(encoder): a user's own image becomes the tensor ssl-probe would feed the encoder
+    for that file (size and statistics from encoder.preprocess), whatever the image's mode."""
+    from ssl_rep.data.decode import load_rgb
+    from ssl_rep.eval.inputs import eval_dataset, trained_size
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (40, 36, 4), dtype=np.uint8), mode="RGBA").save(folder / f"{i}.png")
+    train(load_config("ae_digits", [f"out_dir={tmp_path / 'run'}", f"data.dataset={folder}", "data.image_size=24",
+                                    "trainer.max_steps=1", "data.batch_size=8", "data.num_workers=0",
+                                    "data.eval_split=null"]), progress=False)
+    encoder = ssl_rep.load_encoder(tmp_path / "run" / "encoder.pt")
+    probe_read = eval_dataset(str(folder), "test", image_size=trained_size(encoder, str(folder)))
+    index = [Path(path).name for path, _ in probe_read.samples].index("3.png")
+    mine = ssl_rep.input_transform(encoder)(Image.open(folder / "3.png"))   # RGBA, as the file is
+    assert mine.shape == (3, 24, 24) and torch.equal(mine, probe_read[index][0])
+    assert torch.equal(ssl_rep.input_transform(encoder)(load_rgb(folder / "3.png")), mine)
+    with pytest.raises(ValueError, match="records no preprocessing"):
+        ssl_rep.input_transform(ssl_rep.create_encoder("resnet20"))

@@ -57,6 +57,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
+def as_rgb(img):
+    """A PIL image as RGB, decoded as the folder reader decodes files (16-bit scaled, alpha on white); anything
+    else (a tensor) as it is."""
+    return _to_rgb(img) if isinstance(img, Image.Image) else img
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Open ``path`` and return a fully decoded RGB image (EXIF orientation applied).
 

@@ -11,6 +11,7 @@ import yaml
 
 from ..data import build_dataset, build_transform, dataset_id, stats_for
 from ..data.base import ArrayImageDataset, native_side
+from ..data.decode import as_rgb
 from ..data.folder import ImageFolderDataset, folder_image_size
 from ..data.shards import IndexedShards, ShardDataset
 from ..data.transforms import eval_sizes
@@ -75,6 +76,24 @@ def fixed_input_size(encoder) -> int | None:
             return int(encoder.image_size)
         encoder = getattr(encoder, "encoder", None)
     return None
+
+
+def input_transform(encoder):
+    """What ``encoder`` reads, for images of your own: a PIL image (any mode) or a uint8 tensor ``(3, H, W)`` ->
+    the float tensor it takes, read as ``ssl-probe`` reads image files: decoded to RGB, resized and centre-cropped
+    to the size it trained at, normalised with its training set's mean and std. Those come from
+    ``encoder.preprocess``, which ``load_encoder`` sets from the run's file; ``create_encoder``'s fresh encoders
+    have none (build one with ``build_transform("eval", stats=..., size=...)``)."""
+    from torchvision.transforms import v2 as T
+
+    preprocess = getattr(encoder, "preprocess", None) or {}
+    if "mean" not in preprocess or "std" not in preprocess:
+        raise ValueError("the encoder records no preprocessing (encoder.preprocess): load it with "
+                         "ssl_rep.load_encoder from a run's encoder.pt or checkpoint, or build the transform with "
+                         "ssl_rep.data.build_transform('eval', stats=..., size=...)")
+    resize, crop = eval_sizes(preprocess.get("image_size") or fixed_input_size(encoder), None)
+    return T.Compose([as_rgb, build_transform("eval", stats=None, size=crop, resize=resize),
+                      T.Normalize(preprocess["mean"], preprocess["std"])])
 
 
 def run_folder(checkpoint) -> Path:
