@@ -23,7 +23,6 @@ import yaml
 from ..data.transforms import MIN_SCALE, TRANSFORMS
 
 
-
 def _recipe_dir() -> Path:
     """The recipes: the package ``ssl_rep.configs`` of an install (the checkout's configs/ when editable),
     else the checkout's configs/ beside this source tree."""
@@ -42,8 +41,8 @@ class ConfigError(ValueError):
 
 
 def _field(default, choices: tuple = (), check: str | None = None):
-    """A config field with its check beside it: ``choices`` (the valid values) or ``check`` (``positive``,
-    ``non_negative``, ``fraction``: in (0, 1])."""
+    """A config field with its check beside it: ``choices`` (the valid values) or ``check`` (a name in
+    ``RANGES``: ``positive``, ``non_negative``, ``fraction`` (0, 1], ``probability`` [0, 1])."""
     return field(default=default, metadata={"choices": tuple(choices), "check": check})
 
 
@@ -149,19 +148,17 @@ def _rules(cls=None, prefix: str = "") -> dict[str, dict]:
 
 RULES = _rules()
 
-# Encoder and method options are keyword arguments, checked by name where one name means one kind of number in
-# every class that takes it: sizes and temperatures above 0, rates and momenta in [0, 1], weights and counts >= 0.
-OPTION_CHECKS = {
-    **dict.fromkeys(("width", "out_features", "in_chans", "hidden_dim", "out_dim", "pred_dim", "dim", "bottleneck_dim",
-                     "code_dim", "code_grid", "context_dim", "decoder_width", "image_size", "patch_size", "stride",
-                     "prediction_steps", "first_step", "queue_size", "num_classes", "temperature", "student_temp",
-                     "teacher_temp", "warmup_teacher_temp"), "positive"),
-    **dict.fromkeys(("mask_ratio", "noise_ratio", "patch_flip", "patch_aug", "label_smoothing", "momentum",
-                     "momentum_final", "tau_base", "center_momentum"), "probability"),
-    **dict.fromkeys(("noise_std", "lambda_", "sim_weight", "var_weight", "cov_weight", "loss_scale",
-                     "l2_weight_decay", "local_crops", "patch_jitter", "read_crop", "read_stride",
-                     "teacher_temp_warmup"), "non_negative"),
-}
+# Encoder and method options, by name where a name means one kind of number in every class: sizes and temperatures
+# above 0, rates and momenta in [0, 1], weights and counts >= 0
+OPTION_CHECKS = {**dict.fromkeys(("width", "out_features", "in_chans", "hidden_dim", "out_dim", "pred_dim", "dim",
+                                  "bottleneck_dim", "code_dim", "code_grid", "context_dim", "decoder_width", "image_size",
+                                  "patch_size", "stride", "prediction_steps", "first_step", "queue_size", "num_classes",
+                                  "temperature", "student_temp", "teacher_temp", "warmup_teacher_temp"), "positive"),
+                 **dict.fromkeys(("mask_ratio", "noise_ratio", "patch_flip", "patch_aug", "label_smoothing", "momentum",
+                                  "momentum_final", "tau_base", "center_momentum"), "probability"),
+                 **dict.fromkeys(("noise_std", "lambda_", "sim_weight", "var_weight", "cov_weight", "loss_scale",
+                                  "l2_weight_decay", "local_crops", "patch_jitter", "read_crop", "read_stride",
+                                  "teacher_temp_warmup"), "non_negative")}
 
 
 def valid_keys(cls=Config, prefix: str = "") -> list[str]:
@@ -224,21 +221,19 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     raise ConfigError(f"{key}: expected {name}, got {value!r} ({type(value).__name__})")
 
 
+RANGES = {"positive": (lambda v: v > 0, "> 0"), "non_negative": (lambda v: v >= 0, ">= 0"),
+          "fraction": (lambda v: 0 < v <= 1, "in (0, 1]"), "probability": (lambda v: 0 <= v <= 1, "in [0, 1]")}
+
+
 def _check_value(key: str, value: Any, rule: dict | None = None) -> None:
     rule = RULES.get(key, {}) if rule is None else rule
     if rule.get("choices") and value not in rule["choices"]:
         raise ConfigError(f"{key}: {value!r} is not a valid choice; valid: {', '.join(map(str, rule['choices']))}")
     if value is None or isinstance(value, (str, bool, tuple)):
         return
-    check = rule.get("check")
-    if check == "positive" and value <= 0:
-        raise ConfigError(f"{key}: must be > 0, got {value!r}")
-    if check == "non_negative" and value < 0:
-        raise ConfigError(f"{key}: must be >= 0, got {value!r}")
-    if check == "fraction" and not 0 < value <= 1:
-        raise ConfigError(f"{key}: must be in (0, 1], got {value!r}")
-    if check == "probability" and not 0 <= value <= 1:
-        raise ConfigError(f"{key}: must be in [0, 1], got {value!r}")
+    check = RANGES.get(rule.get("check"))
+    if check and not check[0](value):
+        raise ConfigError(f"{key}: must be {check[1]}, got {value!r}")
 
 
 def _build(cls, values: dict, prefix: str):
@@ -305,26 +300,21 @@ def _check_options(config: Config) -> None:
             if key not in accepted:
                 raise ConfigError(f"unknown key '{section}.{key}' for {section} {sub.name!r}; valid options: "
                                   f"{', '.join(accepted)}")
-            default = accepted[key]
-            if isinstance(default, (bool, int, float, str)):
-                coerced = _coerce(f"{section}.{key}", value, type(default))
-                allowed = _option_choices(section, sub.name, key)
-                if allowed and coerced not in allowed:
-                    raise ConfigError(f"{section}.{key}: {coerced!r} is not a valid choice; valid: {', '.join(map(str, allowed))}")
-                sub.options[key] = coerced
-            if key in OPTION_CHECKS and isinstance(sub.options[key], (int, float)):
-                _check_value(f"{section}.{key}", sub.options[key], {"check": OPTION_CHECKS[key]})
+            if isinstance(accepted[key], (bool, int, float, str)):
+                sub.options[key] = _coerce(f"{section}.{key}", value, type(accepted[key]))
+            _check_value(f"{section}.{key}", sub.options[key], _option_rule(section, sub.name, key))
 
 
-def _option_choices(section: str, name: str, key: str) -> tuple:
-    """The valid values of an encoder or method option, as the class declares them (``option_choices``)."""
+def _option_rule(section: str, name: str, key: str) -> dict:
+    """An encoder or method option's valid values, as the class declares them (``option_choices``), and its
+    range (``OPTION_CHECKS``)."""
     if section == "method":
         from ..methods import METHODS
         cls = METHODS.get(name)
     else:
         from ..encoders import _REGISTRY
         cls = getattr(_REGISTRY.get(name), "func", _REGISTRY.get(name))
-    return tuple(getattr(cls, "option_choices", {}).get(key, ()))
+    return {"choices": tuple(getattr(cls, "option_choices", {}).get(key, ())), "check": OPTION_CHECKS.get(key)}
 
 
 def config_from_dict(values: dict) -> Config:
