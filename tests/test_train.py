@@ -550,7 +550,8 @@ def test_bf16_on_the_cpu_runs_in_bf16_and_trains_like_fp32(tmp_path, recipe, mon
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="ssl_rep.train"):
             cfg = load_config(recipe, [f"out_dir={out}", "trainer.max_steps=6", "trainer.device=cpu",
-                                       f"trainer.precision={precision}", *FAST])
+                                       f"trainer.precision={precision}", *FAST, "data.image_size=16",
+                                       "trainer.memory_check=false", "trainer.online_probe=false"])
             assert setup.fast_formats(cfg, torch.device("cpu")) == (precision == "bf16" or (precision == "auto" and
                                                                                            native),
                                                                      capability != "DEFAULT")
