@@ -303,6 +303,9 @@ def test_load_encoder_roundtrip_and_errors(tmp_path):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="not an ssl_rep encoder"):
         ssl_rep.load_encoder(tmp_path / "foreign.pt")
+    torch.save({"conv1.weight": torch.zeros(2, 3, 3, 3), "fc.bias": torch.zeros(2)}, tmp_path / "tv.pth")
+    with pytest.raises(CheckpointError, match=r"bare weights \(2 tensors, e.g. 'conv1.weight'\).*load_state_dict"):
+        ssl_rep.load_encoder(tmp_path / "tv.pth")   # a torchvision-style state_dict
     (tmp_path / "text.pt").write_text("hello")
     with pytest.raises(CheckpointError, match="text.pt"):
         ssl_rep.load_encoder(tmp_path / "text.pt")
