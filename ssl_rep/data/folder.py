@@ -35,6 +35,17 @@ SIZE_STEP = 4            # CIFAR ResNets halve the map twice: a multiple of 4 ke
 SIZE_SAMPLE = 256        # image headers read to find a folder's typical size
 
 
+_WARNED: set[str] = set()
+
+
+def warn_once(message: str, *args) -> None:
+    """A warning about a folder's layout, once per process: every split and evaluation builds the dataset again."""
+    text = message % args
+    if text not in _WARNED:
+        _WARNED.add(text)
+        log.warning("%s", text)
+
+
 def skipped_name(name: str) -> bool:
     """Hidden files and folders (``.thumbnails/``, macOS's ``._photo.jpg``) and zip archives' ``__MACOSX/``: not the
     user's images, and a hidden folder of thumbnails would otherwise become a class."""
@@ -100,7 +111,7 @@ class ImageFolderDataset(Dataset):
             self.classes = None
             labelled = [(p, -1) for p in paths]
             if len(top_level) < len(paths):   # a stray file beside class folders takes every label away
-                log.warning("%s: %d image(s) at the top level (%s) beside %d in subfolders: read as one unlabeled "
+                warn_once("%s: %d image(s) at the top level (%s) beside %d in subfolders: read as one unlabeled "
                             "folder; move them into a class folder (or out) for the subfolders to be labels",
                             self.root, len(top_level), shown_path(top_level[0]), len(paths) - len(top_level))
         else:
@@ -191,7 +202,7 @@ def split_folders(path: Path) -> list[str]:
     layout = [s for s in FOLDER_SPLITS if s in subdirs]
     others = sorted(subdirs - set(FOLDER_SPLITS))
     if layout and others:
-        log.warning("%s: read as one folder per class, %s among them; its folders %s are not all splits "
+        warn_once("%s: read as one folder per class, %s among them; its folders %s are not all splits "
                     "(a split folder holds train/val/test only)", path, ", ".join(layout),
                     ", ".join(others[:5]) + (", ..." if len(others) > 5 else ""))
         return []
