@@ -4,10 +4,12 @@ scripts under eval/."""
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Iterable
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..data.base import label_map, renumber
 from .cluster import METHODS as CLUSTER_METHODS
@@ -98,7 +100,10 @@ def _cluster_once(X, y, methods, n_clusters, pca, l2, umap, seed, max_samples, m
                   umap_neighbors, whiten, n_init) -> tuple[dict, dict]:
     n_clusters = n_clusters or (len(np.unique(y)) if y is not None else DEFAULT_CLUSTERS)
     results, labels, prepared = {}, {}, {}   # prepared: pca -> (input, seconds it took)
-    for method in methods:
+    bar = tqdm(methods, desc=f"clustering (seed {seed})", unit="method", leave=False,
+               disable=len(methods) < 2 or not sys.stderr.isatty())
+    for method in bar:
+        bar.set_postfix_str(method + (" (UMAP first)" if umap and not prepared else ""))
         use_pca = pca if pca is not None else (DENSITY_PCA if method in DENSITY_METHODS and not (umap or whiten)
                                                     else None)
         restarts = {"n_init": n_init} if n_init and method in RESTARTED else {}
