@@ -519,3 +519,14 @@ def test_input_transform_reads_a_file_as_ssl_probe_does(tmp_path):
     assert torch.equal(ssl_rep.input_transform(encoder)(load_rgb(folder / "3.png")), mine)
     with pytest.raises(ValueError, match="records no preprocessing"):
         ssl_rep.input_transform(ssl_rep.create_encoder("resnet20"))
+
+
+def test_the_online_probes_held_out_images_span_every_class_of_a_folder(tmp_path):
+    """A folder lists its images class by class, and the online probe kept the first `limit` of its held-out split:
+    on ImageNet's val, the first 10,000 are 200 of the 1,000 classes. It now keeps images spread through the split."""
+    from ssl_rep.train.online_probe import HeldOut
+
+    _class_folders(tmp_path / "val", ["bird", "cat", "dog"], 4)
+    held_out = HeldOut(ssl_rep.build_dataset(tmp_path / "val"), torch.device("cpu"), limit=6)
+    assert sorted(held_out.labels.tolist()) == [0, 0, 1, 1, 2, 2]
+    assert len(HeldOut(ssl_rep.build_dataset(tmp_path / "val"), torch.device("cpu"), limit=100)) == 12

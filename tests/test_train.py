@@ -181,14 +181,15 @@ def test_online_probe_keeps_held_out_pixels_as_uint8_with_the_same_numbers():
     """The eval transform's output is 8-bit pixels, normalised: the held-out set keeps those bytes (a quarter of
     float32's memory) and gives back exactly the floats the transform made; another transform stays float32."""
     from ssl_rep.data import build_dataset, build_transform
-    from ssl_rep.train.online_probe import HeldOut
+    from ssl_rep.train.online_probe import HeldOut, spread_indices
     ds = build_dataset("digits", split="test", transform=build_transform("eval", stats="digits", size=32, resize=None))
     held = HeldOut(ds, "cpu", limit=300)
     assert held.images.dtype == torch.uint8 and held.images.shape == (300, 3, 32, 32) and len(held) == 300
-    floats = torch.stack([ds[i][0] for i in range(300)])
+    pick = spread_indices(len(ds), 300)
+    floats = torch.stack([ds[i][0] for i in pick])
     got = torch.cat([x for x, _ in held.batches(256)])
     torch.testing.assert_close(got, floats, rtol=0, atol=1e-6)
-    assert torch.equal(torch.cat([y for _, y in held.batches(256)]), torch.as_tensor(ds.labels[:300]))
+    assert torch.equal(torch.cat([y for _, y in held.batches(256)]), torch.as_tensor(ds.labels[pick]))
 
     class Halved:   # same statistics, not 8-bit pixels any more
         def __init__(self, inner):
@@ -202,7 +203,8 @@ def test_online_probe_keeps_held_out_pixels_as_uint8_with_the_same_numbers():
             return x * 0.5, y
     halved = HeldOut(Halved(ds), "cpu", limit=200)
     assert halved.images.dtype == torch.float32
-    torch.testing.assert_close(torch.cat([x for x, _ in halved.batches(128)]), floats[:200] * 0.5)
+    floats = torch.stack([ds[i][0] for i in spread_indices(len(ds), 200)])
+    torch.testing.assert_close(torch.cat([x for x, _ in halved.batches(128)]), floats * 0.5)
 
 
 def test_online_probe_head_ignores_the_features_scale():

@@ -2,6 +2,7 @@
 after each epoch (it never changes the encoder)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -12,8 +13,15 @@ from .optim import AdamW
 ONLINE_PROBE_LR = 0.03   # the online probe's peak AdamW lr; it follows the run's schedule (warmup, decay)
 
 
+def spread_indices(n: int, limit: int) -> list[int]:
+    """``min(n, limit)`` indices evenly spaced through ``range(n)``: not the first ones, since a folder lists its
+    images class by class (ImageNet's val: the first 10,000 are 200 of its 1,000 classes)."""
+    return np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(int)).tolist()
+
+
 class HeldOut:
-    """The held-out split's first ``limit`` images, transformed once and kept on ``device``, with their labels.
+    """``limit`` images of the held-out split, evenly spaced through it (all of a split no larger), transformed once
+    and kept on ``device``, with their labels.
 
     Where the transform's output is 8-bit pixels normalised by named statistics (the ``eval`` transform, which
     records them as ``batched_spec``), the images are kept as those uint8 pixels and normalised again batch by
@@ -27,7 +35,7 @@ class HeldOut:
         if isinstance(dataset, torch.utils.data.IterableDataset):   # streamed shards: the first batches read
             loader = torch.utils.data.DataLoader(dataset, batch_size=512)
         else:
-            subset = torch.utils.data.Subset(dataset, range(min(len(dataset), limit)))
+            subset = torch.utils.data.Subset(dataset, spread_indices(len(dataset), limit))
             loader = torch.utils.data.DataLoader(subset, batch_size=512, num_workers=num_workers)
         for x, y in loader:
             xs.append(self._pack(x.to(device), check=not xs))
