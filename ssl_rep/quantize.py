@@ -37,6 +37,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .data.base import spread_indices
+
 INT8_SYMMETRIC = (-127, 127)   # weights: symmetric, -128 unused
 FEATURE_CODE_RANGE = (-128, 127)   # stored features: affine, the full int8 range
 
@@ -109,7 +111,7 @@ def _batches(data, batch_size: int, limit: int):
             yield data[start:min(start + batch_size, limit)].float()
         return
     if isinstance(data, torch.utils.data.Dataset):
-        data = torch.utils.data.DataLoader(torch.utils.data.Subset(data, range(min(len(data), limit))),
+        data = torch.utils.data.DataLoader(torch.utils.data.Subset(data, spread_indices(len(data), limit)),
                                            batch_size=batch_size)
     seen = 0
     for batch in data:

@@ -181,7 +181,8 @@ def test_online_probe_keeps_held_out_pixels_as_uint8_with_the_same_numbers():
     """The eval transform's output is 8-bit pixels, normalised: the held-out set keeps those bytes (a quarter of
     float32's memory) and gives back exactly the floats the transform made; another transform stays float32."""
     from ssl_rep.data import build_dataset, build_transform
-    from ssl_rep.train.online_probe import HeldOut, spread_indices
+    from ssl_rep.data.base import spread_indices
+    from ssl_rep.train.online_probe import HeldOut
     ds = build_dataset("digits", split="test", transform=build_transform("eval", stats="digits", size=32, resize=None))
     held = HeldOut(ds, "cpu", limit=300)
     assert held.images.dtype == torch.uint8 and held.images.shape == (300, 3, 32, 32) and len(held) == 300

@@ -40,6 +40,12 @@ def renumber(labels: np.ndarray | None, mapping: np.ndarray | None) -> np.ndarra
     return np.where(labels >= 0, mapping[np.clip(labels, 0, None)], labels)
 
 
+def spread_indices(n: int, limit: int) -> list[int]:
+    """``min(n, limit)`` indices evenly spaced through ``range(n)``: not the first ones, since a folder lists its
+    images class by class (ImageNet's val: the first 10,000 are 200 of its 1,000 classes)."""
+    return np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(int)).tolist()
+
+
 class EpochCoded(Dataset):
     """``inner``'s items addressed by the codes :class:`~ssl_rep.train.sampling.EpochSampler` yields: code
     ``epoch * N + i`` is item ``i`` (``N = len(inner)``), and its sample seed is ``mix_seed(seed, epoch, i)``."""

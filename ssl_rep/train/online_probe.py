@@ -2,21 +2,15 @@
 after each epoch (it never changes the encoder)."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.base import spread_indices
 from ..data.transforms import mean_std
 from .optim import AdamW
 
 ONLINE_PROBE_LR = 0.03   # the online probe's peak AdamW lr; it follows the run's schedule (warmup, decay)
-
-
-def spread_indices(n: int, limit: int) -> list[int]:
-    """``min(n, limit)`` indices evenly spaced through ``range(n)``: not the first ones, since a folder lists its
-    images class by class (ImageNet's val: the first 10,000 are 200 of its 1,000 classes)."""
-    return np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(int)).tolist()
 
 
 class HeldOut:
