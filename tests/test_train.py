@@ -348,9 +348,10 @@ def test_ctrl_c_says_where_the_run_can_go_on_from_without_a_traceback(tmp_path):
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 130 and "Traceback" not in out, out[-2000:]
-    assert f"interrupted; {tmp_path / 'run' / 'checkpoints' / 'last.pt'} holds the last checkpoint" in out
-    command = out.split("continue with: ")[1].split()
-    assert command[0] == "ssl-pretrain" and command[-1] == "--resume" and command[1:-1] == args
+    assert f"interrupted; {tmp_path / 'run' / 'checkpoints' / 'last.pt'} holds the last checkpoint" in out, out[-2000:]
+    line = next(line for line in out.splitlines() if "continue with: " in line)   # whatever else prints at exit
+    command = line.split("continue with: ")[1].split()
+    assert command[0] == "ssl-pretrain" and command[-1] == "--resume" and command[1:-1] == args, out[-2000:]
     step = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"]
     assert step >= 2
     # the command's run goes on (in process, and shortened: --resume may change trainer.*)
