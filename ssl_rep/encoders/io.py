@@ -84,9 +84,9 @@ def encoder_spec_and_weights(obj: dict, path: Path) -> tuple[str, dict, dict]:
         return spec["name"], spec["kwargs"], weights
     if fmt is None and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):   # weights alone
         raise CheckpointError(f"{path}: bare weights ({len(obj)} tensors, e.g. {next(iter(obj))!r}), not an ssl_rep "
-                              f"encoder or checkpoint: load_encoder reads what ssl-pretrain writes (encoder.pt, checkpoints/*.pt) and "
-                              f"ssl-export's safetensors; load weights like these into your own model with "
-                              f"load_state_dict")
+                              f"encoder or checkpoint: load_encoder reads what ssl-pretrain writes (encoder.pt, "
+                              f"checkpoints/*.pt) and ssl-export's safetensors; load weights like these into your "
+                              f"own model with load_state_dict")
     raise CheckpointError(f"{path}: not an ssl_rep encoder or checkpoint (format {fmt!r}; expected "
                           f"{ENCODER_FORMAT!r} or {CHECKPOINT_FORMAT!r})")
 

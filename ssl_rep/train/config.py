@@ -148,12 +148,12 @@ def _rules(cls=None, prefix: str = "") -> dict[str, dict]:
 
 RULES = _rules()
 
-# Encoder and method options, by name where a name means one kind of number in every class: sizes and temperatures
-# above 0, rates and momenta in [0, 1], weights and counts >= 0
+# Encoder and method options' ranges, by name: a name means one kind of number in every class that takes it
 OPTION_CHECKS = {**dict.fromkeys(("width", "out_features", "in_chans", "hidden_dim", "out_dim", "pred_dim", "dim",
-                                  "bottleneck_dim", "code_dim", "code_grid", "context_dim", "decoder_width", "image_size",
-                                  "patch_size", "stride", "prediction_steps", "first_step", "queue_size", "num_classes",
-                                  "temperature", "student_temp", "teacher_temp", "warmup_teacher_temp"), "positive"),
+                                  "bottleneck_dim", "code_dim", "code_grid", "context_dim", "decoder_width",
+                                  "image_size", "patch_size", "stride", "prediction_steps", "first_step", "queue_size",
+                                  "num_classes", "temperature", "student_temp", "teacher_temp"), "positive"),
+                 "warmup_teacher_temp": "positive",
                  **dict.fromkeys(("mask_ratio", "noise_ratio", "patch_flip", "patch_aug", "label_smoothing", "momentum",
                                   "momentum_final", "tau_base", "center_momentum"), "probability"),
                  **dict.fromkeys(("noise_std", "lambda_", "sim_weight", "var_weight", "cov_weight", "loss_scale",
