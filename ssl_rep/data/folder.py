@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .base import label_map
+from .base import label_map, spread_indices
 from .decode import IMAGE_EXTENSIONS, ImageDecodeError, is_image_file, load_rgb, shown_path
 from .transforms import to_tensor
 
@@ -250,7 +250,7 @@ def folder_image_size(dataset: ImageFolderDataset) -> tuple[int, int]:
     short side rounded to a multiple of ``SIZE_STEP``, between 16 and ``FOLDER_MAX_SIZE``."""
     paths = [p for p, _ in dataset.samples]
     sides = []
-    for i in np.unique(np.linspace(0, len(paths) - 1, min(SIZE_SAMPLE, len(paths))).round().astype(int)):
+    for i in spread_indices(len(paths), SIZE_SAMPLE):
         try:
             with Image.open(paths[i]) as img:
                 sides.append(min(img.size))
